@@ -1,0 +1,248 @@
+"""The directions file: what fit-directions writes and hf-iti reads (safetensors, never a pickle).
+
+Tensors, for every intervened layer L:
+  ``layers.{L}.heads`` int64 [k], ``layers.{L}.directions`` float32 [k, head_dim] (unit rows),
+  ``layers.{L}.sigma`` float32 [k] (> 0);
+optional ``probe_accuracy`` float32 [num_layers, num_heads] and ``head_rank`` int64 [K, 2] ((layer, head), best first).
+String metadata: ``format``, ``format_version``, ``model``, ``model_revision``, ``architecture``, ``num_layers``,
+``num_heads``, ``head_dim``, ``site``, ``alpha``, ``method`` and the fit's provenance.
+
+The shift for head h of layer L at strength alpha is ``alpha * sigma * direction``, added to the slice
+``[h*head_dim, (h+1)*head_dim)`` of the input of that layer's attention output projection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_path
+from .errors import ITIError
+
+FORMAT = "lm-eval-iti/directions"
+FORMAT_VERSION = "1"
+SITE = "attn_out_proj_input"
+UNIT_NORM_TOLERANCE = 1e-3
+REQUIRED_METADATA = ("format", "format_version", "num_layers", "num_heads", "head_dim", "site", "alpha", "method")
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(heads|directions|sigma)$")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a directions file must agree with: the model's attention geometry."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    architecture: str = ""
+    model: str = ""
+
+
+@dataclass
+class Directions:
+    """Per-layer head indices, unit directions and sigmas, with the file's metadata."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    heads: dict[int, torch.Tensor]
+    directions: dict[int, torch.Tensor]
+    sigma: dict[int, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    probe_accuracy: torch.Tensor | None = None
+    head_rank: torch.Tensor | None = None
+    source: str = "<memory>"
+
+    @property
+    def alpha(self) -> float:
+        return float(self.metadata.get("alpha", "15"))
+
+    @property
+    def num_selected(self) -> int:
+        return sum(int(h.numel()) for h in self.heads.values())
+
+    def selected_heads(self) -> list[tuple[int, int]]:
+        """(layer, head) pairs in head_rank order when known, else by layer then head."""
+        chosen = {(layer, int(h)) for layer, hs in self.heads.items() for h in hs.tolist()}
+        if self.head_rank is not None:
+            ranked = [(int(l), int(h)) for l, h in self.head_rank.tolist() if (int(l), int(h)) in chosen]
+            if len(ranked) == len(chosen):
+                return ranked
+        return sorted(chosen)
+
+    def top_k(self, k: int) -> "Directions":
+        """Keep only the file's k best heads by ``head_rank``."""
+        if k <= 0:
+            raise ITIError(f"{self.source}: heads={k} must be a positive number of heads")
+        if k > self.num_selected:
+            raise ITIError(f"{self.source}: heads={k} asked for, but the file holds only {self.num_selected} heads")
+        if self.head_rank is None:
+            raise ITIError(f"{self.source}: heads={k} needs the optional 'head_rank' tensor, which this file lacks")
+        keep = set(self.selected_heads()[:k])
+        heads, dirs, sig = {}, {}, {}
+        for layer in sorted(self.heads):
+            rows = [i for i, h in enumerate(self.heads[layer].tolist()) if (layer, h) in keep]
+            if rows:
+                idx = torch.tensor(rows, dtype=torch.long)
+                heads[layer] = self.heads[layer][idx]
+                dirs[layer] = self.directions[layer][idx]
+                sig[layer] = self.sigma[layer][idx]
+        return Directions(self.num_layers, self.num_heads, self.head_dim, heads, dirs, sig, dict(self.metadata),
+                          self.probe_accuracy, self.head_rank, self.source)
+
+    def shift_vectors(self, alpha: float) -> dict[int, torch.Tensor]:
+        """Per intervened layer, the float32 vector [num_heads*head_dim] added to the out-projection input."""
+        out = {}
+        for layer in sorted(self.heads):
+            vec = torch.zeros(self.num_heads, self.head_dim, dtype=torch.float32)
+            vec[self.heads[layer]] = alpha * self.sigma[layer].float()[:, None] * self.directions[layer].float()
+            out[layer] = vec.reshape(-1)
+        return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fail(source, field_name, problem) -> ITIError:
+    return ITIError(f"{source}: field '{field_name}': {problem}")
+
+
+def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
+    """Check a Directions object (and optionally its fit to a model); raise ITIError naming file and field."""
+    src = d.source
+    meta = d.metadata
+    for key in REQUIRED_METADATA:
+        if key not in meta:
+            raise _fail(src, f"__metadata__.{key}", "missing")
+    if meta["format"] != FORMAT:
+        raise _fail(src, "__metadata__.format", f"is {meta['format']!r}, expected {FORMAT!r}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise _fail(src, "__metadata__.format_version", f"is {meta['format_version']!r}; this version reads {FORMAT_VERSION!r}")
+    if meta["site"] != SITE:
+        raise _fail(src, "__metadata__.site", f"is {meta['site']!r}, expected {SITE!r}")
+    try:
+        alpha = float(meta["alpha"])
+    except ValueError:
+        raise _fail(src, "__metadata__.alpha", f"{meta['alpha']!r} is not a number") from None
+    if not math.isfinite(alpha):
+        raise _fail(src, "__metadata__.alpha", "is not finite")
+    if not d.heads:
+        raise _fail(src, "layers", "the file intervenes on no layer")
+    if expect is not None:
+        for name, have, want in (("num_layers", d.num_layers, expect.num_layers),
+                                 ("num_heads", d.num_heads, expect.num_heads),
+                                 ("head_dim", d.head_dim, expect.head_dim)):
+            if have != want:
+                theirs = f" (fitted for {meta.get('model') or 'another model'})"
+                raise _fail(src, f"__metadata__.{name}", f"is {have} but the model{' ' + expect.model if expect.model else ''} has {want}{theirs}")
+    for layer in sorted(d.heads):
+        base = f"layers.{layer}"
+        if not 0 <= layer < d.num_layers:
+            raise _fail(src, base, f"layer {layer} is outside 0..{d.num_layers - 1}")
+        for part in ("directions", "sigma"):
+            if layer not in getattr(d, part):
+                raise _fail(src, f"{base}.{part}", "missing")
+        heads, dirs, sig = d.heads[layer], d.directions[layer], d.sigma[layer]
+        k = heads.numel()
+        if heads.dim() != 1 or heads.dtype != torch.int64:
+            raise _fail(src, f"{base}.heads", f"must be int64 [k], got {heads.dtype} {list(heads.shape)}")
+        if k == 0:
+            raise _fail(src, f"{base}.heads", "is empty")
+        if heads.min() < 0 or heads.max() >= d.num_heads:
+            raise _fail(src, f"{base}.heads", f"has indices outside 0..{d.num_heads - 1}")
+        if heads.unique().numel() != k:
+            raise _fail(src, f"{base}.heads", "repeats a head")
+        if tuple(dirs.shape) != (k, d.head_dim):
+            raise _fail(src, f"{base}.directions", f"shape {list(dirs.shape)}, expected [{k}, {d.head_dim}]")
+        if tuple(sig.shape) != (k,):
+            raise _fail(src, f"{base}.sigma", f"shape {list(sig.shape)}, expected [{k}]")
+        if not torch.isfinite(dirs).all():
+            raise _fail(src, f"{base}.directions", "contains NaN or infinite values")
+        if not torch.isfinite(sig).all():
+            raise _fail(src, f"{base}.sigma", "contains NaN or infinite values")
+        norms = dirs.double().norm(dim=1)
+        if ((norms - 1).abs() > UNIT_NORM_TOLERANCE).any():
+            raise _fail(src, f"{base}.directions", f"rows must have unit L2 norm (found {norms.min():.4g}..{norms.max():.4g})")
+        if (sig <= 0).any():
+            raise _fail(src, f"{base}.sigma", "must be > 0")
+    if d.probe_accuracy is not None and tuple(d.probe_accuracy.shape) != (d.num_layers, d.num_heads):
+        raise _fail(src, "probe_accuracy", f"shape {list(d.probe_accuracy.shape)}, expected [{d.num_layers}, {d.num_heads}]")
+    if d.head_rank is not None:
+        hr = d.head_rank
+        if hr.dim() != 2 or hr.shape[1] != 2:
+            raise _fail(src, "head_rank", f"must be int64 [K, 2], got {list(hr.shape)}")
+        if hr.numel() and (hr[:, 0].min() < 0 or hr[:, 0].max() >= d.num_layers or hr[:, 1].min() < 0 or hr[:, 1].max() >= d.num_heads):
+            raise _fail(src, "head_rank", "has (layer, head) pairs outside the model")
+    return d
+
+
+def save_directions(d: Directions, path: str | os.PathLike) -> Path:
+    """Validate, then write atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    meta = {k: str(v) for k, v in d.metadata.items()}
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(d.num_layers),
+                num_heads=str(d.num_heads), head_dim=str(d.head_dim))
+    d.metadata = meta
+    validate(d)
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in sorted(d.heads):
+        tensors[f"layers.{layer}.heads"] = d.heads[layer].to(torch.int64).contiguous()
+        tensors[f"layers.{layer}.directions"] = d.directions[layer].to(torch.float32).contiguous()
+        tensors[f"layers.{layer}.sigma"] = d.sigma[layer].to(torch.float32).contiguous()
+    if d.probe_accuracy is not None:
+        tensors["probe_accuracy"] = d.probe_accuracy.to(torch.float32).contiguous()
+    if d.head_rank is not None:
+        tensors["head_rank"] = d.head_rank.to(torch.int64).contiguous()
+    target = Path(path)
+    with atomic_path(target, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return target
+
+
+def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -> Directions:
+    """Read and validate a directions file; every problem is an ITIError naming the file and the field."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    src = str(p)
+    if not p.is_file():
+        raise ITIError(f"{src}: directions file not found")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise ITIError(f"{src}: not a readable safetensors directions file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if meta.get("format") != FORMAT:
+        raise _fail(src, "__metadata__.format", f"is {meta.get('format')!r}, expected {FORMAT!r}: not an lm-eval-iti directions file")
+    ints = {}
+    for key in ("num_layers", "num_heads", "head_dim"):
+        try:
+            ints[key] = int(meta[key])
+        except (KeyError, ValueError):
+            raise _fail(src, f"__metadata__.{key}", "missing or not an integer") from None
+    heads, dirs, sig = {}, {}, {}
+    for key, tensor in tensors.items():
+        m = _LAYER_KEY.match(key)
+        if m:
+            {"heads": heads, "directions": dirs, "sigma": sig}[m.group(2)][int(m.group(1))] = tensor
+        elif key not in ("probe_accuracy", "head_rank"):
+            raise _fail(src, key, "unknown tensor")
+    for layer in set(dirs) | set(sig):
+        if layer not in heads:
+            raise _fail(src, f"layers.{layer}.heads", "missing")
+    d = Directions(ints["num_layers"], ints["num_heads"], ints["head_dim"], heads, dirs, sig, meta,
+                   tensors.get("probe_accuracy"), tensors.get("head_rank"), src)
+    return validate(d, expect)

@@ -1,0 +1,25 @@
+"""``lm-eval-iti run ...``: the stock lm_eval CLI with hf-iti and the packaged tasks loaded."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("lm_eval_args", nargs=-1, type=click.UNPROCESSED)
+def run(lm_eval_args):
+    """Run lm_eval (every stock flag works) with hf-iti and the truthfulqa_iti tasks registered."""
+    from ..errors import install_one_line_errors
+    from ..plugin import ensure_registered
+
+    ensure_registered()
+    install_one_line_errors()
+    from lm_eval.__main__ import cli_evaluate
+
+    args = list(lm_eval_args)
+    if not args or args[0] not in ("run", "ls", "validate"):
+        args = ["run"] + args
+    sys.argv = ["lm_eval"] + args
+    cli_evaluate()

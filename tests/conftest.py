@@ -1,0 +1,53 @@
+"""Shared fixtures: offline tiny models and the ../shared/data folder (tests needing it skip with a reason)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LM_EVAL_ITI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with a clear reason where it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (tests read TruthfulQA etc. from ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny random Llama (hidden 64, 2 layers, 4 heads) with an offline BPE tokenizer."""
+    from lm_eval_iti.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_llama"), "llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    from lm_eval_iti.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_directions_file(tiny_model_dir, tmp_path_factory):
+    """A valid directions file (4 random heads, alpha 3) for the tiny Llama."""
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_iti.artifact import save_directions
+    from lm_eval_iti.tiny import random_directions
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    path = tmp_path_factory.mktemp("dirs") / "tiny.safetensors"
+    save_directions(random_directions(model, num_heads=4, seed=1, alpha=3.0, model_id=str(tiny_model_dir)), path)
+    return path
