@@ -59,6 +59,13 @@ class Directions:
     head_rank: torch.Tensor | None = None
     source: str = "<memory>"
 
+    def __post_init__(self):
+        # objects built in memory get the format fields a saved file carries
+        for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION), ("site", SITE),
+                           ("num_layers", self.num_layers), ("num_heads", self.num_heads),
+                           ("head_dim", self.head_dim), ("alpha", "15"), ("method", "unknown")):
+            self.metadata.setdefault(key, str(value))
+
     @property
     def alpha(self) -> float:
         return float(self.metadata.get("alpha", "15"))
@@ -146,6 +153,10 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
             if have != want:
                 theirs = f" (fitted for {meta.get('model') or 'another model'})"
                 raise _fail(src, f"__metadata__.{name}", f"is {have} but the model{' ' + expect.model if expect.model else ''} has {want}{theirs}")
+        arch = meta.get("architecture", "")
+        if arch and expect.architecture and arch != expect.architecture:
+            raise _fail(src, "__metadata__.architecture", f"is {arch!r} (fitted for {meta.get('model') or 'another model'}) "
+                        f"but the model is {expect.architecture!r}")
     for layer in sorted(d.heads):
         base = f"layers.{layer}"
         if not 0 <= layer < d.num_layers:

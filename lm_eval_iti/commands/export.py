@@ -1,0 +1,60 @@
+"""``lm-eval-iti export`` and ``lm-eval-iti bake``."""
+
+from __future__ import annotations
+
+import click
+
+
+def _load(model_id, directions_path, dtype, revision):
+    from ..architectures import model_shape
+    from ..artifact import load_directions
+    from ..loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_id, dtype=dtype, revision=revision)
+    directions = load_directions(directions_path, expect=model_shape(model))
+    return model, tokenizer, directions
+
+
+def _alpha(alpha, directions):
+    from ..model import parse_alpha
+
+    value = parse_alpha(alpha)
+    return directions.alpha if value is None else value
+
+
+@click.command()
+@click.option("--model", "model_id", required=True, help="Model folder or hub id the directions were fitted on.")
+@click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
+@click.option("--to", "target", type=click.Choice(["steered"]), default="steered", show_default=True,
+              help="Export format: the .pt that lm-eval's own `steered` model reads.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pt file.")
+@click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
+@click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--revision", default=None)
+def export(model_id, directions, target, out, alpha, num_heads, dtype, revision):
+    """Export W_o·(alpha·sigma·direction) per layer for `lm_eval --model steered` (edits every position)."""
+    from ..export import export_steered
+
+    model, _, d = _load(model_id, directions, dtype, revision)
+    d = d.top_k(num_heads) if num_heads else d
+    path = export_steered(model, d, _alpha(alpha, d), out)
+    click.echo(f"wrote {path}: use --model steered --model_args pretrained={model_id},steer_path={path}")
+
+
+@click.command()
+@click.option("--model", "model_id", required=True, help="Model folder or hub id the directions were fitted on.")
+@click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder (new or empty).")
+@click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
+@click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
+@click.option("--dtype", default="float32", show_default=True, help="Weights dtype of the saved model.")
+@click.option("--revision", default=None)
+def bake(model_id, directions, out, alpha, num_heads, dtype, revision):
+    """Write a Hugging Face model whose attention output bias holds W_o·shift (acts at every position)."""
+    from ..export import bake as bake_model
+
+    model, tokenizer, d = _load(model_id, directions, dtype, revision)
+    d = d.top_k(num_heads) if num_heads else d
+    path = bake_model(model, d, _alpha(alpha, d), out, tokenizer=tokenizer, provenance={"base_model": model_id})
+    click.echo(f"wrote {path} (loads with plain transformers; edits every position like hf-iti mc/gen_positions=all)")

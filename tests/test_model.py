@@ -1,0 +1,332 @@
+"""hf-iti against independent computations: plain hf, a hand-written hook from the file's tensors, spies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+from safetensors.torch import load_file
+
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.model import HFITI
+
+CONTEXTS = [
+    "Q: What is the square root of banana?\nA:",
+    "Q: Who was president of the United States in 1955?\nA:",
+    "Q: Where were the 1992 Olympics held?\nA:",
+    "Q:",
+]
+CONTINUATIONS = [" I have no comment.", " Dwight D. Eisenhower", " Barcelona, Spain.", " yes", " no", " The"]
+REQUESTS = [(c, x) for c in CONTEXTS for x in CONTINUATIONS[: 3 + (len(c) % 3)]]
+PROMPTS = ["Q: Where were the 1992 Olympics held?\nA:", "Q: Who?", "Q: How does a telescope work? Telescopes use\nA:"]
+
+
+def lm(cls, model_dir, batch_size=8, **kw):
+    return cls(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=batch_size, **kw)
+
+
+def ll(model, requests=REQUESTS):
+    return [r[0] for r in model.loglikelihood([Instance("loglikelihood", None, r, i) for i, r in enumerate(requests)],
+                                               disable_tqdm=True)]
+
+
+def gen(model, prompts=PROMPTS, max_gen_toks=12):
+    reqs = [Instance("generate_until", None, (p, {"until": ["Q:"], "max_gen_toks": max_gen_toks}), i)
+            for i, p in enumerate(prompts)]
+    return model.generate_until(reqs, disable_tqdm=True)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    return lm(HFLM, tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def steered_answer(tiny_model_dir, tiny_directions_file):
+    return lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file))
+
+
+# ---- an independent reference: its own pre-hook from the file's raw tensors, batch 1, explicit positions ----
+
+def reference_vectors(path, alpha):
+    raw = load_file(str(path))
+    vectors = {}
+    for key in raw:
+        if key.endswith(".heads"):
+            layer = int(key.split(".")[1])
+            vec = torch.zeros(4, 16)  # tiny Llama: 4 heads x head_dim 16
+            for i, h in enumerate(raw[key].tolist()):
+                vec[h] = alpha * raw[f"layers.{layer}.sigma"][i] * raw[f"layers.{layer}.directions"][i]
+            vectors[layer] = vec.reshape(-1)
+    return vectors
+
+
+class ReferenceHook:
+    """Adds the layer vector to the o_proj input at ``self.positions`` (a set of absolute indices, or 'all')."""
+
+    def __init__(self, model, vectors):
+        self.positions = set()
+        self.handles = [model.model.layers[l].self_attn.o_proj.register_forward_pre_hook(self._hook(v))
+                        for l, v in vectors.items()]
+
+    def _hook(self, vec):
+        def hook(module, args):
+            x = args[0].clone()
+            for t in range(x.shape[1]):
+                if self.positions == "all" or t in self.positions:
+                    x[:, t] += vec
+            return (x,)
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def reference_loglikelihood(model, tokenizer, requests, vectors, mode):
+    hook = ReferenceHook(model, vectors)
+    out = []
+    try:
+        for ctx, cont in requests:
+            whole = tokenizer(ctx + cont, add_special_tokens=False).input_ids
+            c = len(tokenizer(ctx, add_special_tokens=False).input_ids)
+            x = len(whole) - c
+            hook.positions = "all" if mode == "all" else set(range(c - 1, c + x - 1))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
+            out.append(sum(float(logp[c - 1 + i, whole[c + i]]) for i in range(x)))
+    finally:
+        hook.remove()
+    return out
+
+
+def reference_generate(model, tokenizer, prompt, vectors, mode, max_new=12):
+    """Greedy decoding by full recomputation: the KV-cache semantics expressed as absolute positions."""
+    hook = ReferenceHook(model, vectors)
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    p = len(ids)
+    try:
+        for _ in range(max_new):
+            if mode == "all":
+                hook.positions = "all"
+            else:
+                first = p - 1 if mode == "last" else p
+                hook.positions = set(range(first, len(ids)))
+            with torch.no_grad():
+                nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt == tokenizer.eos_token_id:
+                break
+    finally:
+        hook.remove()
+    text = tokenizer.decode(ids[p:], skip_special_tokens=True)
+    return text.split("Q:")[0]
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval(), AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+# ---- tests ----
+
+def test_alpha_zero_is_bit_identical_to_hf(tiny_model_dir, tiny_directions_file, base):
+    zero = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), alpha=0)
+    assert ll(zero) == ll(base)
+    assert gen(zero) == gen(base)
+    text = ["Q: How does a telescope work?\nA: Telescopes use lenses or mirrors to focus light."]
+    roll = [Instance("loglikelihood_rolling", None, (t,), 0) for t in text]
+    assert zero.loglikelihood_rolling(roll, disable_tqdm=True) == base.loglikelihood_rolling(roll, disable_tqdm=True)
+
+
+@pytest.mark.parametrize("mode", ["answer", "all"])
+def test_loglikelihood_matches_an_independent_hook(tiny_model_dir, tiny_directions_file, plain, mode, base):
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), mc_positions=mode)
+    ours = ll(model)
+    expected = reference_loglikelihood(*plain, REQUESTS, reference_vectors(tiny_directions_file, 3.0), mode)
+    assert ours == pytest.approx(expected, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(ours, ll(base))) > 1e-3, "the shift must change the scores"
+
+
+def test_rolling_loglikelihood_edits_every_position(tiny_model_dir, tiny_directions_file, plain):
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file))
+    text = "Q: How does a telescope work?\nA: Telescopes use lenses or mirrors to focus light."
+    ours = model.loglikelihood_rolling([Instance("loglikelihood_rolling", None, (text,), 0)], disable_tqdm=True)[0]
+    hf_model, tok = plain
+    expected = reference_loglikelihood(hf_model, tok, [(tok.decode([model.prefix_token_id]), text)],
+                                       reference_vectors(tiny_directions_file, 3.0), "all")[0]
+    assert ours == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["last", "generated", "all"])
+def test_generation_matches_an_independent_hook(tiny_model_dir, tiny_directions_file, plain, mode):
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), gen_positions=mode, batch_size=4, alpha=4)
+    ours = gen(model)
+    vectors = reference_vectors(tiny_directions_file, 4.0)
+    expected = [reference_generate(*plain, p, vectors, mode) for p in PROMPTS]
+    assert ours == expected
+
+
+@pytest.mark.parametrize("mode", ["last", "generated", "all"])
+def test_generation_logits_match_an_independent_hook_per_step(tiny_model_dir, tiny_directions_file, plain, mode):
+    """Left-padded batched KV-cache decoding vs full recomputation, logits compared at every step."""
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), gen_positions=mode, alpha=6)
+    ids, mask = model.tok_batch_encode(PROMPTS, padding_side="left")
+    steps = 6
+    out = model._model_generate(ids, max_length=ids.shape[1] + steps, stop=[], attention_mask=mask, do_sample=False,
+                                output_logits=True, return_dict_in_generate=True)
+    hf_model, tok = plain
+    hook = ReferenceHook(hf_model, reference_vectors(tiny_directions_file, 6.0))
+    try:
+        for row, prompt in enumerate(PROMPTS):
+            prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+            p = len(prompt_ids)
+            generated = out.sequences[row, ids.shape[1]:].tolist()
+            for step in range(len(out.logits)):
+                seq = prompt_ids + generated[:step]
+                hook.positions = "all" if mode == "all" else set(range(p - 1 if mode == "last" else p, len(seq)))
+                with torch.no_grad():
+                    expected = hf_model(torch.tensor([seq])).logits[0, -1]
+                assert torch.allclose(out.logits[step][row], expected, atol=1e-4), (row, step)
+    finally:
+        hook.remove()
+
+
+def test_generation_modes_differ(tiny_model_dir, tiny_directions_file, base):
+    outs = {m: gen(lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), alpha=8, gen_positions=m))
+            for m in ("last", "generated", "all")}
+    assert len({tuple(v) for v in outs.values()} | {tuple(gen(base))}) >= 3
+
+
+def test_answer_mode_leaves_logits_before_the_last_context_token_identical(steered_answer, base, plain):
+    _, tok = plain
+    ctx, cont = REQUESTS[0]
+    c = len(tok(ctx, add_special_tokens=False).input_ids)
+    captured = {}
+
+    def spy(name):
+        def hook(module, args, output):
+            captured[name] = output.detach().clone()
+        return hook
+
+    for name, model in (("hf", base), ("iti", steered_answer)):
+        handle = model.model.lm_head.register_forward_hook(spy(name))
+        ll(model, [(ctx, cont)])
+        handle.remove()
+    hf, iti = captured["hf"][0], captured["iti"][0]
+    assert torch.equal(hf[: c - 1], iti[: c - 1])
+    assert not torch.allclose(hf[c - 1], iti[c - 1])
+
+
+def _edit_spy(model, layer):
+    """Records, per forward of one o_proj, which positions the ITI hook changed."""
+    proj = model.model.model.layers[layer].self_attn.o_proj
+    record, before = [], {}
+    h1 = proj.register_forward_pre_hook(lambda m, a: before.__setitem__("x", a[0].clone()), prepend=True)
+    h2 = proj.register_forward_pre_hook(
+        lambda m, a: record.append((a[0] != before["x"]).any(-1).tolist()))
+    return record, (h1, h2)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5])
+def test_gen_last_edits_the_last_prompt_position_and_each_generated_token(steered_answer, prompt_len):
+    layer = next(iter(steered_answer.intervener.vectors))
+    record, handles = _edit_spy(steered_answer, layer)
+    context = torch.randint(5, 200, (2, prompt_len))
+    try:
+        out = steered_answer._model_generate(context, max_length=prompt_len + 4, stop=["never-stop"],
+                                             do_sample=False)
+    finally:
+        for h in handles:
+            h.remove()
+    steps = out.shape[1] - prompt_len
+    assert len(record) == steps >= 2
+    assert record[0] == [[False] * (prompt_len - 1) + [True]] * 2  # prefill: last prompt position only
+    assert all(r == [[True], [True]] for r in record[1:])  # each decode step: the new token
+
+
+def test_gen_generated_leaves_the_prompt_forward_untouched(tiny_model_dir, tiny_directions_file):
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), gen_positions="generated")
+    record, handles = _edit_spy(model, next(iter(model.intervener.vectors)))
+    try:
+        model._model_generate(torch.randint(5, 200, (1, 1)), max_length=4, stop=["never"], do_sample=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert record[0] == [[False]] and all(r == [[True]] for r in record[1:])
+
+
+def test_batch_size_and_logits_cache_do_not_change_scores(tiny_model_dir, tiny_directions_file, steered_answer):
+    reference = ll(steered_answer)
+    one = ll(lm(HFITI, tiny_model_dir, batch_size=1, directions=str(tiny_directions_file)))
+    nocache = ll(lm(HFITI, tiny_model_dir, batch_size=3, logits_cache=False, directions=str(tiny_directions_file)))
+    assert one == pytest.approx(reference, abs=1e-5)
+    assert nocache == pytest.approx(reference, abs=1e-5)
+
+
+def test_generation_batch_one_equals_batched_left_padding(tiny_model_dir, tiny_directions_file):
+    batched = gen(lm(HFITI, tiny_model_dir, batch_size=4, directions=str(tiny_directions_file)))
+    single = gen(lm(HFITI, tiny_model_dir, batch_size=1, directions=str(tiny_directions_file)))
+    assert batched == single
+
+
+def test_same_input_with_different_splits_gets_each_its_own_positions(steered_answer, plain, tiny_directions_file):
+    # ctx+cont[:-1] identical, split differently: identical model rows that need different edits
+    tokens = list(range(20, 32))
+    requests = [(("a", "b"), tokens[:6], tokens[6:]), (("c", "d"), tokens[:9], tokens[9:])]
+    ours = [r[0] for r in steered_answer._loglikelihood_tokens(requests, disable_tqdm=True)]
+    model, _ = plain
+    hook = ReferenceHook(model, reference_vectors(tiny_directions_file, 3.0))
+    expected = []
+    try:
+        for (_, ctx, cont) in requests:
+            hook.positions = set(range(len(ctx) - 1, len(ctx) + len(cont) - 1))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([(ctx + cont)[:-1]])).logits[0], -1)
+            expected.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
+    finally:
+        hook.remove()
+    assert ours == pytest.approx(expected, abs=1e-5)
+
+
+def test_batch_size_probing_calls_are_not_edited(steered_answer):
+    seen = []
+    proj = steered_answer.model.model.layers[next(iter(steered_answer.intervener.vectors))].self_attn.o_proj
+    handle = proj.register_forward_pre_hook(lambda m, a: seen.append(steered_answer.intervener.current_plan()))
+    try:
+        steered_answer._model_call(torch.ones(2, 7, dtype=torch.long))
+    finally:
+        handle.remove()
+    assert seen == [None]
+
+
+def test_heads_option_uses_the_top_k_by_rank(tiny_model_dir, tiny_directions_file):
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), heads=2)
+    assert model.directions.num_selected == 2
+    info = model.get_model_info()["iti"]
+    assert info["num_heads_used"] == 2 and len(info["heads_used"]) == 2
+
+
+def test_results_record_provenance(steered_answer, tiny_directions_file):
+    import hashlib
+
+    info = steered_answer.get_model_info()["iti"]
+    assert info["directions_sha256"] == hashlib.sha256(tiny_directions_file.read_bytes()).hexdigest()
+    assert info["alpha"] == 3.0 and info["mc_positions"] == "answer" and info["gen_positions"] == "last"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"directions": "/nonexistent.safetensors"}, "not found"),
+    ({"mc_positions": "legacy"}, "mc_positions='legacy' is not one of answer, all"),
+    ({"gen_positions": "prompt"}, "gen_positions='prompt'"),
+    ({"alpha": "strong"}, "alpha='strong' is not a number"),
+    ({"heads": "0"}, "heads='0' must be a positive"),
+    ({"directions": None}, "needs model_args directions"),
+])
+def test_bad_options_fail_before_loading(tiny_model_dir, tiny_directions_file, kwargs, message):
+    args = {"directions": str(tiny_directions_file), **kwargs}
+    with pytest.raises(ITIError, match=message):
+        HFITI(pretrained="/model/never/loaded", device="cpu", **args)
