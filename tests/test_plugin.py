@@ -1,0 +1,178 @@
+"""The stock `lm_eval` CLI finds hf-iti (installed copy, fresh venv), data parallel, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PY = Path(sys.executable)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def mc_task(tmp_path_factory):
+    """A self-contained multiple-choice task on local JSON (independent of the packaged tasks)."""
+    folder = tmp_path_factory.mktemp("task")
+    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 3)], "gold": 0}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
+    (folder / "docs.json").write_text(json.dumps(docs))
+    (folder / "plugin_mc.yaml").write_text(f"""task: plugin_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {folder / 'docs.json'}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder / "plugin_mc.yaml"
+
+
+def run(cmd, cwd, timeout=300):
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def results_of(out_dir: Path) -> dict:
+    files = sorted(out_dir.rglob("results_*.json"))
+    assert files, f"no results under {out_dir}"
+    return json.loads(files[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A new venv holding an installed wheel of the package; dependencies come from the dev venv by path."""
+    tmp = tmp_path_factory.mktemp("install")
+    wheel_dir = tmp / "wheel"
+    built = run([str(VENV_PY), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir),
+                 str(ROOT)], cwd=tmp)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(wheel_dir.glob("lm_eval_iti-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lm_eval_iti_autoload.pth" in names and "lm_eval_iti/tasks/" in {n[: len("lm_eval_iti/tasks/")] for n in names}
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    new_py = venv / "bin" / "python"
+    site = Path(run([str(new_py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip())
+    dev_site = Path(run([str(VENV_PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip())
+    (site / "zz_dev_dependencies.pth").write_text(str(dev_site) + "\n")  # a plain path: its .pth files are not run
+    installed = run([str(VENV_PY), "-m", "pip", "--python", str(new_py), "install", "--no-deps", "--no-index", "-q",
+                     str(wheel)], cwd=tmp)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    return new_py, tmp
+
+
+def test_stock_lm_eval_runs_hf_iti_from_an_installed_copy(fresh_venv, mc_task, tiny_model_dir, tiny_directions_file):
+    py, tmp = fresh_venv
+    where = run([str(py), "-c", "import lm_eval_iti, sys; print(lm_eval_iti.__file__)"], cwd=tmp)
+    assert "site-packages" in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
+    metrics = {}
+    for model, extra in (("hf-iti", f",directions={tiny_directions_file},alpha=3"), ("hf", "")):
+        out = tmp / f"out_{model}"
+        proc = run([str(py), "-m", "lm_eval", "--model", model, "--model_args", f"pretrained={tiny_model_dir}{extra}",
+                    "--tasks", str(mc_task), "--device", "cpu", "--batch_size", "4", "--output_path", str(out)], cwd=tmp)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        res = results_of(out)
+        metrics[model] = res["results"]["plugin_mc"]["acc,none"]
+        if model == "hf-iti":
+            assert res["config"]["iti"]["alpha"] == 3.0 and len(res["config"]["iti"]["directions_sha256"]) == 64
+    assert set(metrics) == {"hf-iti", "hf"}
+
+
+def test_importing_python_without_lm_eval_stays_cheap(fresh_venv):
+    py, tmp = fresh_venv
+    proc = run([str(py), "-c", "import sys; print(sorted(m for m in sys.modules if m.startswith(('lm_eval', 'torch'))))"], tmp)
+    assert proc.stdout.strip() == "['_lm_eval_iti_autoload']" or proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_data_parallel_accelerate_gives_the_same_metrics(mc_task, tiny_model_dir, tiny_directions_file, tmp_path):
+    args = ["--model", "hf-iti", "--model_args", f"pretrained={tiny_model_dir},directions={tiny_directions_file}",
+            "--tasks", str(mc_task), "--device", "cpu", "--batch_size", "2", "--log_samples"]
+    one = run([str(VENV_PY), "-m", "lm_eval", *args, "--output_path", str(tmp_path / "one")], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    accelerate = VENV_PY.parent / "accelerate"
+    two = run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "-m", "lm_eval", *args, "--output_path", str(tmp_path / "two")],
+              cwd=tmp_path, timeout=400)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = results_of(tmp_path / "one"), results_of(tmp_path / "two")
+    assert r2["results"]["plugin_mc"]["acc,none"] == r1["results"]["plugin_mc"]["acc,none"]
+
+    def per_doc(folder):
+        rows = [json.loads(l) for f in folder.rglob("samples_plugin_mc_*.jsonl") for l in f.read_text().splitlines()]
+        return {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in rows}
+
+    a, b = per_doc(tmp_path / "one"), per_doc(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 8
+    for doc_id in a:
+        assert a[doc_id] == pytest.approx(b[doc_id], abs=1e-5)
+
+
+def _bad_inputs(tmp_path, tiny_model_dir, tiny_directions_file):
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_iti.artifact import save_directions
+    from lm_eval_iti.tiny import build_model, random_directions, save_tiny
+
+    other = build_model("llama", hidden=48, layers=2, heads=3, vocab_size=512)
+    other_file = save_directions(random_directions(other, 2, model_id="other-model"), tmp_path / "other.safetensors")
+    nan = random_directions(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), 2)
+    nan_file = tmp_path / "nan.safetensors"
+    save_directions(nan, nan_file)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(nan_file), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    first = next(k for k in tensors if k.endswith(".directions"))
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, str(nan_file), metadata=meta)
+    bloom_dir = tmp_path / "bloom"
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from lm_eval_iti.tiny import build_tokenizer
+
+    build_tokenizer(bloom_dir)
+    BloomForCausalLM(BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=512)).save_pretrained(str(bloom_dir))
+    d = str(tiny_directions_file)
+    return {
+        "another model's file": (tiny_model_dir, f"directions={other_file}", "num_heads"),
+        "NaN directions": (tiny_model_dir, f"directions={nan_file}", "NaN"),
+        "missing file": (tiny_model_dir, f"directions={tmp_path / 'absent.safetensors'}", "not found"),
+        "unknown position mode": (tiny_model_dir, f"directions={d},mc_positions=middle", "mc_positions='middle'"),
+        "non-numeric alpha": (tiny_model_dir, f"directions={d},alpha=lots", "alpha='lots' is not a number"),
+        "unsupported architecture": (bloom_dir, f"directions={d}", "unsupported architecture BloomForCausalLM"),
+    }
+
+
+def test_bad_input_ends_with_one_line_and_writes_nothing(tmp_path, mc_task, tiny_model_dir, tiny_directions_file):
+    cases = _bad_inputs(tmp_path, tiny_model_dir, tiny_directions_file)
+    procs = {}
+    for i, (name, (model_dir, model_args, _)) in enumerate(cases.items()):
+        out = tmp_path / f"out{i}"
+        cli = [str(VENV_PY.parent / "lm-eval-iti"), "run"] if i % 2 else [str(VENV_PY), "-m", "lm_eval"]
+        cmd = cli + ["--model", "hf-iti", "--model_args", f"pretrained={model_dir},{model_args}", "--tasks",
+                     str(mc_task), "--device", "cpu", "--output_path", str(out)]
+        procs[name] = (subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True), out)
+    for name, (proc, out) in procs.items():
+        _, err = proc.communicate(timeout=300)
+        expected = cases[name][2]
+        assert proc.returncode != 0, name
+        lines = [l for l in err.splitlines() if "lm-eval-iti: error:" in l]
+        assert len(lines) == 1 and expected in lines[0], (name, err[-1500:])
+        assert "Traceback" not in err, (name, err[-1500:])
+        assert not out.exists(), name
