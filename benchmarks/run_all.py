@@ -1,0 +1,57 @@
+"""`make bench`: run every benchmark script here, one after another, and print one table of their figures.
+
+Each script prints, as its last stdout line, {"figures": [{"figure", "ratio", "target", "pass"}, ...]}.
+gpu_check.py runs with --small when no CUDA device is present (correctness only on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import machine  # noqa: E402
+
+
+def main() -> int:
+    import torch
+
+    scripts = sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_") and p.name != "run_all.py")
+    rows, failures = [], []
+    for script in scripts:
+        args = [sys.executable, str(script)]
+        if script.name == "gpu_check.py" and not torch.cuda.is_available():
+            args.append("--small")
+        print(f"== {script.name}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(args, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        lines = [l for l in proc.stdout.splitlines() if l.strip()]
+        print("\n".join(l for l in lines[:-1] if not l.startswith("{")), flush=True)
+        try:
+            figures = json.loads(lines[-1])["figures"]
+        except (IndexError, ValueError, KeyError):
+            failures.append(f"{script.name}: exit {proc.returncode}, no figures ({proc.stderr.strip().splitlines()[-1:] })")
+            continue
+        for f in figures:
+            rows.append((script.name, f["figure"], f["ratio"], f["target"], "pass" if f["pass"] else "FAIL"))
+        print(f"   ({elapsed:.0f} s)", flush=True)
+    print(f"\nmachine: {machine()}\n")
+    widths = [max(len(str(r[i])) for r in rows + [("script", "figure", "ratio", "target", "result")]) for i in range(5)]
+    header = ("script", "figure", "ratio", "target", "result")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    for failure in failures:
+        print(f"ERROR {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
