@@ -135,3 +135,162 @@ def load_generation(source: str | Path = HUB_ID) -> list[dict]:
                 doc["best_incorrect_answer"] = row["Best Incorrect Answer"].strip()
             out.append(doc)
         return out
+
+
+# The 2025 TruthfulQA release (binary format) -------------------------------------------------------------------
+# The raw file of the TruthfulQA repository; its sha256 is the one of the 2025 release (790 questions), so a later
+# upstream change shows up as a warning instead of silently different numbers.
+BINARY_CSV_URL = "https://raw.githubusercontent.com/sylinrl/TruthfulQA/main/TruthfulQA.csv"
+BINARY_CSV_SHA256 = "b8d8ef1e12f98b4f2a9f47abc9765da0640b182b6c5d9b92f0c1a1f2f1e02e5c"
+BINARY_CSV_COLUMNS = ("Question", "Best Answer", "Best Incorrect Answer")
+BINARY_JSON_COLUMNS = ("question", "best_answer", "best_incorrect_answer")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (a fixed https URL or the user's)
+            return response.read()
+    except Exception as exc:
+        raise ITIError(f"could not download {url}: {_first_line(exc)}; "
+                       "pass binary_data=PATH (the 2025 TruthfulQA.csv or its folder) instead") from None
+
+
+def _binary_rows_from_csv_text(text: str, where: str) -> list[dict]:
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    fields = reader.fieldnames or []
+    missing = [c for c in BINARY_CSV_COLUMNS if c not in fields]
+    if missing:
+        raise ITIError(f"{where}: missing column '{missing[0]}' (the binary format needs the 2025 TruthfulQA.csv: "
+                       f"{', '.join(BINARY_CSV_COLUMNS)})")
+    out = []
+    for i, row in enumerate(reader):
+        doc = {
+            "type": (row.get("Type") or "").strip(),
+            "category": (row.get("Category") or "").strip(),
+            "question": (row["Question"] or "").strip(),
+            "best_answer": (row["Best Answer"] or "").strip(),
+            "best_incorrect_answer": (row["Best Incorrect Answer"] or "").strip(),
+        }
+        for key in BINARY_JSON_COLUMNS:
+            if not doc[key]:
+                raise ITIError(f"{where} row {i}: empty '{key}'")
+        out.append(doc)
+    return out
+
+
+def load_binary(source: str | Path = BINARY_CSV_URL) -> list[dict]:
+    """The 2025 binary format: ``question``, ``best_answer``, ``best_incorrect_answer`` (+ ``type``, ``category``).
+
+    ``source``: an http(s) URL (default: the raw 2025 CSV of the TruthfulQA repository), the 2025
+    ``TruthfulQA.csv``, a folder holding it, or a JSON/JSONL file with those three fields.
+    """
+    src = str(source)
+    if src.startswith(("http://", "https://")):
+        import hashlib
+        import logging
+
+        raw = _fetch_url(src)
+        digest = hashlib.sha256(raw).hexdigest()
+        if src == BINARY_CSV_URL and digest != BINARY_CSV_SHA256:
+            logging.getLogger(__name__).warning(
+                "%s has sha256 %s, not the 2025 release's %s: upstream changed the file",
+                src, digest, BINARY_CSV_SHA256)
+        return _binary_rows_from_csv_text(raw.decode("utf-8-sig"), src)
+    local = resolve_local(source, "TruthfulQA.csv")
+    if local is None:
+        raise ITIError(f"binary_data={src}: no such file or folder "
+                       "(expected the 2025 TruthfulQA.csv, its folder or a URL)")
+    if local.suffix in (".json", ".jsonl"):
+        rows = _read_json_rows(local)
+        out = []
+        for i, r in enumerate(rows):
+            _check_columns(r, BINARY_JSON_COLUMNS, f"{local} row {i}")
+            out.append({"type": str(r.get("type", "")), "category": str(r.get("category", "")),
+                        **{k: str(r[k]).strip() for k in BINARY_JSON_COLUMNS}})
+        return out
+    return _binary_rows_from_csv_text(local.read_text(encoding="utf-8-sig"), str(local))
+
+
+# NQ-open / TriviaQA transfer sets -----------------------------------------------------------------------------------
+TRANSFER_HUB_IDS = {"nq_open": "OamPatel/iti_nq_open_val", "trivia_qa": "OamPatel/iti_trivia_qa_val"}
+TRANSFER_CSV_COLUMNS = ("Question", "Correct Answers", "Incorrect Answers")
+TRANSFER_HUB_COLUMNS = ("question", "answer", "false_answer")
+TRANSFER_ANSWER_SEP = "<MULTIPLE_ANS_SEP>"
+
+
+def _transfer_answers(value, where: str) -> list[str]:
+    """The hub ``answer`` field: a list of strings (NQ) or a TriviaQA answer dict whose ``aliases`` are used."""
+    if isinstance(value, dict):
+        if "aliases" not in value:
+            raise ITIError(f"{where}: 'answer' is a dict without 'aliases'")
+        value = value["aliases"]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ITIError(f"{where}: 'answer' must be a list of strings or a dict with 'aliases'")
+    return [str(a) for a in value]
+
+
+def _transfer_row(question, answers: list[str], false_answer, where: str) -> dict:
+    cleaned, seen = [], set()
+    for a in answers:  # exact duplicates would count twice in the probability mass
+        a = a.strip()
+        if a and a not in seen:
+            seen.add(a)
+            cleaned.append(a)
+    if not cleaned:
+        raise ITIError(f"{where}: no correct answer")
+    false = str(false_answer if false_answer is not None else "").strip()
+    if not false:
+        raise ITIError(f"{where}: empty false answer")
+    return {"question": str(question).strip(), "answers": cleaned, "false_answer": false}
+
+
+def load_transfer(source: str | Path) -> list[dict]:
+    """An ITI transfer set as ``{question, answers: [...], false_answer}`` rows, in file order.
+
+    ``source``: a hub id (``OamPatel/iti_nq_open_val`` / ``OamPatel/iti_trivia_qa_val``: ``question``, ``answer``
+    (list, or dict whose ``aliases`` are used), ``false_answer``), a local CSV in the converted format
+    (``Question``, ``Correct Answers`` joined by ``<MULTIPLE_ANS_SEP>``, ``Incorrect Answers``), or a local
+    JSON/JSONL file in the hub shape.
+    """
+    p = Path(str(source)).expanduser()
+    if p.is_dir():
+        raise ITIError(f"{source}: is a folder; pass the transfer CSV itself")
+    local = resolve_local(source, "")
+    if local is None:
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(str(source), split="validation")
+        except Exception as exc:
+            raise ITIError(f"could not load {source}: {_first_line(exc)}; pass a local CSV instead") from None
+        rows = [dict(r) for r in ds]
+        where = str(source)
+    elif local.suffix in (".json", ".jsonl"):
+        rows = _read_json_rows(local)
+        where = str(local)
+    else:
+        with open(local, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            missing = [c for c in TRANSFER_CSV_COLUMNS if c not in fields]
+            if missing:
+                raise ITIError(f"{local}: missing column '{missing[0]}' (needed: {', '.join(TRANSFER_CSV_COLUMNS)})")
+            return [_transfer_row(r["Question"], (r["Correct Answers"] or "").split(TRANSFER_ANSWER_SEP),
+                                  r["Incorrect Answers"], f"{local} row {i}") for i, r in enumerate(reader)]
+    out = []
+    for i, r in enumerate(rows):
+        _check_columns(r, TRANSFER_HUB_COLUMNS, f"{where} row {i}")
+        out.append(_transfer_row(r["question"], _transfer_answers(r["answer"], f"{where} row {i}"), r["false_answer"],
+                                 f"{where} row {i}"))
+    return out
