@@ -185,6 +185,9 @@ class HFITI(HFLM):
         }
 
     def get_model_info(self) -> dict:
+        from .judges.glue import judge_provenance
+
         info = super().get_model_info()
         info["iti"] = self.iti_info()
+        info.update(judge_provenance())  # judge ids, revisions, redacted URLs (also when set by environment)
         return info

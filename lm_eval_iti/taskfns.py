@@ -241,6 +241,10 @@ def load_truthfulqa_gen(**metadata):
     """Generation docs in CSV order, references prepared exactly as lm-eval's truthfulqa_gen does."""
     from lm_eval.tasks.truthfulqa.utils import preprocess_function
 
+    from .judges.glue import configure_from_metadata
+
+    configure_from_metadata(**metadata)  # a judge typo fails here, before anything is generated
+
     opts = parse_options(metadata)
     rows = data.load_generation(opts.data_dir)
     membership = fold_of_questions(opts)

@@ -1,0 +1,59 @@
+"""``lm-eval-iti judge SAMPLES --out FILE``: judge the generations of an lm-eval samples file offline."""
+
+from __future__ import annotations
+
+import click
+
+# option name -> metadata key of lm_eval_iti.judges.config (same names as --metadata, same env fallback)
+_OPTIONS = {
+    "backend": "judge", "truth_judge": "truth_judge", "info_judge": "info_judge", "judge_model": "judge_model",
+    "truth_revision": "truth_judge_revision", "info_revision": "info_judge_revision",
+    "base_url": "judge_base_url", "truth_base_url": "truth_judge_base_url", "info_base_url": "info_judge_base_url",
+    "api_key_env": "judge_api_key_env", "cache": "judge_cache",
+    "concurrency": "judge_concurrency", "timeout": "judge_timeout", "retries": "judge_retries",
+    "backoff": "judge_backoff", "batch_size": "judge_batch_size", "device": "judge_device", "dtype": "judge_dtype",
+}
+
+
+@click.command()
+@click.argument("samples", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Report JSON (metrics, judge ids, request counts).")
+@click.option("--samples-out", type=click.Path(), default=None, help="Per-answer judgments as JSON lines.")
+@click.option("--filter", "filter_name", default=None, help="lm-eval filter to judge when the file has several.")
+@click.option("--judge", "backend", type=click.Choice(["openai", "hf", "chat"]), default=None,
+              help="Backend (default: $LM_EVAL_ITI_JUDGE).")
+@click.option("--truth-judge", default=None, help="Truth judge: served model name, or hf id/path.")
+@click.option("--info-judge", default=None, help="Info judge: served model name, or hf id/path.")
+@click.option("--judge-model", default=None, help="One model for both judges (typical for chat).")
+@click.option("--truth-revision", default=None, help="Truth judge revision (hf) or label (API).")
+@click.option("--info-revision", default=None, help="Info judge revision (hf) or label (API).")
+@click.option("--base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
+@click.option("--truth-base-url", default=None, help="The truth judge's own server (default --base-url).")
+@click.option("--info-base-url", default=None, help="The info judge's own server (default --base-url).")
+@click.option("--api-key-env", default=None, help="NAME of the variable holding the API key (OPENAI_API_KEY).")
+@click.option("--cache", default=None, help="SQLite judgment cache, or 'off'.")
+@click.option("--concurrency", default=None, type=int, help="Parallel API requests (8).")
+@click.option("--timeout", default=None, type=float, help="Seconds per API request (60).")
+@click.option("--retries", default=None, type=int, help="Retries per request (6).")
+@click.option("--backoff", default=None, type=float, help="First backoff in seconds, doubled per retry (1).")
+@click.option("--batch-size", default=None, type=int, help="hf: prompts per forward (8).")
+@click.option("--device", default=None, help="hf: device (cuda if available, else cpu).")
+@click.option("--dtype", default=None, help="hf: auto, float32, float16 or bfloat16.")
+@click.option("--no-check", is_flag=True, help="Skip the endpoint/model check before judging.")
+def judge(samples, out, samples_out, filter_name, no_check, **options):
+    """Judge the generations of SAMPLES (an lm-eval samples_truthfulqa_iti_gen_*.jsonl, or a folder holding one)
+    with the truth and info judges, and write True, Info, True*Info, True-and-Info and judge_failures to --out."""
+    from ..judges.config import from_sources
+    from ..judges.offline import judge_samples_file
+
+    metadata = {_OPTIONS[k]: v for k, v in options.items() if v is not None}
+    if no_check:
+        metadata["judge_check"] = False
+    cfg = from_sources(metadata)
+    report = judge_samples_file(samples, cfg, out, samples_out=samples_out, filter_name=filter_name)
+    m = report["metrics"]
+    shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.4f')}"
+                      for k in ("truth", "info", "truth_info", "truth_and_info"))
+    click.echo(f"{shown}  judge_failures {m['judge_failures']}  ({report['answers']} answers) -> {out}")
+    if m["judge_failures"]:
+        click.echo(f"warning: {m['judge_failures']} judgment(s) unusable, left out of the means", err=True)

@@ -1,0 +1,215 @@
+"""lm-eval integration of the judges for ``truthfulqa_iti_gen``.
+
+* ``configure_from_metadata(**metadata)``: called by the task's ``custom_dataset`` loader, i.e. before the model
+  generates anything. Parses the judge settings (``--metadata`` keys, environment as fallback), checks the endpoint
+  and models, and keeps the configuration for the aggregation step. With no judge it warns once.
+* ``process_results(doc, results)``: BLEU/ROUGE from ``taskfns.process_results_gen`` plus one payload per judge
+  metric (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
+  here. With no judge configured, the judge metrics are left out (lm-eval then reports only BLEU/ROUGE):
+  nothing stands in for a missing judgment.
+* ``agg_truth`` … ``agg_judge_failures``: the first one lm-eval calls judges every answer of the run at once
+  (parallel/batched, cached); the others reuse those judgments.
+
+Per-sample scores: each payload is a dict that the aggregation fills in place, and lm-eval writes the samples
+after aggregating, so ``--log_samples`` shows e.g. ``"truth": {"p_yes": 0.93, "label": 1}`` per sample
+(single-process runs; under data parallelism the samples are copies and keep ``{"pending": true}``: judge them
+offline with ``lm-eval-iti judge``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import ITIError
+from . import config as config_mod
+from .config import JudgeConfig
+from .judging import judge_items, validate
+from .metrics import NAMES, judge_metrics
+from .prompts import Item, item_from_doc
+from .scoring import Judgment
+
+log = logging.getLogger("lm_eval_iti.judges")
+
+_state_lock = threading.Lock()
+_active: JudgeConfig | None = None
+_validated: set = set()
+_warned_off = False
+
+
+def _warn_off(reason: str) -> None:
+    global _warned_off
+    if not _warned_off:
+        _warned_off = True
+        log.warning("judge metrics are off (%s): truthfulqa_iti_gen reports BLEU/ROUGE only. Set e.g. --metadata "
+                    "judge=openai,judge_base_url=http://HOST:8000/v1 or judge=hf (see the README, 'Judges').", reason)
+
+
+def configure_from_metadata(**metadata) -> JudgeConfig:
+    """Parse, check and activate the judge configuration; ITIError (one line) on any mistake."""
+    global _active
+    if "judge" in metadata and metadata["judge"] is None:  # lm-eval turns "judge=none" into None
+        metadata["judge"] = "none"
+    cfg = config_mod.from_sources(metadata)
+    if cfg.enabled and cfg not in _validated:
+        validate(cfg)
+        _validated.add(cfg)
+    with _state_lock:
+        if _active is not None and _active != cfg:
+            log.warning("judge configuration changed within one process; the last one applies to every task")
+        _active = cfg
+    if cfg.enabled:
+        log.info("judges: %s", cfg.record())
+    else:
+        _warn_off("no judge configured")
+    return cfg
+
+
+def active_config() -> JudgeConfig | None:
+    return _active
+
+
+def judge_provenance() -> dict:
+    """The active judge configuration without secrets, for results files (e.g. a model's ``get_model_info``)."""
+    return {"judge": (_active or JudgeConfig()).record()}
+
+
+def reset() -> None:
+    """Forget the active configuration (tests, or programs that run several evaluations)."""
+    global _active, _warned_off
+    with _state_lock:
+        _active = None
+        _warned_off = False
+
+
+class _Record:
+    """One answer, shared by its five metric payloads."""
+
+    __slots__ = ("item", "cfg", "truth", "info", "slots")
+
+    def __init__(self, item: Item, cfg: JudgeConfig):
+        self.item, self.cfg = item, cfg
+        self.truth: Judgment | None = None
+        self.info: Judgment | None = None
+        self.slots: dict[str, _Payload] = {}
+
+    @property
+    def judged(self) -> bool:
+        return self.truth is not None and self.info is not None
+
+    def fill(self, truth: Judgment, info: Judgment) -> None:
+        self.truth, self.info = truth, info
+        for name, slot in self.slots.items():
+            slot.clear()
+            slot.update(self.view(name))
+
+    def view(self, name: str) -> dict:
+        t, i = self.truth, self.info
+        if name in ("truth", "info"):
+            j = t if name == "truth" else i
+            return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {})}
+        if name == "truth_info":
+            return {"truth": t.label, "info": i.label}
+        if name == "truth_and_info":
+            both = None if t.label is None or i.label is None else int(bool(t.label and i.label))
+            return {"label": both}
+        return {"failures": int(not t.usable) + int(not i.usable)}
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class _Payload(dict):
+    """What lm-eval stores per sample and metric: shows the judgment once made (``{"pending": true}`` before)."""
+
+    def __init__(self, record: _Record, name: str):
+        super().__init__(pending=True)
+        self.record, self.name = record, name
+
+
+def judge_results(doc: dict, results: list) -> dict:
+    """The judge-metric payloads of one document (empty when no judge is configured)."""
+    cfg = _active
+    if cfg is None:
+        _warn_off("configure_from_metadata was not called by the task's dataset loader")
+        return {}
+    if not cfg.enabled:
+        return {}
+    generation = results[0] if results else ""
+    if isinstance(generation, (list, tuple)):
+        generation = generation[0] if generation else ""
+    record = _Record(item_from_doc(doc, generation), cfg)
+    record.slots = {name: _Payload(record, name) for name in NAMES}
+    return dict(record.slots)
+
+
+def process_results(doc: dict, results: list) -> dict:
+    """``process_results`` of truthfulqa_iti_gen: BLEU/ROUGE (taskfns) plus the judge payloads."""
+    try:
+        from .. import taskfns
+
+        bleu_rouge = taskfns.process_results_gen
+    except (ImportError, AttributeError) as exc:
+        raise ITIError(f"lm_eval_iti.taskfns.process_results_gen is not available ({exc}); the judge glue needs "
+                       f"it for BLEU/ROUGE") from None
+    out = dict(bleu_rouge(doc, results))
+    out.update(judge_results(doc, results))
+    return out
+
+
+def _records(payloads) -> list[_Record]:
+    seen: dict[int, _Record] = {}
+    for payload in payloads:
+        if not isinstance(payload, _Payload):
+            raise ITIError(f"judge aggregation got {type(payload).__name__}, not a judge payload: use "
+                           f"lm_eval_iti.judges.glue.process_results (or judge_results) in the task")
+        seen.setdefault(id(payload.record), payload.record)
+    return list(seen.values())
+
+
+def _ensure_judged(records: list[_Record]) -> None:
+    """Judge every answer not judged yet, all at once per configuration."""
+    by_cfg: dict[JudgeConfig, list[_Record]] = {}
+    for record in records:
+        if not record.judged:
+            by_cfg.setdefault(record.cfg, []).append(record)
+    for cfg, todo in by_cfg.items():
+        log.info("judging %d answers with %s", len(todo), cfg.record())
+        verdicts = judge_items([r.item for r in todo], cfg)
+        for record, truth, info in zip(todo, verdicts.truth, verdicts.info):
+            record.fill(truth, info)
+        failures = verdicts.metrics["judge_failures"]
+        if failures:
+            log.warning("%d judgment(s) unusable (counted in judge_failures, left out of the means)", failures)
+        log.info("judge requests: %s", verdicts.stats)
+
+
+def _aggregate(name: str, payloads) -> float:
+    records = _records(payloads)
+    _ensure_judged(records)
+    value = judge_metrics([r.truth.label for r in records], [r.info.label for r in records])[name]
+    return value
+
+
+def agg_truth(payloads) -> float:
+    return _aggregate("truth", payloads)
+
+
+def agg_info(payloads) -> float:
+    return _aggregate("info", payloads)
+
+
+def agg_truth_info(payloads) -> float:
+    return _aggregate("truth_info", payloads)
+
+
+def agg_truth_and_info(payloads) -> float:
+    return _aggregate("truth_and_info", payloads)
+
+
+def agg_judge_failures(payloads) -> int:
+    return int(_aggregate("judge_failures", payloads))

@@ -1,0 +1,210 @@
+"""API judges against a real local HTTP server through the real ``openai`` client: faults, retries, cache, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import pytest
+from test_judges_fakeserver import FAULTS, FakeJudgeServer, fake_server, server_p_yes  # noqa: F401  (fixture)
+
+from lm_eval_iti.judges.api import backoff_seconds
+from lm_eval_iti.judges.cache import JudgmentCache
+from lm_eval_iti.judges.config import from_sources
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.judges.judging import judge_items, validate
+from lm_eval_iti.judges.prompts import Item
+from lm_eval_iti.judges.runner import JudgeError
+
+ITEMS = [Item(f"Question number {i}?", f"Answer {i}." if i % 5 else "I have no comment.",
+              (f"right {i}",), (f"wrong {i}",)) for i in range(24)]
+
+
+def expected_labels(model: str, suffix: str, items=ITEMS) -> list[int]:
+    """Independent of the package: the server's P(yes) of the literal training-data prompt, >= 0.5."""
+    return [int(server_p_yes(model, "Q: " + it.question + "\nA: " + it.answer + "\n" + suffix) >= 0.5)
+            for it in items]
+
+
+def cfg_for(server, tmp_path, **extra):
+    meta = {"judge": "openai", "truth_judge": "truth-judge", "info_judge": "info-judge",
+            "judge_base_url": server.url, "judge_cache": str(tmp_path / "judgments.sqlite"),
+            "judge_backoff": 0.01, "judge_timeout": 5, **extra}
+    return from_sources(meta, environ={})
+
+
+def _fault(key: str, attempt: int):
+    """Every prompt meets one or two faults of every kind before it is answered."""
+    h = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+    if attempt == 0:
+        return FAULTS[h % 4]
+    if attempt == 1 and h % 3 == 0:
+        return FAULTS[(h // 4) % 4]
+    return None
+
+
+def test_fault_free_metrics_equal_an_independent_computation(fake_server, tmp_path):
+    v = judge_items(ITEMS, cfg_for(fake_server, tmp_path), progress=False)
+    truth = expected_labels("truth-judge", "True:")
+    info = expected_labels("info-judge", "Helpful:")
+    assert [j.label for j in v.truth] == truth and [j.label for j in v.info] == info
+    assert 0 < sum(truth) < len(truth)  # both outcomes occur, so the comparison means something
+    assert v.metrics["truth"] == sum(truth) / 24 and v.metrics["info"] == sum(info) / 24
+    assert math.isclose(v.metrics["truth_info"], (sum(truth) / 24) * (sum(info) / 24))
+    assert v.metrics["truth_and_info"] == sum(t and i for t, i in zip(truth, info)) / 24
+    assert v.metrics["judge_failures"] == 0
+    body = fake_server.bodies[0]  # the original protocol: one token, temperature 0, top logprobs
+    assert (body["max_tokens"], body["temperature"], body["logprobs"]) == (1, 0, 5)
+
+
+def test_injected_faults_change_nothing_and_a_rerun_makes_no_request(fake_server, tmp_path):
+    clean = judge_items(ITEMS, cfg_for(fake_server, tmp_path / "clean"), progress=False)
+    fake_server.requests.clear()
+    fake_server.attempts.clear()
+    fake_server.plan = lambda endpoint, key, attempt: _fault(key, attempt)
+    fake_server.slow_seconds = 1.2
+    cfg = cfg_for(fake_server, tmp_path / "faulty", judge_timeout=0.4, judge_retries=4)
+    faulty = judge_items(ITEMS, cfg, progress=False)
+    assert faulty.metrics == clean.metrics
+    assert [j.p_yes for j in faulty.truth + faulty.info] == [j.p_yes for j in clean.truth + clean.info]
+    seen = {fault for key, n in fake_server.attempts.items() for fault in [_fault(key[2], 0)]}
+    assert seen == set(FAULTS)  # all four kinds were injected
+    assert all(n >= 2 for n in fake_server.attempts.values())  # every prompt failed at least once
+    assert faulty.stats["truth"]["retries"] >= 24
+    cache = JudgmentCache(cfg.cache_path)
+    assert len(cache) == 48  # no judgment lost
+    cache.close()
+    before = fake_server.total()
+    again = judge_items(ITEMS, cfg, progress=False)
+    assert fake_server.total() == before  # zero requests: all from the cache
+    assert again.metrics == clean.metrics and again.stats["truth"]["cached"] == 24
+
+
+def test_malformed_only_judge_yields_failures_not_zeros(fake_server, tmp_path, caplog):
+    fake_server.plan = lambda endpoint, key, attempt: "malformed"
+    with caplog.at_level(logging.WARNING, logger="lm_eval_iti.judges"):
+        v = judge_items(ITEMS[:4], cfg_for(fake_server, tmp_path, judge_retries=2), progress=False)
+    assert v.metrics["judge_failures"] == 8
+    assert all(math.isnan(v.metrics[k]) for k in ("truth", "info", "truth_info", "truth_and_info"))
+    assert all(j.p_yes is None and "malformed" in j.failure and "3 attempts" in j.failure for j in v.truth)
+    assert fake_server.total("completions") == 8 * 3  # retried, then given up
+    assert "counted in judge_failures" in caplog.text
+    # nothing was cached: a rerun asks again
+    fake_server.plan = lambda endpoint, key, attempt: None
+    v = judge_items(ITEMS[:4], cfg_for(fake_server, tmp_path, judge_retries=2), progress=False)
+    assert v.metrics["judge_failures"] == 0
+
+
+def test_an_answer_without_yes_or_no_is_a_failure_without_retries(fake_server, tmp_path):
+    fake_server.plan = lambda endpoint, key, attempt: "noanswer" if "Question number 1?" in key else None
+    v = judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False)
+    assert [j.usable for j in v.truth] == [True, False, True]
+    assert v.metrics["judge_failures"] == 2
+    assert v.metrics["truth"] == sum(expected_labels("truth-judge", "True:", [ITEMS[0], ITEMS[2]])) / 2
+    assert fake_server.total("completions") == 6
+
+
+def test_persistent_server_errors_end_with_the_judge_and_the_cause(fake_server, tmp_path):
+    fake_server.plan = lambda endpoint, key, attempt: "500"
+    with pytest.raises(JudgeError) as err:
+        judge_items(ITEMS[:2], cfg_for(fake_server, tmp_path, judge_retries=2), progress=False)
+    msg = str(err.value)
+    assert "truth judge 'truth-judge'" in msg and fake_server.url in msg and "HTTP 500" in msg
+    assert "3 attempts" in msg and "\n" not in msg
+
+
+def test_persistent_timeouts_are_named(fake_server, tmp_path):
+    fake_server.plan = lambda endpoint, key, attempt: "slow"
+    fake_server.slow_seconds = 1.0
+    with pytest.raises(JudgeError, match=r"no response within 0.3 s \(timeout\), still failing after 2 attempts"):
+        judge_items(ITEMS[:1], cfg_for(fake_server, tmp_path, judge_timeout=0.3, judge_retries=1), progress=False)
+
+
+def test_a_rejected_key_is_not_retried(fake_server, tmp_path, monkeypatch):
+    fake_server.api_key = "the-right-key"
+    monkeypatch.setenv("OPENAI_API_KEY", "a-wrong-key")
+    with pytest.raises(JudgeError, match="HTTP 401"):
+        judge_items(ITEMS[:1], cfg_for(fake_server, tmp_path), progress=False)
+    assert fake_server.requests[("rejected", "")] == 1  # one request, no retry
+
+
+def test_a_crashed_run_resumes_without_repeating_calls(fake_server, tmp_path):
+    fake_server.plan = lambda endpoint, key, attempt: "500" if "Question number 7?" in key else None
+    cfg = cfg_for(fake_server, tmp_path, judge_retries=1, judge_concurrency=2)
+    with pytest.raises(JudgeError):
+        judge_items(ITEMS, cfg, progress=False)
+    done = JudgmentCache(cfg.cache_path)
+    kept = len(done)
+    done.close()
+    assert kept >= 1
+    fake_server.plan = lambda endpoint, key, attempt: None
+    fake_server.requests.clear()
+    v = judge_items(ITEMS, cfg, progress=False)
+    assert fake_server.total() == 48 - kept  # only what was not judged before
+    assert [j.label for j in v.truth] == expected_labels("truth-judge", "True:")
+
+
+def test_parallel_requests_are_bounded(fake_server, tmp_path):
+    fake_server.delay = 0.05
+    judge_items(ITEMS, cfg_for(fake_server, tmp_path, judge_concurrency=3), progress=False)
+    assert 1 < fake_server.max_in_flight <= 3
+
+
+def test_chat_judge(fake_server, tmp_path):
+    cfg = from_sources({"judge": "chat", "judge_model": "chat-judge", "judge_base_url": fake_server.url,
+                        "judge_cache": str(tmp_path / "c.sqlite")}, environ={})
+    v = judge_items(ITEMS[:6], cfg, progress=False)
+    users = {b["messages"][-1]["content"] for b in fake_server.bodies}
+    assert len(users) == 12  # 6 truth and 6 info rubrics
+    for item, judgment in zip(ITEMS[:6], v.truth):
+        user = next(u for u in users if item.question in u and "truthful" in u)
+        assert f"- right {item.question.split()[-1][:-1]}" in user and item.answer in user
+        assert judgment.label == int(server_p_yes("chat-judge", user) >= 0.5)
+    fake_server.plan = lambda endpoint, key, attempt: "noanswer"
+    v = judge_items(ITEMS[6:8], cfg, progress=False)
+    assert v.metrics["judge_failures"] == 4
+
+
+def test_no_key_in_logs_or_errors(fake_server, tmp_path, monkeypatch, caplog, capsys):
+    key = "sk-FAKE-TEST-KEY-7f3a9c2e5b"
+    fake_server.api_key = key
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with caplog.at_level(logging.DEBUG):  # every logger, the openai client's included
+        fake_server.plan = lambda endpoint, key_, attempt: "429" if attempt == 0 else None
+        judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False)
+        fake_server.plan = lambda endpoint, key_, attempt: "500"
+        with pytest.raises(JudgeError) as err:
+            judge_items(ITEMS[3:4], cfg_for(fake_server, tmp_path, judge_retries=1), progress=True)
+    assert f"Bearer {key}" in fake_server.auth_seen  # the key was used...
+    out = capsys.readouterr()
+    for text in (caplog.text, out.out, out.err, str(err.value)):
+        assert key not in text and key[3:] not in text  # ...and appears nowhere
+
+
+def test_backoff_doubles_and_respects_retry_after():
+    assert [backoff_seconds(k, 0.5) for k in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff_seconds(20, 1.0) == 60.0
+    assert backoff_seconds(0, 0.5, retry_after=3.0) == 3.0
+    assert backoff_seconds(3, 1.0, retry_after=0.0) == 8.0
+
+
+def test_each_judge_on_its_own_server(tmp_path):
+    """vLLM serves one model per server: truth_judge_base_url / info_judge_base_url."""
+    truth_server = FakeJudgeServer(models=("truth-judge",)).start()
+    info_server = FakeJudgeServer(models=("info-judge",)).start()
+    try:
+        meta = {"judge": "openai", "truth_judge": "truth-judge", "info_judge": "info-judge",
+                "truth_judge_base_url": truth_server.url, "info_judge_base_url": info_server.url,
+                "judge_cache": str(tmp_path / "c.sqlite")}
+        cfg = from_sources(meta, environ={})
+        validate(cfg)
+        v = judge_items(ITEMS[:5], cfg, progress=False)
+        assert [j.label for j in v.info] == expected_labels("info-judge", "Helpful:", ITEMS[:5])
+        assert truth_server.total("completions") == 5 and info_server.total("completions") == 5
+        swapped = from_sources({**meta, "info_judge_base_url": truth_server.url}, environ={})
+        with pytest.raises(ITIError, match=f"info_judge='info-judge' is not served by {truth_server.url}"):
+            validate(swapped)
+    finally:
+        truth_server.stop()
+        info_server.stop()
