@@ -1,0 +1,346 @@
+"""Activation collection: the input of every layer's attention output projection at each prompt's last real token.
+
+Prompts are tokenised once, cut into fixed chunks in prompt order, and each chunk is run in length-sorted batches,
+right-padded with an explicit attention mask (so each row's last real token is at ``length - 1`` and the pads, which
+come after it, cannot influence it). A forward pre-hook on each out-projection copies that row's input; the forward is
+stopped after the last layer's hook, so no final MLP or LM head is computed. Everything runs under ``no_grad`` in the
+model's dtype; activations are stored fp16 ``[N, layers, heads, head_dim]``.
+
+Cache: ``{cache_dir}/activations/{key}/`` with ``meta.json`` and one safetensors file per chunk (atomic writes: a
+killed run leaves only whole chunks, and the next run computes only the missing ones). The key is a hash of the model
+identity (hub id + commit, or a sha256 of the weights), the token ids of the prompt set and the dtype, so a second fit
+with another K, method or fold reads everything back with no forward pass. Memory during collection is one chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .architectures import model_shape, out_projections
+from .atomic import atomic_path, write_json_atomic
+from .errors import ITIError
+
+CACHE_ENV = "LM_EVAL_ITI_CACHE"
+LAYOUT_VERSION = "1"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lm_eval_iti").expanduser()
+
+
+@dataclass
+class CollectStats:
+    """What a collection did: forward passes run now, chunks computed vs read from the cache, seconds."""
+
+    prompts: int = 0
+    forward_passes: int = 0
+    prompts_forwarded: int = 0
+    chunks_computed: int = 0
+    chunks_cached: int = 0
+    seconds: float = 0.0
+    cache_path: str = ""
+    model_identity: str = ""
+
+    def add(self, other: "CollectStats") -> None:
+        for name in ("prompts", "forward_passes", "prompts_forwarded", "chunks_computed", "chunks_cached", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# model identity ------------------------------------------------------------------------------------------------------
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(folder: str | os.PathLike, memo_dir: Path | None = None) -> str | None:
+    """sha256 over the weight files of a local model folder (memoised by path, size and mtime); None if it has none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    memo_file = memo_dir / "weight_fingerprints.json" if memo_dir is not None else None
+    memo = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+    stat_key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    if stat_key in memo:
+        return memo[stat_key]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0" + _sha256_file(p).encode())
+    value = "sha256:" + digest.hexdigest()
+    if memo_file is not None:
+        memo[stat_key] = value
+        write_json_atomic(memo_file, memo)
+    return value
+
+
+def state_dict_fingerprint(model: nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and bytes (for an in-memory model with no files to hash)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def model_identity(model: nn.Module, name: str | None = None, revision: str | None = None,
+                   memo_dir: Path | None = None) -> str:
+    """Hub id@commit for hub models, the weights' sha256 for a local folder or an in-memory model."""
+    cfg = model.config
+    name = name or getattr(cfg, "_name_or_path", "") or ""
+    if name and Path(name).expanduser().is_dir():
+        fp = weights_fingerprint(Path(name).expanduser(), memo_dir)
+        if fp:
+            return f"{type(model).__name__}:{fp}"
+    commit = getattr(cfg, "_commit_hash", None) or revision
+    if name and commit:
+        return f"{name}@{commit}"
+    cached = getattr(model, "_lm_eval_iti_fingerprint", None)
+    if cached is None:
+        cached = state_dict_fingerprint(model)
+        model._lm_eval_iti_fingerprint = cached  # rehashing a large model on every fit would dominate a sweep
+    return f"{type(model).__name__}:{cached}"
+
+
+# tokens ------------------------------------------------------------------------------------------------------------
+def tokenize_prompts(tokenizer, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    for i, row in enumerate(ids):
+        if not row:
+            raise ITIError(f"prompt {i} tokenises to nothing: {prompts[i][:60]!r}")
+    return [list(map(int, row)) for row in ids]
+
+
+def tokens_sha256(token_lists: list[list[int]]) -> str:
+    digest = hashlib.sha256()
+    for row in token_lists:
+        digest.update(len(row).to_bytes(4, "little"))
+        digest.update(torch.tensor(row, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# the forward ---------------------------------------------------------------------------------------------------------
+class _StopForward(Exception):
+    """Raised by the last layer's hook: everything after it (final MLP, norm, LM head) is not needed."""
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def last_token_activations(model: nn.Module, batch: list[list[int]], pad_id: int = 0,
+                           projections: list[nn.Module] | None = None) -> torch.Tensor:
+    """One right-padded forward over ``batch``; the out-projection inputs at each row's last token, [B, L, H*d]."""
+    projections = projections if projections is not None else out_projections(model)
+    lengths = torch.tensor([len(r) for r in batch])
+    width = int(lengths.max())
+    device = _input_device(model)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, tokens in enumerate(batch):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        mask[row, :len(tokens)] = 1
+    rows = torch.arange(len(batch))
+    last = lengths - 1
+    captured: list[torch.Tensor | None] = [None] * len(projections)
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            x = args[0]
+            captured[layer] = x[rows.to(x.device), last.to(x.device)].detach().to("cpu")
+            if layer == len(projections) - 1:
+                raise _StopForward
+
+        return hook
+
+    handles = [proj.register_forward_pre_hook(make_hook(i)) for i, proj in enumerate(projections)]
+    try:
+        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if any(c is None for c in captured):
+        raise ITIError(f"{type(model).__name__}: the forward did not reach every attention output projection")
+    return torch.stack(captured, dim=1)
+
+
+# the cache ---------------------------------------------------------------------------------------------------------
+class ActivationCache:
+    """One cache entry: ``meta.json`` plus ``chunk_{i:05d}.safetensors`` files, each fp16 [rows, L, H, d]."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = Path(path)
+        self.meta = meta
+        self.num_prompts = int(meta["num_prompts"])
+        self.chunk_size = int(meta["chunk_size"])
+        self.shape = tuple(int(x) for x in meta["shape"])
+
+    @staticmethod
+    def entry_path(root: Path, meta: dict) -> Path:
+        """``root/activations/<key>``, the key a hash of model identity, prompt token ids, dtype and site."""
+        key_fields = {k: meta[k] for k in ("layout", "model_identity", "tokens_sha256", "dtype", "site")}
+        return Path(root) / "activations" / hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
+
+    @classmethod
+    def open(cls, root: Path, meta: dict) -> "ActivationCache":
+        """The entry for ``meta``; an existing entry must have been written for the same model, prompts and dtype."""
+        path = cls.entry_path(root, meta)
+        meta_file = path / "meta.json"
+        if meta_file.is_file():
+            try:
+                found = json.loads(meta_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise ITIError(f"{meta_file}: unreadable activation-cache metadata; delete {path}") from None
+            for name in ("model_identity", "tokens_sha256", "dtype", "shape", "num_prompts", "site", "layout"):
+                if found.get(name) != meta.get(name):
+                    raise ITIError(f"{path}: activation cache was written by another model or prompt set "
+                                   f"({name} is {found.get(name)!r}, expected {meta.get(name)!r}); delete it or pass "
+                                   "another --cache-dir")
+            meta = dict(meta, chunk_size=found["chunk_size"])
+        else:
+            write_json_atomic(meta_file, meta)
+        return cls(path, meta)
+
+    @property
+    def num_chunks(self) -> int:
+        return (self.num_prompts + self.chunk_size - 1) // self.chunk_size
+
+    def chunk_rows(self, i: int) -> range:
+        return range(i * self.chunk_size, min((i + 1) * self.chunk_size, self.num_prompts))
+
+    def chunk_path(self, i: int) -> Path:
+        return self.path / f"chunk_{i:05d}.safetensors"
+
+    def has_chunk(self, i: int) -> bool:
+        return self.chunk_path(i).is_file()
+
+    def write_chunk(self, i: int, acts: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_path(self.chunk_path(i), suffix=".safetensors") as tmp:
+            save_file({"activations": acts.to(torch.float16).contiguous()}, str(tmp))
+
+    def read_chunk(self, i: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self.chunk_path(i)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                acts = fh.get_tensor("activations")
+        except Exception as exc:
+            raise ITIError(f"{path}: unreadable activation chunk ({type(exc).__name__}); delete it to recollect") from None
+        want = (len(self.chunk_rows(i)),) + self.shape
+        if tuple(acts.shape) != want or acts.dtype != torch.float16:
+            raise ITIError(f"{path}: activation chunk has shape {list(acts.shape)} {acts.dtype}, expected {list(want)} "
+                           "float16 (written by another model?); delete it or pass another --cache-dir")
+        return acts
+
+    def load(self) -> torch.Tensor:
+        out = torch.empty((self.num_prompts,) + self.shape, dtype=torch.float16)
+        for i in range(self.num_chunks):
+            rows = self.chunk_rows(i)
+            out[rows.start:rows.stop] = self.read_chunk(i)
+        return out
+
+
+def cache_meta(model: nn.Module, token_lists: list[list[int]], chunk_size: int, identity: str) -> dict:
+    """What a cache entry records and is checked against: model identity, prompt token ids, dtype, shape, size."""
+    shape = model_shape(model)
+    return {"layout": LAYOUT_VERSION, "model_identity": identity, "tokens_sha256": tokens_sha256(token_lists),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "site": "attn_out_proj_input",
+            "shape": [shape.num_layers, shape.num_heads, shape.head_dim], "num_prompts": len(token_lists),
+            "chunk_size": int(chunk_size)}
+
+
+def _batches(token_lists: list[list[int]], rows: range, batch_size: int) -> list[list[int]]:
+    """Row indices of ``rows`` in length-sorted batches (less padding); the order is fixed for a given chunk."""
+    order = sorted(rows, key=lambda r: (-len(token_lists[r]), r))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_special_tokens: bool = True,
+                        batch_size: int = 16, chunk_size: int = 512, cache_dir: str | os.PathLike | None = None,
+                        use_cache: bool = True, model_name: str | None = None, revision: str | None = None,
+                        identity: str | None = None, progress: bool = True, desc: str = "activations",
+                        stats: CollectStats | None = None, token_lists: list[list[int]] | None = None) -> torch.Tensor:
+    """fp16 [N, layers, heads, head_dim]: out-projection inputs at each prompt's last token, from the cache if there.
+
+    ``stats`` (optional) is filled in: ``forward_passes`` counts the model calls made now (0 when all chunks were cached).
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or chunk_size < 1:
+        raise ITIError(f"batch_size={batch_size} and chunk_size={chunk_size} must be positive")
+    started = time.perf_counter()
+    stats = stats if stats is not None else CollectStats()
+    shape = model_shape(model)
+    projections = out_projections(model)
+    if not (token_lists if token_lists is not None else prompts):
+        raise ITIError("no prompts to collect activations for")
+    tokens = token_lists if token_lists is not None else tokenize_prompts(tokenizer, prompts, add_special_tokens)
+    n = len(tokens)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    pad_id = int(pad_id if pad_id is not None else (getattr(tokenizer, "eos_token_id", None) or 0))
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    meta = cache_meta(model, tokens, chunk_size, identity or model_identity(model, model_name, revision,
+                                                                             root if use_cache else None))
+    ident = meta["model_identity"]
+    cache = ActivationCache.open(root, meta) if use_cache else None
+    chunking = cache.chunk_size if cache else chunk_size
+    num_chunks = (n + chunking - 1) // chunking
+    out = torch.empty((n, shape.num_layers, shape.num_heads, shape.head_dim), dtype=torch.float16)
+    stats.prompts += n
+    stats.model_identity = ident
+    stats.cache_path = str(cache.path) if cache else ""
+    todo = []
+    for i in range(num_chunks):
+        rows = range(i * chunking, min((i + 1) * chunking, n))
+        if cache is not None and cache.has_chunk(i):
+            out[rows.start:rows.stop] = cache.read_chunk(i)
+            stats.chunks_cached += 1
+        else:
+            todo.append((i, rows))
+    pending = sum(len(rows) for _, rows in todo)
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=pending, desc=desc, unit="prompt", disable=not progress or pending == 0) as bar:
+            for i, rows in todo:
+                chunk = torch.empty((len(rows), shape.num_layers, shape.num_heads * shape.head_dim), dtype=torch.float16)
+                for batch in _batches(tokens, rows, batch_size):
+                    acts = last_token_activations(model, [tokens[r] for r in batch], pad_id, projections)
+                    chunk[torch.tensor(batch) - rows.start] = acts.to(torch.float16)
+                    stats.forward_passes += 1
+                    stats.prompts_forwarded += len(batch)
+                    bar.update(len(batch))
+                chunk = chunk.view(len(rows), shape.num_layers, shape.num_heads, shape.head_dim)
+                if cache is not None:
+                    cache.write_chunk(i, chunk)
+                out[rows.start:rows.stop] = chunk
+                stats.chunks_computed += 1
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(out).all():
+        raise ITIError("activations contain NaN/inf values (fp16 overflow?); try --dtype float32 or bfloat16")
+    stats.seconds += time.perf_counter() - started
+    return out

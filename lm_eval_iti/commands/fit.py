@@ -1,0 +1,59 @@
+"""``lm-eval-iti fit-directions``: a thin click layer over ``lm_eval_iti.fit.fit_directions``."""
+
+from __future__ import annotations
+
+import click
+
+from ..data import HUB_ID
+from ..probes import PROBE_BACKENDS
+from ..prompts import PROMPT_FORMATS, SIGMA_DATA
+from ..select import METHODS
+
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+
+
+@click.command("fit-directions", context_settings={"show_default": True})
+@click.option("--model", "model", required=True, help="Local model folder or Hugging Face hub id.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Directions file to write (.safetensors).")
+@click.option("--dataset", default=HUB_ID, help="Hub id of TruthfulQA (multiple_choice + generation configs).")
+@click.option("--data-dir", type=click.Path(exists=True), default=None,
+              help="Local TruthfulQA folder (mc_task.json, TruthfulQA.csv) or mc_task.json file; overrides --dataset.")
+@click.option("--num-heads", default=48, type=int, help="K: number of heads to intervene on.")
+@click.option("--method", type=click.Choice(METHODS), default="mass-mean", help="Direction of each head.")
+@click.option("--random-heads", is_flag=True, help="Pick K heads at random (seeded): the random-heads baseline.")
+@click.option("--alpha", default=15.0, type=float, help="Default strength stored in the file (hf-iti alpha= overrides).")
+@click.option("--val-ratio", default=0.2, type=float, help="Share of training questions used to validate probes.")
+@click.option("--seed", default=42, type=int, help="Seed of folds, train/val split, random heads/directions, sigma set.")
+@click.option("--num-folds", default=None, type=int, help="Split questions into N folds (default: fit on all questions).")
+@click.option("--fold", default=None, type=int, help="Held-out fold: fit on every fold but this one.")
+@click.option("--contiguous-folds", is_flag=True, help="The reference's folds: contiguous blocks in file order.")
+@click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="qa",
+              help="qa: 'Q: {question} A: {answer}'; chat: the tokenizer's chat template.")
+@click.option("--sigma-data", type=click.Choice(SIGMA_DATA), default="gen_end_q",
+              help="Prompts sigma is measured on (always restricted to the training questions).")
+@click.option("--probe-backend", type=click.Choice(PROBE_BACKENDS), default="torch",
+              help="torch: all probes batched; sklearn: the reference's per-head loop.")
+@click.option("--max-questions", default=None, type=int,
+              help="Use only the first N questions of the data (quick trials; folds are then over those N).")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
+@click.option("--batch-size", default=16, type=int, help="Prompts per forward pass.")
+@click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Activation cache (default: $LM_EVAL_ITI_CACHE or ~/.cache/lm_eval_iti).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the activation cache.")
+@click.option("--no-plot", is_flag=True, help="Do not write the FILE.heads.png heatmap.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def fit_directions(model, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, val_ratio, seed,
+                   num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
+                   batch_size, device, cache_dir, no_cache, no_plot, quiet):
+    """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
+    from ..fit import fit_directions as run_fit, format_summary
+
+    result = run_fit(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
+                     random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,
+                     contiguous_folds=contiguous_folds, prompt_format=prompt_format, sigma_data=sigma_data,
+                     alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                     use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
+                     revision=revision, progress=not quiet, write_plot=not no_plot)
+    click.echo(format_summary(result.summary))

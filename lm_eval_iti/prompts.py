@@ -1,0 +1,128 @@
+"""The labelled prompt sets fit-directions reads activations from (iti-method.md §4).
+
+Probe set (the reference's ``tqa_mc2``): every choice of every question's ``mc2_targets``, label 1 (true) or 0 (false).
+Sigma set ``gen_end_q`` (the reference's ``tqa_gen_end_q``): every correct (1) and incorrect (0) answer of the
+generation data, followed by a random question, so that the last token sits at the end of a question as it does at
+generation time. Unlike the reference, the random question is drawn with a seeded generator (one draw per
+question, shared by its answers, possibly the question itself) from the questions in use. Generation rows are joined
+to the multiple-choice questions by stripped question text (the two files are in different orders).
+
+Formats: ``qa`` is the reference's one-line ``Q: {question} A: {answer}`` (tokenised with the tokenizer's special
+tokens, e.g. BOS); ``chat`` renders the tokenizer's chat template (user: question, assistant: answer, the template's
+own special tokens) and cuts it right after the answer text, so the last token is the answer's last token as in ``qa``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ITIError
+
+PROMPT_FORMATS = ("qa", "chat")
+SIGMA_DATA = ("gen_end_q", "mc")
+QA_TEMPLATE = "Q: {question} A: {answer}"
+QA_END_Q_TEMPLATE = "Q: {question} A: {answer} Q: {next_question}"
+
+
+@dataclass
+class PromptSet:
+    """Prompts with their labels and the index (in the multiple-choice list) of the question each belongs to."""
+
+    name: str
+    prompts: list[str]
+    labels: list[int]
+    question_index: list[int]
+    add_special_tokens: bool = True
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def rows_of_questions(self, questions: set[int] | list[int]) -> list[int]:
+        """Row indices whose question is in ``questions``, in row order."""
+        wanted = set(questions)
+        return [i for i, q in enumerate(self.question_index) if q in wanted]
+
+    def template_sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.info.get("template", ""), sort_keys=True).encode()).hexdigest()
+
+
+def _check_format(prompt_format: str) -> None:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ITIError(f"prompt format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
+
+
+_SENTINEL = "\u2063ITI_CUT\u2063"
+
+
+def _chat_until(tokenizer, turns: list[dict]) -> str:
+    """The chat-template rendering of ``turns`` whose last content is the sentinel, cut where the sentinel starts."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ITIError("prompt format 'chat' needs a tokenizer with a chat template (this one has none); use --prompt-format qa")
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
+    if _SENTINEL not in text:
+        raise ITIError("prompt format 'chat': the tokenizer's chat template drops message content; use --prompt-format qa")
+    return text.split(_SENTINEL)[0]
+
+
+def render(question: str, answer: str, prompt_format: str = "qa", tokenizer=None, next_question: str | None = None) -> str:
+    """One prompt; its last token is the answer's last token (or, with ``next_question``, that question's)."""
+    _check_format(prompt_format)
+    if prompt_format == "qa":
+        if next_question is None:
+            return QA_TEMPLATE.format(question=question, answer=answer)
+        return QA_END_Q_TEMPLATE.format(question=question, answer=answer, next_question=next_question)
+    user = {"role": "user", "content": question}
+    if next_question is None:
+        return _chat_until(tokenizer, [user, {"role": "assistant", "content": _SENTINEL}]) + answer
+    turns = [user, {"role": "assistant", "content": answer}, {"role": "user", "content": _SENTINEL}]
+    return _chat_until(tokenizer, turns) + next_question
+
+
+def mc_prompt_set(docs: list[dict], prompt_format: str = "qa", tokenizer=None) -> PromptSet:
+    """The probe set: every ``mc2_targets`` choice of every question, in file order."""
+    _check_format(prompt_format)
+    prompts, labels, qidx = [], [], []
+    for i, doc in enumerate(docs):
+        targets = doc.get("mc2_targets")
+        if not targets or "choices" not in targets:
+            raise ITIError(f"question {i} ({doc.get('question', '')[:60]!r}): missing column 'mc2_targets'")
+        for choice, label in zip(targets["choices"], targets["labels"]):
+            prompts.append(render(doc["question"], choice, prompt_format, tokenizer))
+            labels.append(int(label))
+            qidx.append(i)
+    template = QA_TEMPLATE if prompt_format == "qa" else "chat_template(user=question, assistant=answer) cut after the answer"
+    return PromptSet("mc", prompts, labels, qidx, add_special_tokens=(prompt_format == "qa"),
+                     info={"template": template, "format": prompt_format})
+
+
+def gen_end_q_prompt_set(mc_docs: list[dict], gen_docs: list[dict], seed: int = 42, prompt_format: str = "qa",
+                         tokenizer=None) -> PromptSet:
+    """The sigma set: generation answers followed by a seeded random question, joined to ``mc_docs`` by question text."""
+    _check_format(prompt_format)
+    index_of = {doc["question"].strip(): i for i, doc in enumerate(mc_docs)}
+    rows = [g for g in gen_docs if str(g.get("question", "")).strip() in index_of]
+    if not rows:
+        raise ITIError("the generation data shares no question with the multiple-choice data (joined by question text)")
+    pool = [doc["question"] for doc in mc_docs]
+    rng = np.random.default_rng(seed)
+    prompts, labels, qidx, followups = [], [], [], []
+    for g in rows:
+        q = g["question"].strip()
+        next_question = pool[int(rng.integers(len(pool)))]
+        followups.append(next_question)
+        for answers, label in ((g.get("correct_answers") or [], 1), (g.get("incorrect_answers") or [], 0)):
+            for answer in answers:
+                if not str(answer).strip():  # the ~31 empty items of the v0 CSV
+                    continue
+                prompts.append(render(q, str(answer).strip(), prompt_format, tokenizer, next_question))
+                labels.append(label)
+                qidx.append(index_of[q])
+    template = QA_END_Q_TEMPLATE if prompt_format == "qa" else "chat_template(user=q, assistant=a, user=next_question) cut after it"
+    return PromptSet("gen_end_q", prompts, labels, qidx, add_special_tokens=(prompt_format == "qa"),
+                     info={"template": template, "format": prompt_format, "random_question_seed": seed,
+                           "questions_joined": len(rows), "questions_in_generation_data": len(gen_docs)})

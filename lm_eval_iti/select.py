@@ -1,0 +1,104 @@
+"""From probe accuracies and activations to heads, directions and sigmas: pure functions on tensors.
+
+- ``split_train_val``: questions of the training fold -> probe-train / probe-val questions (seeded, question-level;
+  ``int(n * (1 - val_ratio))`` train questions, as the reference).
+- ``rank_heads``: every (layer, head), best first: validation accuracy descending, ties by layer then head ascending.
+- ``select_heads``: the top K, or K heads drawn with the seed (the random-heads baseline).
+- ``compute_directions``: ``mass-mean`` (mean of true minus mean of false answers, over train + val questions of the
+  training fold), ``probe`` (the head's probe weights) or ``random`` (a seeded Gaussian); unit-normalised.
+- ``compute_sigma``: the standard deviation (ddof 1, as the reference's pyvene path) of the sigma activations projected on
+  each unit direction; callers pass only rows of training questions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import ITIError
+
+METHODS = ("mass-mean", "probe", "random")
+
+
+def split_train_val(question_indices: list[int], val_ratio: float = 0.2, seed: int = 42) -> tuple[list[int], list[int]]:
+    """Seeded question-level split of the training fold's questions into (probe-train, probe-val), each sorted."""
+    if not 0.0 < val_ratio < 1.0:
+        raise ITIError(f"val_ratio={val_ratio} must be between 0 and 1 (exclusive)")
+    questions = sorted(int(q) for q in question_indices)
+    n_train = int(len(questions) * (1 - val_ratio))
+    if n_train < 1 or n_train >= len(questions):
+        raise ITIError(f"val_ratio={val_ratio} leaves an empty probe-train or probe-validation split of "
+                       f"{len(questions)} questions")
+    order = np.random.default_rng(seed).permutation(len(questions))
+    train = sorted(questions[i] for i in order[:n_train])
+    val = sorted(questions[i] for i in order[n_train:])
+    return train, val
+
+
+def rank_heads(accuracy: torch.Tensor) -> torch.Tensor:
+    """int64 [L*H, 2] (layer, head) pairs by accuracy descending, then layer, then head (deterministic ties)."""
+    L, H = accuracy.shape
+    acc = accuracy.detach().double().cpu().reshape(-1).numpy()
+    flat = np.arange(L * H)
+    order = np.lexsort((flat, -acc))  # last key first: accuracy desc, then flat index (= layer, head) asc
+    return torch.tensor(np.stack([order // H, order % H], axis=1), dtype=torch.int64)
+
+
+def select_heads(accuracy: torch.Tensor, k: int, seed: int = 42, random_heads: bool = False) -> torch.Tensor:
+    """int64 [k, 2] (layer, head): the top k of ``rank_heads``, or k seeded random heads."""
+    L, H = accuracy.shape
+    if not 1 <= k <= L * H:
+        raise ITIError(f"num_heads={k} must be between 1 and layers x heads = {L} x {H} = {L * H}")
+    if random_heads:
+        flat = np.random.default_rng(seed).permutation(L * H)[:k]
+        return torch.tensor(np.stack([flat // H, flat % H], axis=1), dtype=torch.int64)
+    return rank_heads(accuracy)[:k]
+
+
+def _unit(v: torch.Tensor, what: str, heads: torch.Tensor) -> torch.Tensor:
+    norms = v.norm(dim=-1, keepdim=True)
+    zero = (norms.squeeze(-1) == 0).nonzero().flatten().tolist()
+    if zero:
+        layer, head = heads[zero[0]].tolist()
+        raise ITIError(f"{what} direction of head (layer {layer}, head {head}) is zero: cannot normalise it")
+    return v / norms
+
+
+def head_activations(acts: torch.Tensor, heads: torch.Tensor, rows=None) -> torch.Tensor:
+    """float32 [n, K, d]: the selected heads' activations (all rows, or ``rows``)."""
+    x = acts if rows is None else acts[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
+    return x[:, heads[:, 0], heads[:, 1]].float()
+
+
+def mass_mean_directions(x: torch.Tensor, labels) -> torch.Tensor:
+    """[K, d]: mean over true rows minus mean over false rows, per head (not normalised). x: [n, K, d]."""
+    y = torch.as_tensor(np.asarray(labels)).bool()
+    if y.numel() != x.shape[0]:
+        raise ValueError(f"{y.numel()} labels for {x.shape[0]} rows")
+    if not bool(y.any()) or bool(y.all()):
+        raise ITIError(f"mass-mean needs true and false answers; the training rows have only class {int(y[0])}")
+    return x[y].double().mean(0) - x[~y].double().mean(0)
+
+
+def compute_directions(method: str, heads: torch.Tensor, *, x: torch.Tensor | None = None, labels=None,
+                       probe_coef: torch.Tensor | None = None, seed: int = 42) -> torch.Tensor:
+    """float32 [K, d] unit directions for the selected ``heads`` ([K, 2])."""
+    if method == "mass-mean":
+        raw = mass_mean_directions(x, labels)
+    elif method == "probe":
+        raw = probe_coef[heads[:, 0], heads[:, 1]].double()
+    elif method == "random":
+        d = x.shape[-1] if x is not None else probe_coef.shape[-1]
+        g = torch.Generator().manual_seed(int(seed))
+        raw = torch.randn(len(heads), d, generator=g, dtype=torch.float64)
+    else:
+        raise ITIError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    return _unit(raw, method, heads).float()
+
+
+def compute_sigma(x: torch.Tensor, directions: torch.Tensor, ddof: int = 1) -> torch.Tensor:
+    """float32 [K]: std (with ``ddof``) over rows of x [n, K, d] projected on the unit directions [K, d]."""
+    if x.shape[0] <= ddof:
+        raise ITIError(f"sigma needs more than {ddof} activation rows, got {x.shape[0]}")
+    proj = torch.einsum("nkd,kd->nk", x.double(), directions.double())
+    return proj.std(dim=0, correction=ddof).float()
