@@ -1,0 +1,232 @@
+"""``lm-eval-iti validate | sweep | side-effects | report``: thin click layers over ``lm_eval_iti.experiments``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from ..errors import ITIError
+
+METHOD_CHOICES = ("mass-mean", "probe", "random")
+INSTRUCTIONS = ("default", "informative", "none")
+
+
+def _parse_limit(text):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ITIError(f"--limit {text!r}: expected a number of documents or a fraction below 1") from None
+    if value <= 0:
+        raise ITIError(f"--limit {text}: must be positive")
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _parse_metadata(text) -> dict:
+    if not text:
+        return {}
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ITIError(f"--metadata: not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise ITIError("--metadata: expected a JSON object")
+        return value
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        return simple_parse_args_string(text)
+    except Exception:
+        raise ITIError(f"--metadata {text!r}: expected JSON or k=v,k=v") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "run"
+
+
+def common_options(func):
+    """The options validate and sweep share (data, folds, tasks, fit, lm-eval, CE/KL, output)."""
+    options = [
+        click.option("--model", required=True, help="Local model folder or hub id."),
+        click.option("--revision", default=None, help="Hub revision of --model."),
+        click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto"),
+        click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)."),
+        click.option("--batch-size", default=8, type=int, help="Evaluation and CE/KL batch size."),
+        click.option("--fit-batch-size", default=16, type=int, help="Activation collection batch size."),
+        click.option("--data-dir", type=click.Path(exists=True), default=None,
+                     help="Local TruthfulQA folder (mc_task.json, TruthfulQA.csv); default: the hub dataset."),
+        click.option("--binary-data", default=None, help="The 2025 TruthfulQA.csv for truthfulqa_iti_binary."),
+        click.option("--num-questions", default=None, type=int,
+                     help="Quick runs: the first N questions of --data-dir, for fit and tasks alike."),
+        click.option("--tasks", default="truthfulqa_iti", help="Comma-separated lm-eval tasks or groups."),
+        click.option("--num-folds", default=2, type=int),
+        click.option("--seed", default=42, type=int, help="Fold / probe split / random-baseline seed."),
+        click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
+        click.option("--instruction", type=click.Choice(INSTRUCTIONS), default="default"),
+        click.option("--method", type=click.Choice(METHOD_CHOICES), default="mass-mean"),
+        click.option("--val-ratio", default=0.2, type=float),
+        click.option("--prompt-format", default="qa", help="Activation prompts: qa | chat."),
+        click.option("--sigma-data", default="gen_end_q", help="Prompts sigma is measured on."),
+        click.option("--probe-backend", default="torch", help="torch | sklearn."),
+        click.option("--mc-positions", type=click.Choice(("answer", "all")), default="answer"),
+        click.option("--gen-positions", type=click.Choice(("last", "generated", "all")), default="last"),
+        click.option("--limit", default=None, help="lm-eval --limit per task and fold (testing only)."),
+        click.option("--metadata", default=None, help="Extra task metadata (JSON or k=v,...), e.g. judge settings."),
+        click.option("--apply-chat-template", is_flag=True),
+        click.option("--system-instruction", default=None),
+        click.option("--gen-kwargs", default=None, help="lm-eval --gen_kwargs."),
+        click.option("--bootstrap-iters", default=100000, type=int, help="lm-eval bootstrap iterations."),
+        click.option("--max-length", default=None, type=int, help="lm-eval HFLM max_length."),
+        click.option("--side-effects/--no-side-effects", default=True, help="Measure CE/KL for every row."),
+        click.option("--corpus", default="wikitext",
+                     help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
+        click.option("--num-docs", default=100, type=int, help="CE/KL documents."),
+        click.option("--num-tokens", default=128, type=int, help="CE/KL tokens per document."),
+        click.option("--corpus-seed", default=0, type=int),
+        click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation."),
+        click.option("--cache-dir", default=None, help="Activation cache (default: ~/.cache/lm_eval_iti)."),
+        click.option("--out", default=None, type=click.Path(file_okay=False),
+                     help="Run folder (default: results/<a name from the settings>); rerun to resume."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(kw: dict):
+    from ..experiments import ExperimentConfig
+
+    return ExperimentConfig(
+        model=kw["model"], revision=kw["revision"], dtype=kw["dtype"], device=kw["device"],
+        data_dir=kw["data_dir"], binary_data=kw["binary_data"], num_questions=kw["num_questions"],
+        tasks=tuple(t.strip() for t in kw["tasks"].split(",") if t.strip()), num_folds=kw["num_folds"],
+        seed=kw["seed"], contiguous_folds=kw["contiguous_folds"], limit=_parse_limit(kw["limit"]),
+        metadata=_parse_metadata(kw["metadata"]), val_ratio=kw["val_ratio"], prompt_format=kw["prompt_format"],
+        sigma_data=kw["sigma_data"], probe_backend=kw["probe_backend"], side_effects=kw["side_effects"],
+        corpus=kw["corpus"], num_docs=kw["num_docs"], num_tokens=kw["num_tokens"], corpus_seed=kw["corpus_seed"],
+        detokenize=not kw["no_detokenize"], bootstrap_iters=kw["bootstrap_iters"],
+        apply_chat_template=kw["apply_chat_template"], system_instruction=kw["system_instruction"],
+        gen_kwargs=kw["gen_kwargs"], max_length=kw["max_length"], batch_size=kw["batch_size"],
+        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"])
+
+
+def _default_out(kind: str, kw: dict, tail: str) -> str:
+    return str(Path("results") / _slug(f"{kind}_{Path(kw['model']).name}_{kw['method']}_{tail}_"
+                                       f"f{kw['num_folds']}_s{kw['seed']}"))
+
+
+def _positions(kw):
+    return dict(instruction=kw["instruction"], mc_positions=kw["mc_positions"], gen_positions=kw["gen_positions"])
+
+
+@click.command(context_settings={"show_default": True})
+@common_options
+@click.option("--alpha", default=15.0, type=float, help="ITI strength.")
+@click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
+@click.option("--no-baseline", is_flag=True, help="Skip the alpha-0 baseline row.")
+@click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-heads, "
+                                              "probe-weights, no-instruction, baked, steered.")
+def validate(**kw):
+    """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
+    from ..experiments.validate import parse_baselines, validate as run_validate
+
+    out = kw["out"] or _default_out("validate", kw, f"a{kw['alpha']:g}_k{kw['num_heads']}")
+    results = run_validate(_config(kw), out, method=kw["method"], alpha=kw["alpha"], num_heads=kw["num_heads"],
+                           baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
+                           **_positions(kw))
+    _echo_run(results, out)
+
+
+@click.command(context_settings={"show_default": True})
+@common_options
+@click.option("--alphas", default="0,5,10,15,20,25", help="Comma-separated strengths.")
+@click.option("--num-heads", default="16,48,96", help="Comma-separated K values.")
+def sweep(**kw):
+    """validate over alpha x K, reusing cached activations and one fit per fold; table and plots."""
+    from ..experiments.sweep import parse_list, sweep as run_sweep
+
+    alphas = parse_list(kw["alphas"], float, "--alphas")
+    ks = parse_list(kw["num_heads"], int, "--num-heads")
+    kw_for_name = dict(kw)
+    out = kw["out"] or _default_out("sweep", kw_for_name, f"a{kw['alphas']}_k{kw['num_heads']}")
+    results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], **_positions(kw))
+    _echo_run(results, out)
+    for name, path in (results.get("plots") or {}).items():
+        click.echo(f"plot {name}: {path if path else 'not drawn (no such metric in the results)'}")
+
+
+def _echo_run(results: dict, out: str) -> None:
+    from ..experiments.runner import table_markdown
+
+    click.echo(table_markdown(results))
+    done = results["evaluations_this_process"]
+    click.echo(f"wrote {Path(out) / 'results.json'} and table.md ({done} fold x variant evaluations run, "
+               f"{len(results['resumed_from_disk'])} resumed from disk; leak check: "
+               f"{results['leak_check']['overlap_total']} evaluated questions in a training set)")
+
+
+@click.command("side-effects", context_settings={"show_default": True})
+@click.option("--model", required=True, help="Local model folder or hub id the directions were fitted on.")
+@click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
+@click.option("--alpha", default=None, type=float, help="Strength (default: the file's alpha).")
+@click.option("--heads", default=None, type=int, help="Use only the file's top-K heads.")
+@click.option("--corpus", default="wikitext", help="'wikitext' (hub wikitext-2-raw-v1 test split) or a local raw file.")
+@click.option("--num-docs", default=100, type=int, help="Documents (paragraphs of >= 100 words).")
+@click.option("--num-tokens", default=128, type=int, help="First T tokens of each document.")
+@click.option("--seed", default=0, type=int, help="Document sampling seed.")
+@click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation.")
+@click.option("--batch-size", default=8, type=int)
+@click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto")
+@click.option("--device", default=None)
+@click.option("--revision", default=None)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")
+@click.option("--quiet", is_flag=True)
+def side_effects(model, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
+                 dtype, device, revision, out, quiet):
+    """CE of base and steered model and KL(base || steered) per token, same documents, every position edited."""
+    import os
+
+    from ..experiments.side_effects import check_options, side_effects as measure, write_side_effects
+    from ..fit import load_model
+
+    check_options(num_docs, num_tokens, batch_size)
+    if corpus != "wikitext" and not os.path.isfile(corpus):
+        raise ITIError(f"--corpus {corpus}: no such file (give a raw text file, or 'wikitext' for the hub split)")
+
+    if not os.path.isfile(directions):
+        raise ITIError(f"{directions}: directions file not found")
+    if out and Path(out).is_dir():
+        raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
+    loaded, tokenizer = load_model(model, revision, dtype, device, not quiet)
+    result = measure(loaded, tokenizer, directions, alpha=alpha, heads=heads, corpus=corpus, num_docs=num_docs,
+                     num_tokens=num_tokens, seed=seed, detokenized=not no_detokenize, batch_size=batch_size,
+                     progress=not quiet)
+    result["model"] = model
+    s = result["side_effects"]
+    click.echo(f"CE base {s['ce_base']:.4f}  CE steered {s['ce_steered']:.4f}  KL(base||steered) {s['kl']:.5f} "
+               f"nats/token ({s['num_docs']} docs, {s['num_tokens']} tokens; detokenized: {result['corpus']['detokenized']})")
+    if out:
+        write_side_effects(result, out)
+        click.echo(f"wrote {out}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="results/report", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--title", default="Leaderboard")
+@click.option("--no-plots", is_flag=True)
+def report(results, out, title, no_plots):
+    """Leaderboard markdown (model x method; MC1 MC2 MC3 binary True Info True*Info CE KL) and PNG plots."""
+    from ..experiments.report import build_report
+
+    written = build_report(list(results), out, title=title, plots=not no_plots)
+    click.echo(written["table"])
+    click.echo(f"wrote {written['markdown']}, {written['json']}"
+               + "".join(f", {p}" for p in written["plots"].values() if p))

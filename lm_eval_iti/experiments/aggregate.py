@@ -1,0 +1,117 @@
+"""From per-fold numbers to table rows (pure functions, no model).
+
+Over folds every metric is the mean of the per-fold means; its stderr, where lm-eval gave one per fold, is
+sqrt(sum of squared per-fold stderrs) / folds (the stderr of a mean of independent fold means).
+True*Info is the product of the fold-averaged True and Info (a product of means, as ITI reports it);
+True&Info is the mean of the per-fold shares of answers judged both true and informative (the per-answer rate).
+A metric that no fold has (e.g. True/Info without a judge) stays None and prints blank, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+# (column, task, metric) of the leaderboard; True*Info is derived, CE/KL come from the side-effect measurement
+TASK_COLUMNS = (
+    ("MC1", "truthfulqa_iti_mc1", "acc"),
+    ("MC2", "truthfulqa_iti_mc2", "acc"),
+    ("MC3", "truthfulqa_iti_mc3", "acc"),
+    ("binary", "truthfulqa_iti_binary", "acc"),
+    ("True", "truthfulqa_iti_gen", "truth"),
+    ("Info", "truthfulqa_iti_gen", "info"),
+    ("True&Info", "truthfulqa_iti_gen", "truth_and_info"),
+)
+COLUMNS = ("MC1", "MC2", "MC3", "binary", "True", "Info", "True*Info", "True&Info", "CE", "KL")
+DECIMALS = {"KL": 4}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def mean_with_stderr(values: list[float | None], stderrs: list[float | None]) -> dict:
+    """Mean over the folds that have the metric; stderr only when every such fold has one."""
+    present = [(v, s) for v, s in zip(values, stderrs) if v is not None]
+    if not present:
+        return {"mean": None, "stderr": None, "folds": 0}
+    mean = _mean([v for v, _ in present])
+    errs = [s for _, s in present]
+    stderr = math.sqrt(sum(s * s for s in errs)) / len(errs) if all(s is not None for s in errs) else None
+    return {"mean": mean, "stderr": stderr, "folds": len(present)}
+
+
+def fold_columns(fold: dict) -> dict[str, tuple[float | None, float | None]]:
+    """One fold result -> {column: (value, stderr)} (True*Info per fold is informational only)."""
+    metrics = fold.get("metrics") or {}
+    out = {}
+    for column, task, metric in TASK_COLUMNS:
+        m = metrics.get(task) or {}
+        out[column] = (m.get(metric), m.get(f"{metric}_stderr"))
+    side = fold.get("side_effects") or {}
+    out["CE"] = (side.get("ce_steered"), None)
+    out["KL"] = (side.get("kl"), None)
+    t, i = out["True"][0], out["Info"][0]
+    out["True*Info"] = (t * i if t is not None and i is not None else None, None)
+    return out
+
+
+def aggregate_variant(folds: list[dict]) -> dict[str, dict]:
+    """{column: {"mean", "stderr", "folds", "per_fold"}} over the given fold results of one variant."""
+    per_fold = [fold_columns(f) for f in folds]
+    out = {}
+    for column in COLUMNS:
+        if column == "True*Info":
+            continue
+        values = [p[column][0] for p in per_fold]
+        stderrs = [p[column][1] for p in per_fold]
+        out[column] = dict(mean_with_stderr(values, stderrs), per_fold=values)
+    truth, info = out["True"]["mean"], out["Info"]["mean"]
+    out["True*Info"] = {"mean": truth * info if truth is not None and info is not None else None, "stderr": None,
+                        "folds": min(out["True"]["folds"], out["Info"]["folds"]),
+                        "per_fold": [p["True*Info"][0] for p in per_fold],
+                        "definition": "mean(True) x mean(Info) over folds (product of means)"}
+    failures = [((f.get("metrics") or {}).get("truthfulqa_iti_gen") or {}).get("judge_failures") for f in folds]
+    if any(v is not None for v in failures):
+        out["judge_failures"] = {"sum": sum(v for v in failures if v is not None), "per_fold": failures}
+    return out
+
+
+def format_cell(column: str, cell: dict | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return ""
+    digits = DECIMALS.get(column, 3)
+    text = f"{cell['mean']:.{digits}f}"
+    if cell.get("stderr") is not None:
+        text += f" ± {cell['stderr']:.{digits}f}"
+    return text
+
+
+def markdown_table(rows: list[dict], lead: tuple[str, ...] = ("model", "method", "α", "K"),
+                   columns: tuple[str, ...] = COLUMNS) -> str:
+    """Rows: dicts with the ``lead`` keys (plain values) and ``metrics`` ({column: cell}). Columns that no row has
+    are still printed (blank), so tables of different runs line up."""
+    header = list(lead) + list(columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        cells = ["" if row.get(k) is None else _plain(row.get(k)) for k in lead]
+        cells += [format_cell(c, (row.get("metrics") or {}).get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("|", "\\|")
+
+
+def positions_legend(rows: list[dict]) -> str:
+    """The token semantics of each method, once per distinct method (hooked and baked edits differ)."""
+    seen, lines = set(), []
+    for row in rows:
+        key = (row.get("method"), row.get("positions"))
+        if key in seen or not row.get("positions"):
+            continue
+        seen.add(key)
+        lines.append(f"- **{row['method']}**: {row['positions']}")
+    return "\n".join(lines) + ("\n" if lines else "")

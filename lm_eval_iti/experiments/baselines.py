@@ -1,0 +1,152 @@
+"""The rows of an experiment: ITI, its ablations and the reference points, each labelled with its token semantics.
+
+A ``Variant`` says how the model is run (``hf``, ``hf-iti``, a baked checkpoint, lm-eval's ``steered``), which fit
+its directions come from (``FitSpec``), at which strength, and which positions it edits. Hooked and baked/exported
+interventions edit different tokens (iti-method.md §8), so every table carries the ``positions`` text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ITIError
+
+KINDS = ("hf", "hf-iti", "baked", "steered")
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One fit-directions configuration (per fold); several variants may share it."""
+
+    method: str = "mass-mean"
+    random_heads: bool = False
+    num_heads: int = 48
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}{'-randheads' if self.random_heads else ''}-k{self.num_heads}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # file-safe identifier, unique in a run
+    label: str  # what the table calls it
+    kind: str  # hf | hf-iti | baked | steered
+    positions: str  # token semantics
+    alpha: float = 0.0
+    fit: FitSpec | None = None
+    heads: int | None = None  # use the fit's top-K heads (None: all heads of the file)
+    instruction: str = "default"
+    mc_positions: str = "answer"
+    gen_positions: str = "last"
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def num_heads(self) -> int | None:
+        if self.fit is None or self.alpha == 0:
+            return None
+        return self.heads or self.fit.num_heads
+
+    @property
+    def method(self) -> str:
+        """The leaderboard's method column."""
+        return self.label
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["fit"] = None if self.fit is None else dict(asdict(self.fit), name=self.fit.name)
+        d["num_heads"] = self.num_heads
+        return d
+
+
+NO_EDIT = "no edit"
+
+
+def hooked_positions(mc_positions: str = "answer", gen_positions: str = "last") -> str:
+    mc = {"answer": "MC: the answer-scoring positions", "all": "MC: every position"}[mc_positions]
+    gen = {"last": "gen: last prompt token + every generated token",
+           "generated": "gen: generated tokens only", "all": "gen: every prompt and generated token"}[gen_positions]
+    return f"hf-iti hooks; {mc}; {gen}; CE/KL: every position"
+
+
+EVERY_POSITION_BIAS = "baked o_proj bias: every position (instruction, primer, question, answer; prompt and generated)"
+EVERY_POSITION_STEERED = "lm-eval steered (W_o·shift added at the o_proj output): every position, like the baked bias"
+
+BASELINE_NAMES = ("random-directions", "random-heads", "probe-weights", "no-instruction", "baked", "steered")
+
+
+def baseline_variant(instruction: str = "default") -> Variant:
+    return Variant("baseline", f"baseline (α=0, instruction={instruction})", "hf", NO_EDIT, instruction=instruction)
+
+
+def iti_variant(fit: FitSpec, alpha: float, heads: int | None = None, instruction: str = "default",
+                mc_positions: str = "answer", gen_positions: str = "last", name: str | None = None,
+                label: str | None = None) -> Variant:
+    k = heads or fit.num_heads
+    return Variant(name or "iti", label or f"ITI ({fit.method})", "hf-iti",
+                   hooked_positions(mc_positions, gen_positions), alpha=float(alpha), fit=fit, heads=heads,
+                   instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions, extra={"k": k})
+
+
+def validate_variants(*, method: str = "mass-mean", alpha: float = 15.0, num_heads: int = 48,
+                      instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
+                      mc_positions: str = "answer", gen_positions: str = "last") -> list[Variant]:
+    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order)."""
+    unknown = [b for b in baselines if b not in BASELINE_NAMES]
+    if unknown:
+        raise ITIError(f"--baselines: {unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all')")
+    if alpha == 0:
+        raise ITIError("--alpha 0 is the baseline itself; give the strength of the intervention (e.g. 15)")
+    main_fit = FitSpec(method, False, num_heads)
+    hooked = dict(instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions)
+    rows = []
+    if baseline:
+        rows.append(baseline_variant(instruction))
+    rows.append(iti_variant(main_fit, alpha, **hooked))
+    for name in BASELINE_NAMES:
+        if name not in baselines:
+            continue
+        if name == "random-directions":
+            rows.append(iti_variant(FitSpec("random", False, num_heads), alpha, name=name,
+                                    label="random directions (top-K probe heads)", **hooked))
+        elif name == "random-heads":
+            rows.append(iti_variant(FitSpec("mass-mean", True, num_heads), alpha, name=name,
+                                    label="random heads (mass-mean)", **hooked))
+        elif name == "probe-weights":
+            rows.append(iti_variant(FitSpec("probe", False, num_heads), alpha, name=name,
+                                    label="probe-weight directions", **hooked))
+        elif name == "no-instruction":
+            rows.append(Variant("no-instruction", "no instruction prompt (α=0, instruction=none)", "hf", NO_EDIT,
+                                instruction="none"))
+        elif name == "baked":
+            rows.append(Variant("baked", f"baked bias ({method})", "baked", EVERY_POSITION_BIAS, alpha=float(alpha),
+                                fit=main_fit, instruction=instruction))
+        elif name == "steered":
+            rows.append(Variant("steered", f"lm-eval steered ({method})", "steered", EVERY_POSITION_STEERED,
+                                alpha=float(alpha), fit=main_fit, instruction=instruction))
+    return rows
+
+
+def sweep_name(alpha: float, k: int) -> str:
+    return f"iti-a{alpha:g}-k{k}"
+
+
+def sweep_variants(alphas: list[float], ks: list[int], *, method: str = "mass-mean", instruction: str = "default",
+                   mc_positions: str = "answer", gen_positions: str = "last") -> list[Variant]:
+    """alpha 0 once (the baseline: no edit whatever K), then one hf-iti row per (alpha, K) from ONE fit with the
+    largest K per fold: a K-head row uses that fit's top-K heads (selection, directions and sigma of a head do not
+    depend on K)."""
+    if not alphas or not ks:
+        raise ITIError("--alphas and --num-heads need at least one value each")
+    if any(k < 1 for k in ks):
+        raise ITIError(f"--num-heads {','.join(map(str, ks))}: every K must be at least 1")
+    fit = FitSpec(method, False, max(ks))
+    rows = [baseline_variant(instruction)]
+    for alpha in alphas:
+        if alpha == 0:
+            continue
+        for k in ks:
+            rows.append(iti_variant(fit, alpha, heads=k, instruction=instruction, mc_positions=mc_positions,
+                                    gen_positions=gen_positions, name=sweep_name(alpha, k),
+                                    label=f"ITI ({method}) α={alpha:g} K={k}"))
+    return rows

@@ -1,0 +1,145 @@
+"""PNG figures of experiment rows (matplotlib object API, Agg; written atomically by ``lm_eval_iti.plots``).
+
+Rows are the dicts of ``results.json``'s ``rows``: ``α``, ``K``, ``method`` and ``metrics`` ({column: {"mean",
+"stderr"}}). A figure whose metrics no row has is not drawn (its absence is reported, never an empty or zero plot).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..plots import new_figure, save_figure
+
+ALPHA_METRICS = ("MC1", "MC2", "MC3", "binary", "True", "Info", "True*Info", "True&Info")
+
+
+def _value(row: dict, column: str):
+    cell = (row.get("metrics") or {}).get(column) or {}
+    return cell.get("mean"), cell.get("stderr")
+
+
+def _present(rows: list[dict], columns) -> list[str]:
+    return [c for c in columns if any(_value(r, c)[0] is not None for r in rows)]
+
+
+def _lines_by_k(rows: list[dict], column: str) -> dict:
+    """{K: [(alpha, mean, stderr)]}; the alpha-0 rows (no edit, no K) start every line."""
+    ks = sorted({r["K"] for r in rows if r.get("K") is not None})
+    zero = [r for r in rows if not r.get("α")]
+    lines = {}
+    for k in ks:
+        points = [(0.0, *_value(r, column)) for r in zero[:1]]
+        points += [(float(r["α"]), *_value(r, column)) for r in rows if r.get("K") == k and r.get("α")]
+        points = sorted(p for p in points if p[1] is not None)
+        if points:
+            lines[k] = points
+    return lines
+
+
+def _grid(n: int):
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    return rows, cols
+
+
+def metric_vs_alpha(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
+    """Each metric against alpha, one line per K (error bars: stderr where lm-eval gave one)."""
+    columns = _present(rows, ALPHA_METRICS)
+    if not columns:
+        return None
+    nr, nc = _grid(len(columns))
+    fig = new_figure(4.0 * nc, 3.0 * nr)
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(nr, nc, i + 1)
+        for k, points in _lines_by_k(rows, column).items():
+            xs, ys, es = zip(*points)
+            errors = [e if e is not None else 0.0 for e in es] if any(e is not None for e in es) else None
+            ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3, capsize=2, label=f"K={k}")
+        ax.set_title(column, fontsize=9)
+        ax.set_xlabel("α")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def truth_vs_info(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
+    """True against Info, one point per row, labelled with alpha and K (the trade-off as strength grows)."""
+    points = [(r, *_value(r, "Info")[:1], _value(r, "True")[0]) for r in rows]
+    points = [(r, x, y) for r, x, y in points if x is not None and y is not None]
+    if not points:
+        return None
+    fig = new_figure(5.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for k in sorted({r.get("K") for r, _, _ in points}, key=lambda v: -1 if v is None else v):
+        sel = [(x, y, r) for r, x, y in points if r.get("K") == k]
+        ax.plot([x for x, _, _ in sel], [y for _, y, _ in sel], "o-" if k is not None else "s",
+                label="α=0" if k is None else f"K={k}")
+        for x, y, r in sel:
+            ax.annotate(f"α={r.get('α') or 0:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("Info")
+    ax.set_ylabel("True")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "truthfulness vs informativeness", fontsize=9)
+    return save_figure(fig, path)
+
+
+def ce_kl_vs_alpha(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
+    """CE and KL(base || steered) against alpha, one line per K."""
+    columns = _present(rows, ("CE", "KL"))
+    if not columns:
+        return None
+    fig = new_figure(4.0 * len(columns), 3.0)
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(1, len(columns), i + 1)
+        for k, points in _lines_by_k(rows, column).items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=f"K={k}")
+        ax.set_title(column + (" (nats/token)" if column == "KL" else " (nats/token, steered)"), fontsize=9)
+        ax.set_xlabel("α")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def leaderboard_bars(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
+    """One panel per metric, one bar per row (model / method), error bars where a stderr exists."""
+    columns = _present(rows, ALPHA_METRICS + ("CE", "KL"))
+    if not columns:
+        return None
+    nr, nc = _grid(len(columns))
+    fig = new_figure(4.0 * nc, 0.35 * len(rows) * nr + 1.5 * nr)
+    labels = [f"{r.get('method', '')}" + (f" [{Path(str(r.get('model', ''))).name}]" if r.get("model") else "")
+              for r in rows]
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(nr, nc, i + 1)
+        values = [_value(r, column) for r in rows]
+        ys = list(range(len(rows)))
+        ax.barh(ys, [v if v is not None else 0.0 for v, _ in values],
+                xerr=[e if e is not None else 0.0 for _, e in values],
+                color=["C0" if v is not None else "none" for v, _ in values])
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels if i % nc == 0 else [""] * len(rows), fontsize=6)
+        ax.invert_yaxis()
+        ax.set_title(column, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def sweep_plots(rows: list[dict], out_dir: str | os.PathLike, title: str = "") -> dict[str, str | None]:
+    out = Path(out_dir)
+    written = {
+        "metric_vs_alpha": metric_vs_alpha(rows, out / "metric_vs_alpha.png", title),
+        "truth_vs_info": truth_vs_info(rows, out / "truth_vs_info.png", title),
+        "ce_kl_vs_alpha": ce_kl_vs_alpha(rows, out / "ce_kl_vs_alpha.png", title),
+    }
+    return {k: (str(v) if v is not None else None) for k, v in written.items()}

@@ -1,0 +1,337 @@
+"""The experiment engine behind ``validate`` and ``sweep``: folds x variants, fits, evaluation, CE/KL, resume.
+
+For each fold i and each variant: fit on the other folds (``fit_directions`` with ``num_folds``/``fold`` and the same
+seed, on the one loaded model: the activation cache makes every fit after the first free of forward passes), then
+evaluate the variant on fold i through lm-eval (the tasks' fold metadata), check that no evaluated question is in
+the directions file's recorded ``train_question_ids``, and measure CE/KL. Each fold x variant result is written to
+``<run>/folds/fold_<i>_<variant>.json`` as soon as it is done, with a hash of every setting that defines it; a rerun
+skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..atomic import write_json_atomic, write_text_atomic
+from ..data import HUB_ID, load_mc
+from ..errors import ITIError
+from . import aggregate as agg
+from .baselines import Variant
+
+log = logging.getLogger(__name__)
+RESULTS_FORMAT = "lm-eval-iti/experiment"
+RESULTS_VERSION = 1
+# settings that change how fast a run is, not what it computes: left out of the resume hash
+NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress")
+
+
+@dataclass
+class ExperimentConfig:
+    model: str
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    data_dir: str | None = None
+    dataset: str = HUB_ID
+    binary_data: str | None = None
+    num_questions: int | None = None
+    tasks: tuple[str, ...] = ("truthfulqa_iti",)
+    num_folds: int = 2
+    seed: int = 42
+    contiguous_folds: bool = False
+    limit: int | float | None = None
+    metadata: dict = field(default_factory=dict)
+    val_ratio: float = 0.2
+    prompt_format: str = "qa"
+    sigma_data: str = "gen_end_q"
+    probe_backend: str = "torch"
+    side_effects: bool = True
+    corpus: str = "wikitext"
+    num_docs: int = 100
+    num_tokens: int = 128
+    corpus_seed: int = 0
+    detokenize: bool = True
+    bootstrap_iters: int = 100000
+    apply_chat_template: bool | str = False
+    system_instruction: str | None = None
+    gen_kwargs: str | None = None
+    max_length: int | None = None
+    batch_size: int = 8
+    fit_batch_size: int = 16
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.num_folds < 2:
+            raise ITIError(f"--num-folds {self.num_folds}: need at least 2 folds (fit on the others, test on one)")
+        if not self.tasks:
+            raise ITIError("--tasks: give at least one task")
+        if self.limit is not None and self.limit <= 0:
+            raise ITIError(f"--limit {self.limit} must be positive")
+        reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
+        clash = sorted(reserved & set(self.metadata))
+        if clash:
+            raise ITIError(f"--metadata {clash[0]}: set by the experiment itself (use its own option instead)")
+        for key in ("api_key", "judge_api_key", "openai_api_key"):
+            if key in self.metadata:
+                raise ITIError(f"--metadata {key}: keys are read from the environment only, never from options")
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Experiment:
+    """``Experiment(config, variants, out_dir, kind).run()`` -> the results dict (also written to ``out_dir``)."""
+
+    def __init__(self, config: ExperimentConfig, variants: list[Variant], out_dir: str | os.PathLike,
+                 kind: str = "validate"):
+        config.check()
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ITIError(f"two variants share a name: {names}")
+        self.config = config
+        self.variants = variants
+        self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ITIError(f"--out {out_dir}: exists and is not a folder")
+        self.kind = kind
+        self._model = None
+        self._tokenizer = None
+        self._fits: dict = {}
+        self._docs = None
+        self._corpus_info = None
+        self._base_side_effects = None
+        self.evaluations = 0  # variants evaluated in this process (resume skips do not count)
+        self.fits_run: list[dict] = []
+
+    # data ---------------------------------------------------------------------------------------------------------
+    def _prepare_data(self) -> None:
+        c = self.config
+        if c.num_questions is not None:
+            from .subset import write_truthfulqa_subset
+
+            if c.data_dir is None:
+                raise ITIError("--num-questions needs --data-dir (a local TruthfulQA folder to take the subset from)")
+            sub = write_truthfulqa_subset(c.data_dir, self.out / "data", c.num_questions, c.binary_data)
+            self.source = sub["data_dir"]
+            self.binary_data = sub["binary_data"]
+        else:
+            self.source = c.data_dir if c.data_dir is not None else c.dataset
+            self.binary_data = c.binary_data
+        docs = load_mc(self.source)
+        if len(docs) < c.num_folds:
+            raise ITIError(f"--num-folds {c.num_folds} is more than the {len(docs)} questions of {self.source}")
+        self.questions = [d["question"] for d in docs]
+        self.data_sha256 = hashlib.sha256(json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def task_metadata(self, fold: int, instruction: str) -> dict:
+        c = self.config
+        meta = dict(c.metadata)
+        meta.update(num_folds=c.num_folds, fold=fold, seed=c.seed, contiguous_folds=c.contiguous_folds,
+                    instruction=instruction, data_dir=self.source)
+        if self.binary_data is not None:
+            meta["binary_data"] = self.binary_data
+        return meta
+
+    def settings(self) -> dict:
+        s = {k: v for k, v in asdict(self.config).items() if k not in NOT_HASHED}
+        s["tasks"] = list(s["tasks"])
+        s["data_sha256"] = self.data_sha256
+        return s
+
+    def fold_hash(self, fold: int, variant: Variant) -> str:
+        return _sha({"settings": self.settings(), "variant": variant.describe(), "fold": fold,
+                     "format": RESULTS_VERSION})
+
+    def fold_path(self, fold: int, variant: Variant) -> Path:
+        return self.out / "folds" / f"fold_{fold}_{variant.name}.json"
+
+    # model, fits, corpus (loaded lazily: a fully resumed run loads nothing) ----------------------------------------
+    def model(self):
+        if self._model is None:
+            from ..fit import load_model
+
+            c = self.config
+            self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress)
+        return self._model, self._tokenizer
+
+    def fit(self, fold: int, spec) -> dict:
+        key = (fold, spec)
+        if key in self._fits:
+            return self._fits[key]
+        from ..artifact import file_sha256, load_directions
+        from ..fit import fit_directions
+
+        c = self.config
+        model, tokenizer = self.model()
+        path = self.out / "directions" / f"fold_{fold}_{spec.name}.safetensors"
+        local = c.data_dir is not None or c.num_questions is not None
+        source = {"data_dir": self.source} if local else {"dataset": self.source}
+        result = fit_directions(model, path, tokenizer=tokenizer, **source, num_heads=spec.num_heads,
+                                method=spec.method, random_heads=spec.random_heads, val_ratio=c.val_ratio,
+                                seed=c.seed, num_folds=c.num_folds, fold=fold, contiguous_folds=c.contiguous_folds,
+                                prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,
+                                cache_dir=c.cache_dir, probe_backend=c.probe_backend, revision=c.revision,
+                                progress=c.progress)
+        directions = load_directions(path)
+        recorded = json.loads(directions.metadata["train_question_ids"])
+        record = {"fold": fold, "fit": spec.name, "path": str(path), "sha256": file_sha256(path),
+                  "train_question_ids_sha256": directions.metadata.get("train_question_ids_sha256", ""),
+                  "num_train_questions": len(recorded), "forward_passes": result.forward_passes,
+                  "method": spec.method, "random_heads": spec.random_heads, "num_heads": spec.num_heads}
+        self.fits_run.append(record)
+        self._fits[key] = {"record": record, "directions": directions, "train_ids": set(recorded)}
+        return self._fits[key]
+
+    def corpus(self):
+        if self._docs is None:
+            from .side_effects import corpus_docs
+
+            c = self.config
+            _, tokenizer = self.model()
+            self._docs, self._corpus_info = corpus_docs(tokenizer, c.corpus, c.num_docs, c.num_tokens,
+                                                        c.corpus_seed, c.detokenize)
+        return self._docs
+
+    # one fold x variant ---------------------------------------------------------------------------------------------
+    def run_one(self, fold: int, variant: Variant) -> dict:
+        from .evaluate import run_tasks, variant_lm
+        from .side_effects import measure
+
+        c = self.config
+        model, tokenizer = self.model()
+        fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
+        clock = time.perf_counter()
+        work = self.out / "directions"
+        work.mkdir(parents=True, exist_ok=True)
+        with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
+                        fit["directions"] if fit else None, batch_size=c.batch_size, work_dir=work,
+                        max_length=c.max_length) as (lm, logits_fns, lm_info):
+            evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction), limit=c.limit,
+                                   bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
+                                   system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+            self.evaluations += 1
+            evaluated = set().union(*evaluation["question_ids"].values()) if evaluation["question_ids"] else set()
+            leak = {"evaluated_questions": len(evaluated), "checked_against": None, "overlap": None}
+            if fit is not None:
+                overlap = evaluated & fit["train_ids"]
+                leak = {"evaluated_questions": len(evaluated), "checked_against": fit["record"]["path"],
+                        "directions_train_questions": len(fit["train_ids"]), "overlap": len(overlap)}
+                if overlap:
+                    raise ITIError(f"fold {fold} ({variant.name}): {len(overlap)} evaluated question(s) are in the "
+                                   f"training questions of {fit['record']['path']} (e.g. {sorted(overlap)[0]}); "
+                                   "the folds of fit and tasks disagree")
+            side = None
+            if c.side_effects:
+                docs = self.corpus()
+                base_fn, steered_fn = logits_fns
+                if variant.kind == "hf":  # no edit: steered == base; measured once per run
+                    if self._base_side_effects is None:
+                        self._base_side_effects = measure(base_fn, base_fn, docs, c.batch_size,
+                                                          device=next(model.parameters()).device,
+                                                          progress=c.progress, desc="CE/KL base")
+                    side = dict(self._base_side_effects)
+                else:
+                    side = measure(base_fn, steered_fn, docs, c.batch_size, device=next(model.parameters()).device,
+                                   progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}")
+                side = {k: v for k, v in side.items() if k != "per_doc"}
+        return {
+            "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": variant.describe(),
+            "settings_hash": self.fold_hash(fold, variant), "metrics": evaluation["metrics"],
+            "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
+            "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
+            "side_effects": side, "seconds": round(time.perf_counter() - clock, 2), "package_version": __version__,
+        }
+
+    # the whole run -----------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._prepare_data()
+        c = self.config
+        fold_results: dict[str, list[dict]] = {v.name: [] for v in self.variants}
+        resumed = []
+        jobs = [(fold, v) for fold in range(c.num_folds) for v in self.variants]
+        for fold, variant in tqdm(jobs, desc=f"{self.kind}: folds x variants", disable=not c.progress, unit="eval"):
+            path = self.fold_path(fold, variant)
+            expected = self.fold_hash(fold, variant)
+            previous = _read_json(path)
+            if previous is not None and previous.get("settings_hash") == expected:
+                fold_results[variant.name].append(previous)
+                resumed.append(path.name)
+                continue
+            result = self.run_one(fold, variant)
+            write_json_atomic(path, result)
+            fold_results[variant.name].append(result)
+        results = self.summarise(fold_results, resumed)
+        write_json_atomic(self.out / "results.json", results)
+        write_text_atomic(self.out / "table.md", table_markdown(results))
+        return results
+
+    def summarise(self, fold_results: dict[str, list[dict]], resumed: list[str]) -> dict:
+        c = self.config
+        rows, directions = [], []
+        for v in self.variants:
+            folds = fold_results[v.name]
+            rows.append({"model": c.model, "method": v.label, "α": v.alpha, "K": v.num_heads, "variant": v.name,
+                         "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
+                         "metrics": agg.aggregate_variant(folds)})
+            for f in folds:
+                if f.get("directions"):
+                    directions.append(dict(f["directions"], variant=v.name))
+        fits = {}
+        for d in directions:
+            fits.setdefault((d["fold"], d["fit"]), {k: d[k] for k in ("fold", "fit", "path", "sha256",
+                                                                        "train_question_ids_sha256",
+                                                                        "num_train_questions", "forward_passes")})
+        leak = [{"fold": f["fold"], "variant": v, **f["leak_check"]} for v, fs in fold_results.items() for f in fs]
+        return {
+            "format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "kind": self.kind,
+            "settings": dict(self.settings(), data_source=self.source, binary_data_used=self.binary_data),
+            "variants": [v.describe() for v in self.variants],
+            "rows": rows,
+            "folds": fold_results,
+            "directions_files": sorted(fits.values(), key=lambda d: (d["fold"], d["fit"])),
+            "fits_this_process": self.fits_run,
+            "leak_check": {"overlap_total": sum(x["overlap"] or 0 for x in leak), "per_fold": leak},
+            "side_effects_corpus": self._corpus_info,
+            "resumed_from_disk": resumed,
+            "evaluations_this_process": self.evaluations,
+            "package_version": __version__, "lm_eval_version": _lm_eval_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _lm_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lm-eval")
+    except Exception:  # not installed as a distribution
+        return ""
+
+
+def table_markdown(results: dict) -> str:
+    """The run's table (rows = variants) and the token semantics of each method."""
+    rows = results["rows"]
+    s = results["settings"]
+    limit = f", limit {s['limit']}" if s.get("limit") else ""
+    head = (f"{results['kind']} of {s['model']}: {s['num_folds']} folds (seed {s['seed']}"
+            f"{', contiguous' if s['contiguous_folds'] else ''}), tasks {', '.join(s['tasks'])}{limit}\n\n")
+    return head + agg.markdown_table(rows) + "\nPositions edited:\n" + agg.positions_legend(rows)

@@ -1,0 +1,269 @@
+"""Side effects of an intervention on ordinary text: cross-entropy (CE) of the base and the steered model and the
+per-token KL(base || steered), on the SAME documents in one pass (each batch goes through the model with hooks off,
+then with hooks on).
+
+Definitions (iti-method.md §11, the reference's ``run_ce_loss`` / ``run_kl_wrt_orig``, without their flaws):
+  CE of a document  = mean over its next-token predictions (positions 0..n-2 predict tokens 1..n-1) of -log p;
+                      this is Hugging Face's ``loss`` with ``labels=input_ids``.
+  KL of a document  = mean over all of its n positions of sum_v p_base(v) log(p_base(v) / p_steered(v)), in nats,
+                      computed exactly from log-softmax in float32 (the reference clamps probabilities at 1e-10).
+  reported values   = means over documents of the per-document values (the reference's mean of per-doc means).
+Every position is edited (what hf-iti does for ``loglikelihood_rolling``). The corpus: N paragraphs of >= 100 words
+sampled with a fixed seed from the WikiText-2 raw test split (hub ``Salesforce/wikitext``, or a local raw file),
+heading lines `` = ... = `` dropped, each cut to its first T tokens. Not comparable with the published OpenWebText
+numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import ITIError
+
+HUB_CORPUS = {"path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1", "split": "test"}
+DEFAULT_CORPUS = "wikitext"
+DEFAULT_NUM_DOCS = 100
+DEFAULT_NUM_TOKENS = 128
+MIN_WORDS = 100
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# corpus ------------------------------------------------------------------------------------------------------------
+def is_heading(line: str) -> bool:
+    """WikiText headings look like `` = Title = `` or `` = = Section = = ``."""
+    text = line.strip()
+    return len(text) >= 2 and text.startswith("=") and text.endswith("=")
+
+
+def paragraphs(lines, min_words: int = MIN_WORDS) -> list[str]:
+    """Non-heading lines with at least ``min_words`` whitespace-separated words, stripped, in order."""
+    out = []
+    for line in lines:
+        text = line.strip()
+        if text and not is_heading(text) and len(text.split()) >= min_words:
+            out.append(text)
+    return out
+
+
+def detokenize(text: str) -> str:
+    """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
+    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+
+    return wikitext_detokenizer({"page": text})
+
+
+@dataclass
+class Corpus:
+    texts: list[str]
+    info: dict = field(default_factory=dict)
+
+
+def _read_lines(source: str) -> tuple[list[str], dict]:
+    if source == DEFAULT_CORPUS:
+        try:
+            from datasets import load_dataset
+
+            rows = load_dataset(HUB_CORPUS["path"], HUB_CORPUS["name"], split=HUB_CORPUS["split"])["text"]
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ITIError(f"--corpus wikitext: could not load {HUB_CORPUS['path']} {HUB_CORPUS['name']} "
+                           f"({type(exc).__name__}: {first}); pass --corpus PATH to a local wikitext-2-raw-v1.test.raw"
+                           ) from None
+        return list(rows), {"source": f"hub:{HUB_CORPUS['path']}/{HUB_CORPUS['name']}/{HUB_CORPUS['split']}"}
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ITIError(f"--corpus {source}: no such file (give a raw text file, or 'wikitext' for the hub split)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ITIError(f"--corpus {source}: not UTF-8 text") from None
+    return text.splitlines(), {"source": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def load_corpus(source: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0,
+                min_words: int = MIN_WORDS, detokenized: bool = True) -> Corpus:
+    """``num_docs`` paragraphs sampled without replacement with ``seed`` (in sampled order)."""
+    if num_docs < 1:
+        raise ITIError(f"--num-docs {num_docs} must be at least 1")
+    lines, info = _read_lines(str(source))
+    pool = paragraphs(lines, min_words)
+    if len(pool) < num_docs:
+        raise ITIError(f"--corpus {source}: only {len(pool)} paragraphs of >= {min_words} words, fewer than "
+                       f"--num-docs {num_docs}")
+    picked = np.random.default_rng(seed).choice(len(pool), size=num_docs, replace=False).tolist()
+    texts = [pool[i] for i in picked]
+    if detokenized:
+        texts = [detokenize(t) for t in texts]
+    info.update({"paragraphs_available": len(pool), "min_words": min_words, "num_docs": num_docs, "seed": seed,
+                 "headings_dropped": True, "paragraph_indices": picked,
+                 "detokenized": "lm-eval wikitext_detokenizer" if detokenized else "no (raw WikiText tokens)"})
+    return Corpus(texts, info)
+
+
+def tokenize_docs(tokenizer, texts: list[str], num_tokens: int = DEFAULT_NUM_TOKENS) -> list[list[int]]:
+    """The first ``num_tokens`` tokens of each text, with the tokenizer's special tokens (BOS where it adds one)."""
+    if num_tokens < 2:
+        raise ITIError(f"--num-tokens {num_tokens} must be at least 2 (CE needs a next token)")
+    docs = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:num_tokens]
+        if len(ids) < 2:
+            raise ITIError(f"a corpus document has fewer than 2 tokens: {text[:60]!r}")
+        docs.append(list(ids))
+    return docs
+
+
+def check_options(num_docs: int, num_tokens: int, batch_size: int = 1) -> None:
+    """Everything checkable before a model is loaded."""
+    if num_docs < 1:
+        raise ITIError(f"--num-docs {num_docs} must be at least 1")
+    if num_tokens < 2:
+        raise ITIError(f"--num-tokens {num_tokens} must be at least 2 (CE needs a next token)")
+    if batch_size < 1:
+        raise ITIError(f"--batch-size {batch_size} must be at least 1")
+
+
+# the math (pure, on tensors) ---------------------------------------------------------------------------------------
+def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def doc_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B] mean next-token NLL per document; logits [B, T, V], rows right-padded beyond ``lengths``."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # [B, T-1]
+    valid = _valid(lengths - 1, nll.shape[1])
+    return (nll * valid).sum(1) / valid.sum(1)
+
+
+def doc_kl(base_logits: torch.Tensor, steered_logits: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B] mean over each document's positions of KL(base || steered) in nats."""
+    logp = torch.log_softmax(base_logits.float(), dim=-1)
+    logq = torch.log_softmax(steered_logits.float(), dim=-1)
+    per_position = (logp.exp() * (logp - logq)).sum(-1)  # [B, T]
+    valid = _valid(lengths, per_position.shape[1])
+    return (per_position * valid).sum(1) / valid.sum(1)
+
+
+# one pass over the documents ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int]], batch_size: int = 8,
+            device=None, progress: bool = False, desc: str = "CE/KL") -> dict:
+    """CE of both models and KL(base || steered) on the same token documents, batch by batch (hooks off, then on).
+
+    ``base_logits`` / ``steered_logits`` map input ids [B, T] (right-padded with 0) to logits [B, T, V]."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ITIError(f"--batch-size {batch_size} must be at least 1")
+    ce_base, ce_steered, kl = [], [], []
+    starts = range(0, len(docs), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        batch = docs[start:start + batch_size]
+        width = max(len(d) for d in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, d in enumerate(batch):
+            ids[row, :len(d)] = torch.tensor(d, dtype=torch.long)
+        lengths = torch.tensor([len(d) for d in batch])
+        if device is not None:
+            ids, lengths = ids.to(device), lengths.to(device)
+        base = base_logits(ids)
+        steered = steered_logits(ids)
+        ce_base += doc_cross_entropy(base, ids, lengths).tolist()
+        ce_steered += doc_cross_entropy(steered, ids, lengths).tolist()
+        kl += doc_kl(base, steered, lengths).tolist()
+        del base, steered
+    return {"ce_base": float(np.mean(ce_base)), "ce_steered": float(np.mean(ce_steered)), "kl": float(np.mean(kl)),
+            "num_docs": len(docs), "num_tokens": sum(len(d) for d in docs),
+            "tokens_per_doc": {"min": min(len(d) for d in docs), "max": max(len(d) for d in docs)},
+            "per_doc": {"ce_base": ce_base, "ce_steered": ce_steered, "kl": kl}}
+
+
+def model_logits(model) -> LogitsFn:
+    """Plain forward of a causal LM (no attention mask: rows are right-padded, so real positions never see pads)."""
+    return lambda ids: model(input_ids=ids).logits
+
+
+def hooked_logits(model, intervener) -> tuple[LogitsFn, LogitsFn]:
+    """(hooks off, hooks on at every position) on one model with an installed ``Intervener``."""
+    from ..intervene import ALL
+
+    def base(ids):
+        with intervener.editing(None):
+            return model(input_ids=ids).logits
+
+    def steered(ids):
+        with intervener.editing(ALL):
+            return model(input_ids=ids).logits
+
+    return base, steered
+
+
+def lm_eval_logits(lm) -> LogitsFn:
+    """The forward of an lm-eval HFLM (e.g. lm-eval's ``steered`` model, whose hooks live in ``_model_call``)."""
+    return lambda ids: lm._model_call(ids)
+
+
+def corpus_docs(tokenizer, corpus: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS,
+                num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = 0, detokenized: bool = True
+                ) -> tuple[list[list[int]], dict]:
+    """Token documents and a description of how they were made (recorded with every CE/KL number)."""
+    loaded = load_corpus(corpus, num_docs, seed, detokenized=detokenized)
+    docs = tokenize_docs(tokenizer, loaded.texts, num_tokens)
+    info = dict(loaded.info, num_tokens=num_tokens, bos_added=bool(
+        getattr(tokenizer, "bos_token_id", None) is not None and docs[0][0] == tokenizer.bos_token_id),
+        positions_edited="all", ce="mean over docs of the per-doc mean next-token NLL",
+        kl="mean over docs of the per-doc mean over positions of KL(base || steered), nats")
+    return docs, info
+
+
+def side_effects(model, tokenizer, directions, alpha: float | None = None, heads: int | None = None,
+                 corpus: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS,
+                 num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = 0, detokenized: bool = True, batch_size: int = 8,
+                 progress: bool = True) -> dict:
+    """CE (base, steered) and KL(base || steered) of ``directions`` at ``alpha`` (default: the file's) on ``model``.
+
+    ``directions``: a Directions object or a path. Hooks are installed for the call and removed afterwards."""
+    from ..architectures import model_shape
+    from ..artifact import Directions, file_sha256, load_directions
+    from ..intervene import Intervener
+
+    info: dict = {}
+    if not isinstance(directions, Directions):
+        info["directions"] = str(directions)
+        info["directions_sha256"] = file_sha256(directions)
+        directions = load_directions(directions, expect=model_shape(model))
+    if heads:
+        directions = directions.top_k(int(heads))
+    alpha = directions.alpha if alpha is None else float(alpha)
+    docs, corpus_info = corpus_docs(tokenizer, corpus, num_docs, num_tokens, seed, detokenized)
+    intervener = Intervener(model, directions, alpha).install()
+    try:
+        base, steered = hooked_logits(model, intervener)
+        device = next(model.parameters()).device
+        result = measure(base, steered, docs, batch_size, device=device, progress=progress,
+                         desc=f"CE/KL alpha={alpha:g}")
+    finally:
+        intervener.remove()
+    info.update(alpha=alpha, num_heads_used=directions.num_selected, positions="all")
+    return {"side_effects": {k: v for k, v in result.items() if k != "per_doc"}, "per_doc": result["per_doc"],
+            "intervention": info, "corpus": corpus_info}
+
+
+def write_side_effects(result: dict, out: str | os.PathLike) -> Path:
+    from ..atomic import write_json_atomic
+
+    target = Path(out)
+    if target.is_dir():
+        raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
+    write_json_atomic(target, result)
+    return target

@@ -1,0 +1,33 @@
+"""``validate``: k-fold ITI on TruthfulQA with honest held-out folds, the baseline and the ablations in one run.
+
+    from lm_eval_iti.experiments import ExperimentConfig, validate
+    results = validate(ExperimentConfig(model="DIR", data_dir="../shared/data/truthfulqa/v0"), "results/run1",
+                       alpha=15, num_heads=48, baselines=("random-heads", "baked"))
+
+Writes ``<out>/results.json`` (every setting, per-fold numbers, the aggregate rows, every directions file's
+sha256, the leak check), ``<out>/table.md``, ``<out>/folds/*.json`` (one per fold x variant, the resume points)
+and ``<out>/directions/*.safetensors`` (one fit per fold and configuration).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .baselines import BASELINE_NAMES, validate_variants
+from .runner import Experiment, ExperimentConfig
+
+
+def parse_baselines(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    return BASELINE_NAMES if names == ("all",) else names
+
+
+def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float = 15.0,
+             num_heads: int = 48, instruction: str = "default", baseline: bool = True,
+             baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last") -> dict:
+    variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, instruction=instruction,
+                                 baseline=baseline, baselines=tuple(baselines), mc_positions=mc_positions,
+                                 gen_positions=gen_positions)
+    return Experiment(config, variants, out, kind="validate").run()
