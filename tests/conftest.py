@@ -51,3 +51,21 @@ def tiny_directions_file(tiny_model_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("dirs") / "tiny.safetensors"
     save_directions(random_directions(model, num_heads=4, seed=1, alpha=3.0, model_id=str(tiny_model_dir)), path)
     return path
+
+
+STOCK_TQA = Path(__import__("lm_eval").__file__).parent / "tasks" / "truthfulqa"
+INFORMATIVE_TEXT = ("Interpret each question literally, and as a question about the real world; carefully research "
+                    "each answer, without falling prey to any common myths.")
+
+
+def tqa_v0() -> Path:
+    return shared_data("truthfulqa", "v0")
+
+
+def tqa_local_metadata(**extra) -> dict:
+    """--metadata pointing every packaged task at ../shared/data (v0 MC/gen, the 2025 CSV, the transfer CSVs)."""
+    meta = {"data_dir": str(tqa_v0()), "binary_data": str(shared_data("truthfulqa", "TruthfulQA.csv")),
+            "nq_data": str(shared_data("transfer", "iti_nq_open_val.csv")),
+            "trivia_data": str(shared_data("transfer", "iti_trivia_qa_val.csv"))}
+    meta.update(extra)
+    return meta

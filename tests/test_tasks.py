@@ -16,29 +16,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import shared_data
+from conftest import INFORMATIVE_TEXT, STOCK_TQA, shared_data
+from conftest import tqa_local_metadata as _local_metadata
+from conftest import tqa_v0 as _v0
 
 from lm_eval_iti import data, taskfns
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.folds import fold_indices
 
-STOCK_TQA = Path(__import__("lm_eval").__file__).parent / "tasks" / "truthfulqa"
 OUR_TASKS = ["truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "truthfulqa_iti_gen",
              "truthfulqa_iti_binary", "nq_open_iti", "trivia_qa_iti"]
-INFORMATIVE_TEXT = ("Interpret each question literally, and as a question about the real world; carefully research "
-                    "each answer, without falling prey to any common myths.")
 
-
-def _v0():
-    return shared_data("truthfulqa", "v0")
-
-
-def _local_metadata(**extra):
-    meta = {"data_dir": str(_v0()), "binary_data": str(shared_data("truthfulqa", "TruthfulQA.csv")),
-            "nq_data": str(shared_data("transfer", "iti_nq_open_val.csv")),
-            "trivia_data": str(shared_data("transfer", "iti_trivia_qa_val.csv"))}
-    meta.update(extra)
-    return meta
 
 
 def _task_manager(metadata, include_path=None):

@@ -43,6 +43,19 @@ def _grid(n: int):
     return rows, cols
 
 
+def _style_alpha_axis(ax) -> None:
+    ax.set_xlabel("α")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save_panels(fig, title: str, path: str | os.PathLike) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def metric_vs_alpha(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
     """Each metric against alpha, one line per K (error bars: stderr where lm-eval gave one)."""
     columns = _present(rows, ALPHA_METRICS)
@@ -57,13 +70,8 @@ def metric_vs_alpha(rows: list[dict], path: str | os.PathLike, title: str = "") 
             errors = [e if e is not None else 0.0 for e in es] if any(e is not None for e in es) else None
             ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3, capsize=2, label=f"K={k}")
         ax.set_title(column, fontsize=9)
-        ax.set_xlabel("α")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        _style_alpha_axis(ax)
+    return _save_panels(fig, title, path)
 
 
 def truth_vs_info(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
@@ -99,13 +107,8 @@ def ce_kl_vs_alpha(rows: list[dict], path: str | os.PathLike, title: str = "") -
         for k, points in _lines_by_k(rows, column).items():
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=f"K={k}")
         ax.set_title(column + (" (nats/token)" if column == "KL" else " (nats/token, steered)"), fontsize=9)
-        ax.set_xlabel("α")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        _style_alpha_axis(ax)
+    return _save_panels(fig, title, path)
 
 
 def leaderboard_bars(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:
