@@ -57,6 +57,10 @@ def heads_heatmap(accuracy: torch.Tensor, selected, path: str | os.PathLike, tit
                                linewidth=1.2))
     ax.set_xlabel("head (sorted by accuracy within each layer)" if sort_heads else "head")
     ax.set_ylabel("layer")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title or f"probe validation accuracy; {len(chosen)} selected heads outlined", fontsize=9)
     fig.colorbar(image, ax=ax, label="validation accuracy")
     return save_figure(fig, path)
