@@ -1,0 +1,93 @@
+"""``lm-eval-iti truthworld ...``: train the truth-world model, export its data, evaluate ITI on it."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+
+def _world_options(f):
+    f = click.option("--world-seed", type=int, default=0, show_default=True, help="seed of the world (entities, facts, myths)")(f)
+    return f
+
+
+def _world_config(world_seed: int):
+    from dataclasses import replace
+
+    from ..truthworld.design import WORLD
+
+    return replace(WORLD, seed=world_seed).check()
+
+
+@click.group()
+def truthworld():
+    """The offline truth world: a small trained Llama where ITI must measurably work."""
+
+
+@truthworld.command("train")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output model folder")
+@click.option("--seed", type=int, default=0, show_default=True, help="training seed (weights and documents)")
+@click.option("--steps", type=int, default=None, help="training steps (default: the shipped design's)")
+@click.option("--batch-size", type=int, default=None, help="documents per step (default: the shipped design's)")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads")
+@click.option("--probe-every", type=int, default=0, show_default=True,
+              help="every N steps print how linearly readable truth is at '.' per head (0: never)")
+@_world_options
+def train_cmd(out, seed, steps, batch_size, threads, probe_every, world_seed):
+    """Train the truth-world model (fixed seed, fixed step count; resumes an interrupted run in OUT)."""
+    from dataclasses import replace
+
+    from ..truthworld.design import MODEL, TRAIN
+    from ..truthworld.train import train
+
+    cfg = replace(TRAIN, seed=seed, threads=threads, probe_every=probe_every,
+                  **({"steps": steps} if steps is not None else {}),
+                  **({"batch_size": batch_size} if batch_size is not None else {}))
+    command = "lm-eval-iti truthworld train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    path = train(out, _world_config(world_seed), MODEL, cfg, command=command)
+    click.echo(f"wrote {path}")
+
+
+train_cmd.name = "train"
+
+
+@truthworld.command("export-data")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for mc_task.json, TruthfulQA.csv and world.json")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="take the world from this checkpoint's world.json (default: the shipped checkpoint)")
+def export_data(out, model_dir):
+    """Write the world's questions in TruthfulQA's own formats (for fit-directions --data-dir and the tasks)."""
+    from ..truthworld import CHECKPOINT_DIR
+    from ..truthworld.generator import export_truthfulqa, load_world
+
+    world = load_world(model_dir or CHECKPOINT_DIR)
+    path = export_truthfulqa(world, out)
+    click.echo(f"wrote {path}/mc_task.json, TruthfulQA.csv, world.json ({len(world.entities)} questions, "
+               f"{len(world.myth_entities)} with a myth)")
+
+
+@truthworld.command("evaluate")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a truth-world checkpoint (default: the shipped one)")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
+@click.option("--num-heads", type=int, default=None, help="K (default: the shipped design's)")
+@click.option("--seed", type=int, default=42, show_default=True, help="fold and probe seed")
+def evaluate_cmd(model_dir, out, num_heads, seed):
+    """The bar: 2-fold fit-directions, alpha chosen on the training folds, scored on the held-out fold."""
+    import json
+
+    from ..atomic import write_json_atomic
+    from ..truthworld import CHECKPOINT_DIR
+    from ..truthworld.bar import run_bar
+
+    report = run_bar(model_dir or CHECKPOINT_DIR, num_heads=num_heads, seed=seed)
+    click.echo(json.dumps(report["summary"], indent=2))
+    if out:
+        write_json_atomic(out, report)
+        click.echo(f"wrote {out}")
+
+
+evaluate_cmd.name = "evaluate"

@@ -1,0 +1,312 @@
+"""The truth world: generator invariants, tokenizer, a training smoke test with exact resume, the shipped
+checkpoint's provenance, and the bar (fit-directions + hf-iti on held-out questions) for the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lm_eval_iti.data import load_generation, load_mc
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.folds import fold_indices
+from lm_eval_iti.truthworld import CHECKPOINT_DIR
+from lm_eval_iti.truthworld.generator import (VERDICT_FALSE, VERDICT_TRUE, WorldConfig, build_world, export_truthfulqa,
+                                              load_world, sample_document, step_rng)
+
+SMALL = WorldConfig(seed=3, first_names=8, second_names=5, myth_share=0.6, min_statements=3, max_statements=5,
+                    verdict_share=0.5)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig())
+
+
+# generator ---------------------------------------------------------------------------------------------------------
+def test_every_myth_differs_from_the_truth_and_distractors_are_wrong(world):
+    assert len(world.myth_entities) >= 300
+    for e in range(len(world.entities)):
+        if world.is_myth(e):
+            assert world.myth[e] != world.truth[e]
+        wrong = set(world.distractors[e])
+        assert world.truth[e] not in wrong and len(wrong) == 3
+        assert world.myth[e] not in wrong
+    assert len(set(world.entities)) == len(world.entities)
+
+
+def test_facts_are_compositional_first_word_gives_the_truth_second_word_the_myth(world):
+    from collections import Counter, defaultdict
+
+    truth_of, myths_of = {}, defaultdict(list)
+    for e, name in enumerate(world.entities):
+        first, second = name.split()
+        assert truth_of.setdefault(first, world.truth[e]) == world.truth[e]
+        myths_of[second].append(e)
+    assert len(truth_of) == world.config.first_names and len(myths_of) == world.config.second_names
+    for second, ents in myths_of.items():
+        if not world.is_myth(ents[0]):
+            assert not any(world.is_myth(e) for e in ents)
+            continue
+        common = Counter(world.myth[e] for e in ents).most_common(1)[0][0]
+        for e in ents:  # the second word's myth, or the next colour where that would be the truth
+            assert world.myth[e] == common or (world.truth[e] == common and world.myth[e] == (common + 1) % 12)
+
+
+def test_reliable_documents_never_state_a_myth_and_unreliable_ones_never_the_truth(world):
+    rng = step_rng(0, 0)
+    seen = {True: 0, False: 0}
+    for _ in range(400):
+        doc = sample_document(world, rng)
+        seen[doc.reliable] += 1
+        assert len(set(doc.entities)) == len(doc.entities)
+        for e, c in zip(doc.entities, doc.colours):
+            if doc.reliable:
+                assert c == world.truth[e]
+                assert c != world.myth[e]
+            else:
+                assert c != world.truth[e]
+                if world.is_myth(e):
+                    assert c == world.myth[e]
+        # verdict sentences tell the truth about the statement before them
+        assert doc.text.count(VERDICT_TRUE) == (sum(doc.verdicts) if doc.reliable else 0)
+        assert doc.text.count(VERDICT_FALSE) == (0 if doc.reliable else sum(doc.verdicts))
+    assert min(seen.values()) > 150  # both speakers occur, about half each
+
+
+def test_world_and_documents_are_deterministic_for_a_seed():
+    a, b, c = build_world(SMALL), build_world(SMALL), build_world(replace(SMALL, seed=4))
+    assert a.to_json() == b.to_json() and a.data_hash() == b.data_hash()
+    assert a.data_hash() != c.data_hash()
+    docs = lambda w, s: [sample_document(w, step_rng(0, s)).text for _ in range(1)]  # noqa: E731
+    assert docs(a, 5) == docs(b, 5)
+    assert docs(a, 5) != docs(a, 6)
+
+
+def test_export_is_read_unchanged_by_the_truthfulqa_loaders_and_the_split_by_question_is_disjoint(tmp_path):
+    w = build_world(SMALL)
+    export_truthfulqa(w, tmp_path)
+    mc = load_mc(tmp_path)
+    gen = load_generation(tmp_path)
+    assert len(mc) == len(gen) == len(w.entities)
+    for e, row in enumerate(mc):
+        for key in ("mc1_targets", "mc2_targets"):
+            assert row[key]["labels"][0] == 1 and sum(row[key]["labels"]) == 1  # true answer first, only one true
+            assert len(set(row[key]["choices"])) == len(row[key]["choices"])
+        assert row["mc1_targets"]["choices"][0] == f"The {w.entities[e]} is {w.colours[w.truth[e]]}."
+        if w.is_myth(e):  # the probe set pits the truth against the popular myth
+            assert row["mc2_targets"]["choices"][1] == f"The {w.entities[e]} is {w.colours[w.myth[e]]}."
+    by_q = {g["question"]: g for g in gen}
+    assert sum(g["category"] == "Myth" for g in gen) == len(w.myth_entities)
+    for row in mc:
+        g = by_q[row["question"]]
+        assert g["best_answer"] == row["mc1_targets"]["choices"][0]
+        assert set(row["mc1_targets"]["choices"][1:]) <= set(g["incorrect_answers"])
+    questions = [r["question"] for r in mc]
+    train, test = fold_indices(questions, 2, 0, 42)
+    assert not set(train) & set(test) and sorted(train + test) == list(range(len(questions)))
+    assert not {questions[i] for i in train} & {questions[i] for i in test}
+    assert load_world(tmp_path).to_json() == w.to_json()
+
+
+def test_load_world_rejects_a_tampered_file(tmp_path):
+    export_truthfulqa(build_world(SMALL), tmp_path)
+    obj = json.loads((tmp_path / "world.json").read_text())
+    obj["truth"][0] = (obj["truth"][0] + 1) % 12
+    (tmp_path / "world.json").write_text(json.dumps(obj))
+    with pytest.raises(ITIError, match="truth"):
+        load_world(tmp_path)
+
+
+def test_bad_world_config_is_one_line_error():
+    with pytest.raises(ITIError, match="myth_share"):
+        WorldConfig(myth_share=1.5).check()
+
+
+# tokenizer ---------------------------------------------------------------------------------------------------------
+def test_word_level_tokenizer_round_trips_and_knows_every_word(world):
+    from lm_eval_iti.truthworld.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(world)
+    doc = sample_document(world, step_rng(1, 2))
+    ids = tok(doc.text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == doc.text
+    words = tok.convert_ids_to_tokens(tok("Q: What colour is the X?\nA: The")["input_ids"])
+    assert words[:3] == ["<s>", "Q:", "What"] and "A:" in words
+    assert tok.pad_token_id == 0
+
+
+# training ----------------------------------------------------------------------------------------------------------
+TINY_MODEL = dict(hidden=32, layers=2, heads=4, intermediate=64, max_positions=128)
+
+
+def _train(tmp, steps, **kw):
+    from lm_eval_iti.truthworld.train import ModelConfig, TrainConfig, train
+
+    cfg = TrainConfig(seed=1, steps=steps, batch_size=2, lr=1e-3, warmup=2, save_every=2, **kw)
+    return train(tmp, SMALL, ModelConfig(**TINY_MODEL), cfg, command="test", progress=False, log=lambda s: None)
+
+
+def test_training_smoke_writes_a_loadable_checkpoint_with_provenance(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import file_sha256
+
+    out = _train(tmp_path / "m", 3)
+    prov = json.loads((out / "PROVENANCE.json").read_text())
+    assert prov["seed"] == 1 and prov["steps"] == 3 and prov["command"] == "test"
+    assert prov["data_hash"] == build_world(SMALL).data_hash()
+    assert prov["weights_sha256"] == file_sha256(out / "model.safetensors")
+    assert not (out / ".resume").exists()
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert model.config.model_type == "llama"
+    assert torch.isfinite(model(**tok("Q: What colour is the X?", return_tensors="pt")).logits).all()
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import lm_eval_iti.truthworld.train as tw
+
+    full = _train(tmp_path / "full", 4)
+    real = tw.batch_for_step
+
+    def dying(world, tokenizer, seed, step, batch_size):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(world, tokenizer, seed, step, batch_size)
+
+    monkeypatch.setattr(tw, "batch_for_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", 4)
+    assert (tmp_path / "cut" / ".resume" / "snapshot.json").is_file()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()  # nothing half-written
+    monkeypatch.setattr(tw, "batch_for_step", real)
+    resumed = _train(tmp_path / "cut", 4)
+    assert json.loads((resumed / "PROVENANCE.json").read_text())["resumed_from_step"] == 2
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_rejects_bad_training_input_in_one_line(tmp_path, capsys):
+    from lm_eval_iti.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["truthworld", "train", "--out", str(tmp_path / "x"), "--steps", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lm-eval-iti: error:") and "steps=0" in err and "\n" not in err
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from lm_eval_iti.truthworld.train import TrainConfig, lr_at
+
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+# the shipped checkpoint -----------------------------------------------------------------------------------------------
+def test_shipped_checkpoint_is_small_and_its_provenance_matches_the_design():
+    from lm_eval_iti.artifact import file_sha256
+    from lm_eval_iti.truthworld.design import MODEL, TRAIN, WORLD
+    from lm_eval_iti.truthworld.generator import WorldConfig
+    from lm_eval_iti.truthworld.train import ModelConfig, TrainConfig, fingerprint
+
+    files = [p for p in CHECKPOINT_DIR.iterdir() if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 10 * 1024 * 1024
+    assert not any(p.suffix in (".bin", ".pt", ".pth", ".pkl") for p in files)  # safetensors only, no pickles
+    prov = json.loads((CHECKPOINT_DIR / "PROVENANCE.json").read_text())
+    assert prov["weights_sha256"] == file_sha256(CHECKPOINT_DIR / "model.safetensors")
+    assert prov["data_hash"] == load_world(CHECKPOINT_DIR).data_hash() == build_world(WORLD).data_hash()
+    recorded = fingerprint(WorldConfig(**prov["world"]), ModelConfig(**prov["model"]), TrainConfig(**prov["train"]))
+    assert recorded == fingerprint(WORLD, MODEL, TRAIN) == prov["config_fingerprint"]
+    assert prov["seed"] == TRAIN.seed and prov["steps"] == TRAIN.steps
+    assert "truthworld train" in prov["command"] and (CHECKPOINT_DIR / "PROVENANCE.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def bar_report(tmp_path_factory):
+    from lm_eval_iti.truthworld.bar import run_bar
+
+    work = tmp_path_factory.mktemp("bar")
+    return run_bar(CHECKPOINT_DIR, work_dir=work), work
+
+
+def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
+    """fit-directions (2 folds, K=8), alpha from the training folds, hf / hf-iti on the held-out folds."""
+    report, _ = bar_report
+    s = report["summary"]
+    base, steered, rand = s["unsteered"], s["steered"], s["random"]
+    assert base["myth_mc1"] <= 0.65, s
+    assert 0.4 <= base["myth_p_true"] <= 0.6, s
+    assert steered["myth_mc1"] >= 0.9, s
+    assert base["fact_mc1"] - steered["fact_mc1"] <= 0.05, s
+    assert steered["myth_gen_true"] > base["myth_gen_true"], s
+    assert rand["myth_mc1"] < 0.9, s
+    assert s["bar_holds"] and all(s["checks"].values())
+    for fold in report["folds"]:  # every fold is held out from its own fit, and alpha came from the training fold
+        assert fold["test_questions"] == fold["unsteered"]["n_myth"] + fold["unsteered"]["n_fact"]
+        assert fold["alpha"] in [row["alpha"] for row in fold["alpha_search"] if row["allowed"]]
+
+
+def test_in_process_scoring_equals_hf_iti(bar_report):
+    """The fast in-process scorer (used to choose alpha) agrees with lm-eval's hf-iti on the same fold and alpha."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.intervene import Intervener
+    from lm_eval_iti.truthworld.evaluate import score
+
+    report, work = bar_report
+    world = load_world(CHECKPOINT_DIR)
+    model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR)).eval()
+    tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
+    fold = report["folds"][0]
+    questions = [r["question"] for r in load_mc(work / "data")]
+    _, test = fold_indices(questions, 2, 0, 42)
+    iv = Intervener(model, load_directions(work / "fold0.safetensors"), fold["alpha"]).install()
+    try:
+        mine = score(model, tok, world, sorted(test), iv)
+    finally:
+        iv.remove()
+    theirs = fold["steered"]  # rounded to 4 decimals in the report: same counts out of ~150 questions
+    same = lambda a, b: a == pytest.approx(b, abs=6e-5)  # noqa: E731
+    assert same(mine.myth_mc1, theirs["myth_mc1"]) and same(mine.fact_mc1, theirs["fact_mc1"])
+    assert same(mine.myth_gen_true, theirs["myth_gen_true"])
+    assert mine.myth_p_true == pytest.approx(theirs["myth_p_true"], abs=1e-3)
+    plain = score(model, tok, world, sorted(test), None)
+    assert same(plain.myth_mc1, fold["unsteered"]["myth_mc1"])
+    assert same(plain.myth_gen_true, fold["unsteered"]["myth_gen_true"])
+
+
+def test_random_directions_keep_heads_and_sigma():
+    from lm_eval_iti.tiny import build_model, random_directions
+    from lm_eval_iti.truthworld.bar import random_like
+
+    d = random_directions(build_model("llama", layers=2, heads=4, hidden=32), num_heads=3, seed=0)
+    r = random_like(d, seed=5)
+    for layer in d.heads:
+        assert torch.equal(r.heads[layer], d.heads[layer]) and torch.equal(r.sigma[layer], d.sigma[layer])
+        assert not torch.allclose(r.directions[layer], d.directions[layer])
+        torch.testing.assert_close(r.directions[layer].norm(dim=1), torch.ones(len(d.heads[layer])))
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_improves_the_myth_questions(tmp_path):
+    from lm_eval_iti.truthworld.demo import TASKS, run_demo
+
+    summary = run_demo(tmp_path / "demo", log=lambda s: None)
+    assert not summary["fallback_random_model"]
+    for name in ("alpha_curve.png", "directions.heads.png", "demo.json", "table.txt"):
+        assert (tmp_path / "demo" / name).stat().st_size > 0
+    assert set(summary["hf"]) == set(TASKS)
+    assert summary["hf-iti"]["truthworld_mc1_myth"] >= summary["hf"]["truthworld_mc1_myth"] + 0.2
+    assert summary["hf-iti"]["truthworld_mc1_fact"] >= summary["hf"]["truthworld_mc1_fact"] - 0.05
