@@ -66,14 +66,29 @@ def check_instruction(name) -> str:
     return name
 
 
-def mc_prompt(question: str, instruction: str = "none") -> str:
+PRIMERS = ("qa", "none")
+
+
+def check_primer(name) -> str:
+    name = str(name).strip().lower()
+    if name not in PRIMERS:
+        raise ITIError(f"primer={name!r} is not one of {', '.join(PRIMERS)}")
+    return name
+
+
+def _question_block(question: str, primer: str) -> str:
+    """``primer + \\n\\nQ: {question}`` (``qa``), or just ``Q: {question}`` (``none``, e.g. the truth world)."""
+    return (QA_PRIMER + "\n\nQ: " if check_primer(primer) == "qa" else "Q: ") + question
+
+
+def mc_prompt(question: str, instruction: str = "none", primer: str = "qa") -> str:
     """[instruction + blank line] + primer + ``\\n\\nQ: {question}\\nA:``; each answer follows as `` {answer}``."""
-    return instruction_prefix(instruction) + QA_PRIMER + "\n\nQ: " + question + "\nA:"
+    return instruction_prefix(instruction) + _question_block(question, primer) + "\nA:"
 
 
-def gen_prompt(question: str, instruction: str = "none") -> str:
+def gen_prompt(question: str, instruction: str = "none", primer: str = "qa") -> str:
     """As ``mc_prompt`` without the final ``\\nA:``: the model writes it (reference and lm-eval truthfulqa_gen)."""
-    return instruction_prefix(instruction) + QA_PRIMER + "\n\nQ: " + question
+    return instruction_prefix(instruction) + _question_block(question, primer)
 
 
 def binary_prompt(question: str, option_a: str, option_b: str, instruction: str = "none") -> str:
@@ -83,11 +98,11 @@ def binary_prompt(question: str, option_a: str, option_b: str, instruction: str 
 
 
 def doc_to_text_mc(doc: dict) -> str:
-    return mc_prompt(doc["question"], doc["instruction"])
+    return mc_prompt(doc["question"], doc["instruction"], doc.get("primer", "qa"))
 
 
 def doc_to_text_gen(doc: dict) -> str:
-    return gen_prompt(doc["question"], doc["instruction"])
+    return gen_prompt(doc["question"], doc["instruction"], doc.get("primer", "qa"))
 
 
 def doc_to_text_binary(doc: dict) -> str:
@@ -109,6 +124,7 @@ OPTION_KEYS = {
     "seed": "fold seed (default 42); also orders the binary options",
     "contiguous_folds": "true: the reference's contiguous folds over mc_task.json order",
     "instruction": "default | informative | none",
+    "primer": "qa (TruthfulQA's 6-shot QA primer, the default) | none (bare Q:/A:, e.g. for the truth world)",
 }
 
 
@@ -146,6 +162,7 @@ class TaskOptions:
     seed: int = 42
     contiguous_folds: bool = False
     instruction: str = "default"
+    primer: str = "qa"
 
     @property
     def folded(self) -> bool:
@@ -172,6 +189,7 @@ def parse_options(metadata: dict, instruction_default: str = "default") -> TaskO
         seed=_int_option("seed", m["seed"]) if "seed" in m else defaults.seed,
         contiguous_folds=_bool_option("contiguous_folds", m.get("contiguous_folds", False)),
         instruction=check_instruction(m.get("instruction", instruction_default)),
+        primer=check_primer(m.get("primer", "qa")),
     )
 
 
@@ -232,7 +250,8 @@ def load_truthfulqa_mc(**metadata):
         _check_mc_row(row, i, opts.data_dir)
     membership = fold_of_questions(opts, rows)
     docs = [{"question": r["question"], "mc1_targets": r["mc1_targets"], "mc2_targets": r["mc2_targets"],
-             "question_id": question_id(r["question"]), "instruction": opts.instruction, **_fold_fields(opts)}
+             "question_id": question_id(r["question"]), "instruction": opts.instruction, "primer": opts.primer,
+             **_fold_fields(opts)}
             for r in _keep_fold(rows, membership, "truthfulqa_iti_mc")]
     return _dataset(docs, "truthfulqa_iti_mc")
 
@@ -256,7 +275,7 @@ def load_truthfulqa_gen(**metadata):
         docs.append({"question": refs["question"], "best_answer": str(r.get("best_answer", "")).strip(),
                      "correct_answers": refs["correct_answers"], "incorrect_answers": refs["incorrect_answers"],
                      "category": str(r.get("category", "")), "question_id": question_id(r["question"]),
-                     "instruction": opts.instruction, **_fold_fields(opts)})
+                     "instruction": opts.instruction, "primer": opts.primer, **_fold_fields(opts)})
     return _dataset(docs, "truthfulqa_iti_gen")
 
 
@@ -299,7 +318,8 @@ def _load_transfer_task(task: str, source: str, opts: TaskOptions):
                 "(recorded as the metric excluded_rows)", task, excluded, len(rows))
     docs = [{"question": r["question"], "answers": r["answers"], "false_answer": r["false_answer"],
              "choices": r["answers"] + [r["false_answer"]], "num_true": len(r["answers"]),
-             "excluded_rows": excluded, "source_rows": len(rows), "instruction": opts.instruction} for r in kept]
+             "excluded_rows": excluded, "source_rows": len(rows), "instruction": opts.instruction,
+             "primer": opts.primer} for r in kept]
     return _dataset(docs, task)
 
 

@@ -317,3 +317,17 @@ def test_missing_columns_fail_with_the_column_named(tmp_path):
         [{"question": "Q?", "mc1_targets": {"a": 0, "b": 0}, "mc2_targets": {"a": 1, "b": 0}}]))
     with pytest.raises(ITIError, match="'mc1_targets': no true answer"):
         taskfns.load_truthfulqa_mc(data_dir=str(tmp_path / "nolabel"))
+
+
+def test_primer_none_gives_bare_question_prompts():
+    meta = _local_metadata(instruction="none", primer="none")
+    mc = taskfns.load_truthfulqa_mc(**meta)["validation"][0]
+    gen = taskfns.load_truthfulqa_gen(**meta)["validation"][0]
+    assert taskfns.doc_to_text_mc(mc) == "Q: " + mc["question"] + "\nA:"
+    assert taskfns.doc_to_text_gen(gen) == "Q: " + gen["question"]
+    informative = taskfns.load_truthfulqa_mc(**_local_metadata(instruction="informative", primer="none"))["validation"][0]
+    assert taskfns.doc_to_text_mc(informative) == INFORMATIVE_TEXT + "\n\nQ: " + mc["question"] + "\nA:"
+    default = taskfns.load_truthfulqa_mc(**_local_metadata(instruction="none"))["validation"][0]
+    assert taskfns.doc_to_text_mc(default).startswith(taskfns.QA_PRIMER + "\n\nQ: ")
+    with pytest.raises(ITIError, match="primer='six' is not one of qa, none"):
+        taskfns.load_truthfulqa_mc(**_local_metadata(primer="six"))
