@@ -68,8 +68,10 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict[str, float
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def figure(name: str, ratio: float, target: str, passed: bool) -> dict:
-    return {"figure": name, "ratio": round(float(ratio), 4), "target": target, "pass": bool(passed)}
+def figure(name: str, ratio: float, target: str, passed: bool | None) -> dict:
+    """One row of the bench table; ``passed=None`` means the target does not apply here (shown as n/a)."""
+    return {"figure": name, "ratio": round(float(ratio), 4), "target": target,
+            "pass": None if passed is None else bool(passed)}
 
 
 def emit(figures: list[dict]) -> None:

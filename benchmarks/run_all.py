@@ -39,7 +39,7 @@ def main() -> int:
             failures.append(f"{script.name}: exit {proc.returncode}, no figures ({proc.stderr.strip().splitlines()[-1:] })")
             continue
         for f in figures:
-            rows.append((script.name, f["figure"], f["ratio"], f["target"], "pass" if f["pass"] else "FAIL"))
+            rows.append((script.name, f["figure"], f["ratio"], f["target"], "n/a" if f["pass"] is None else "pass" if f["pass"] else "FAIL"))
         print(f"   ({elapsed:.0f} s)", flush=True)
     print(f"\nmachine: {machine()}\n")
     widths = [max(len(str(r[i])) for r in rows + [("script", "figure", "ratio", "target", "result")]) for i in range(5)]
