@@ -79,3 +79,19 @@ def test_export_needs_a_pt_name(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     with pytest.raises(ITIError, match=r"\.pt"):
         export_steered(model, random_directions(model, 2), 1.0, tmp_path / "x.safetensors")
+
+
+def test_cli_export_and_bake(tiny_model_dir, tiny_directions_file, tmp_path, capsys):
+    from lm_eval_iti.cli import main
+
+    main(["export", "--to", "steered", "--model", str(tiny_model_dir), "--directions", str(tiny_directions_file),
+          "--out", str(tmp_path / "iti.pt")])
+    assert (tmp_path / "iti.pt").is_file()
+    main(["bake", "--model", str(tiny_model_dir), "--directions", str(tiny_directions_file), "--alpha", "2",
+          "--out", str(tmp_path / "baked")])
+    assert (tmp_path / "baked" / "iti_bake.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:  # an existing output is refused before the model is loaded
+        main(["bake", "--model", "/never/loaded", "--directions", str(tiny_directions_file),
+              "--out", str(tmp_path / "baked")])
+    assert exit_info.value.code == 2
+    assert "output folder exists and is not empty" in capsys.readouterr().err

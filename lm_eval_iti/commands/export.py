@@ -52,8 +52,13 @@ def export(model_id, directions, target, out, alpha, num_heads, dtype, revision)
 @click.option("--revision", default=None)
 def bake(model_id, directions, out, alpha, num_heads, dtype, revision):
     """Write a Hugging Face model whose attention output bias holds W_o·shift (acts at every position)."""
+    from pathlib import Path
+
+    from ..errors import ITIError
     from ..export import bake as bake_model
 
+    if Path(out).exists() and any(Path(out).iterdir()):  # before loading the model: fail fast
+        raise ITIError(f"{out}: output folder exists and is not empty")
     model, tokenizer, d = _load(model_id, directions, dtype, revision)
     d = d.top_k(num_heads) if num_heads else d
     path = bake_model(model, d, _alpha(alpha, d), out, tokenizer=tokenizer, provenance={"base_model": model_id})
