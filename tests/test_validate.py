@@ -198,3 +198,22 @@ def test_baselines_are_in_the_same_table_with_their_token_semantics(all_baseline
     assert (meta["random-directions"]["method"], meta["random-heads"]["random_heads"]) == ("random", "true")
     assert meta["probe-weights"]["method"] == "probe"
     assert all(f["n_samples"]["truthfulqa_iti_mc1"] == 3 for fs in results["folds"].values() for f in fs)
+
+
+def test_a_judge_set_in_the_environment_changes_the_resume_hash(monkeypatch, tmp_path):
+    from lm_eval_iti.experiments.runner import Experiment, ExperimentConfig
+    from lm_eval_iti.experiments.validate import validate_variants
+
+    variants = validate_variants()
+
+    def fold_hash():
+        exp = Experiment(ExperimentConfig(model="m", data_dir=str(tmp_path)), variants, tmp_path / "run")
+        exp.data_sha256 = "x"
+        return exp.fold_hash(0, variants[1])
+
+    monkeypatch.delenv("LM_EVAL_ITI_JUDGE", raising=False)
+    without = fold_hash()
+    monkeypatch.setenv("LM_EVAL_ITI_JUDGE", "hf")
+    monkeypatch.setenv("LM_EVAL_ITI_TRUTH_JUDGE", str(tmp_path / "truth-judge"))
+    monkeypatch.setenv("LM_EVAL_ITI_INFO_JUDGE", str(tmp_path / "info-judge"))
+    assert fold_hash() != without

@@ -145,6 +145,10 @@ class Experiment:
         s = {k: v for k, v in asdict(self.config).items() if k not in NOT_HASHED}
         s["tasks"] = list(s["tasks"])
         s["data_sha256"] = self.data_sha256
+        # the judge resolved from metadata *and* environment (secret-free): another judge must not resume old folds
+        from ..judges.config import from_sources
+
+        s["judge"] = from_sources(self.config.metadata).record()
         return s
 
     def fold_hash(self, fold: int, variant: Variant) -> str:
