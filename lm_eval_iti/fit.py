@@ -26,7 +26,7 @@ from .atomic import write_json_atomic
 from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
-from .folds import fold_indices, question_id
+from .folds import fold_assignment, fold_indices, question_id
 from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
@@ -204,7 +204,8 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
             missing = "true" if 1 not in present else "false"
             raise ITIError(f"the {what} questions have no {missing} answer (a class with no examples); "
                            "check the labels of the data or use more questions")
-    sigma_set = (gen_end_q_prompt_set(mc_docs, gen_docs, seed, prompt_format, tokenizer)
+    groups = fold_assignment(questions, num_folds, seed, contiguous_folds) if num_folds is not None else None
+    sigma_set = (gen_end_q_prompt_set(mc_docs, gen_docs, seed, prompt_format, tokenizer, groups=groups)
                  if sigma_data == "gen_end_q" else mc_set)
 
     # activations
@@ -264,6 +265,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
         "dataset": source, "dataset_sha256": _data_sha256(mc_docs), "max_questions": "" if max_questions is None else str(max_questions),
         "num_questions": str(len(questions)), "prompt_format": prompt_format,
         "prompt_template": mc_set.info["template"], "sigma_data": sigma_data, "sigma_template": sigma_set.info["template"],
+        "sigma_followup_pool": sigma_set.info.get("random_question_pool", ""),
         "sigma_ddof": str(sigma_ddof), "sigma_questions": "train+val of the training fold",
         "num_heads_selected": str(num_heads), "probe_backend": probe_backend, "probe_objective": "L2, C=1.0, intercept",
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -101,18 +101,27 @@ def mc_prompt_set(docs: list[dict], prompt_format: str = "qa", tokenizer=None) -
 
 
 def gen_end_q_prompt_set(mc_docs: list[dict], gen_docs: list[dict], seed: int = 42, prompt_format: str = "qa",
-                         tokenizer=None) -> PromptSet:
-    """The sigma set: generation answers followed by a seeded random question, joined to ``mc_docs`` by question text."""
+                         tokenizer=None, groups: list[int] | None = None) -> PromptSet:
+    """The sigma set: generation answers followed by a seeded random question, joined to ``mc_docs`` by question text.
+
+    ``groups`` (the fold of each MC question): the follow-up question is drawn from the question's own fold, so a
+    sigma prompt of a training question never ends with a held-out question, whichever fold is held out, and the
+    prompt set (hence the activation cache) is the same for every fold.
+    """
     _check_format(prompt_format)
     index_of = {doc["question"].strip(): i for i, doc in enumerate(mc_docs)}
     rows = [g for g in gen_docs if str(g.get("question", "")).strip() in index_of]
     if not rows:
         raise ITIError("the generation data shares no question with the multiple-choice data (joined by question text)")
-    pool = [doc["question"] for doc in mc_docs]
+    group_of = groups if groups is not None else [0] * len(mc_docs)
+    pools: dict[int, list[str]] = {}
+    for doc, group in zip(mc_docs, group_of):
+        pools.setdefault(group, []).append(doc["question"])
     rng = np.random.default_rng(seed)
     prompts, labels, qidx, followups = [], [], [], []
     for g in rows:
         q = g["question"].strip()
+        pool = pools[group_of[index_of[q]]]
         next_question = pool[int(rng.integers(len(pool)))]
         followups.append(next_question)
         for answers, label in ((g.get("correct_answers") or [], 1), (g.get("incorrect_answers") or [], 0)):
@@ -125,4 +134,5 @@ def gen_end_q_prompt_set(mc_docs: list[dict], gen_docs: list[dict], seed: int = 
     template = QA_END_Q_TEMPLATE if prompt_format == "qa" else "chat_template(user=q, assistant=a, user=next_question) cut after it"
     return PromptSet("gen_end_q", prompts, labels, qidx, add_special_tokens=(prompt_format == "qa"),
                      info={"template": template, "format": prompt_format, "random_question_seed": seed,
+                           "random_question_pool": "same fold" if groups is not None else "all questions",
                            "questions_joined": len(rows), "questions_in_generation_data": len(gen_docs)})

@@ -131,7 +131,10 @@ def test_direction_and_sigma_match_an_independent_computation(first_fit, loaded,
     docs = load_mc(v0)[:NQ]
     fit_q = set(fold_indices([r["question"] for r in docs], 2, 0, 42)[0])
     d = load_directions(root / "dirs.safetensors")
-    sig_set = gen_end_q_prompt_set(docs, load_generation(v0), seed=42)
+    from lm_eval_iti.folds import fold_assignment
+
+    groups = fold_assignment([r["question"] for r in docs], 2, 42)  # follow-up questions from the same fold
+    sig_set = gen_end_q_prompt_set(docs, load_generation(v0), seed=42, groups=groups)
     assert all(p.count("Q: ") == 2 for p in sig_set.prompts)
     mc = mc_prompt_set(docs)
     mc_rows = [i for i, q in enumerate(mc.question_index) if q in fit_q]
@@ -261,3 +264,25 @@ def test_a_cache_written_by_another_model_fails_cleanly(first_fit, tmp_path, v0,
     code, err = _run_cli(["fit-directions", "--model", str(other_dir), "--out", str(out), "--data-dir", str(v0),
                           "--max-questions", str(NQ), "--cache-dir", str(cache), "--quiet", "--num-heads", "2"], capsys)
     _assert_clean_failure(out, code, err, "written by another model")
+
+
+def test_sigma_prompts_never_end_with_a_held_out_question():
+    """gen_end_q appends a random follow-up question; it is drawn from the question's own fold, so the sigma rows of
+    training questions never read the model's state at the end of a test-fold question (and the set is fold-free)."""
+    from conftest import shared_data
+
+    from lm_eval_iti.data import load_generation, load_mc
+    from lm_eval_iti.folds import fold_assignment
+    from lm_eval_iti.prompts import gen_end_q_prompt_set
+
+    v0 = shared_data("truthfulqa", "v0")
+    mc, gen = load_mc(v0), load_generation(v0)
+    questions = [d["question"] for d in mc]
+    groups = fold_assignment(questions, 2, 42)
+    fold_of = {q.strip(): g for q, g in zip(questions, groups)}
+    sigma = gen_end_q_prompt_set(mc, gen, seed=42, groups=groups)
+    assert len(sigma.prompts) > 5000
+    for prompt, qi in zip(sigma.prompts, sigma.question_index):
+        followup = prompt.rsplit(" Q: ", 1)[1]
+        assert fold_of[followup.strip()] == groups[qi]
+    assert sigma.prompts == gen_end_q_prompt_set(mc, gen, seed=42, groups=groups).prompts  # deterministic
