@@ -341,6 +341,7 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
     finally:
         model.train(was_training)
     if not torch.isfinite(out).all():
-        raise ITIError("activations contain NaN/inf values (fp16 overflow?); try --dtype float32 or bfloat16")
+        raise ITIError("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of "
+                       "the activation cache (|x| > 65504)")
     stats.seconds += time.perf_counter() - started
     return out

@@ -132,6 +132,18 @@ def fit_split(questions: list[str], num_folds: int | None = None, fold: int | No
     return fit_questions, test_questions, train_q, val_q
 
 
+def _sigma_generation_docs(source: str) -> list[dict]:
+    """The generation CSV for the gen_end_q sigma set: beside mc_task.json when --data-dir names that file."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        csv_path = path.parent / "TruthfulQA.csv"
+        if not csv_path.is_file():
+            raise ITIError(f"{source}: --sigma-data gen_end_q needs TruthfulQA.csv next to it "
+                           "(pass the folder holding both, or use --sigma-data mc)")
+        return load_generation(csv_path)
+    return load_generation(source)
+
+
 def _data_sha256(docs: list[dict]) -> str:
     return hashlib.sha256(json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -174,7 +186,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
         raise ITIError(f"{source}: the multiple-choice data repeats a question (fold membership would be ambiguous)")
     fit_questions, test_questions, train_q, val_q = fit_split(questions, num_folds, fold, seed, contiguous_folds,
                                                               val_ratio)
-    gen_docs = load_generation(source) if sigma_data == "gen_end_q" else None
+    gen_docs = _sigma_generation_docs(source) if sigma_data == "gen_end_q" else None
     timings["load data"] = time.perf_counter() - clock
 
     # model

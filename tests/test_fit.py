@@ -12,6 +12,7 @@ from conftest import shared_data
 
 from lm_eval_iti.artifact import load_directions
 from lm_eval_iti.cli import main
+from lm_eval_iti.errors import ITIError
 from lm_eval_iti.folds import fold_indices, question_id
 
 NQ = 30  # questions used by the end-to-end fits (first 30 of v0)
@@ -286,3 +287,14 @@ def test_sigma_prompts_never_end_with_a_held_out_question():
         followup = prompt.rsplit(" Q: ", 1)[1]
         assert fold_of[followup.strip()] == groups[qi]
     assert sigma.prompts == gen_end_q_prompt_set(mc, gen, seed=42, groups=groups).prompts  # deterministic
+
+
+def test_data_dir_may_name_mc_task_json(tmp_path, tiny_model_dir, v0):
+    """--data-dir FOLDER/mc_task.json: the gen_end_q sigma set reads TruthfulQA.csv beside it."""
+    from lm_eval_iti.fit import _sigma_generation_docs
+
+    assert len(_sigma_generation_docs(str(v0 / "mc_task.json"))) == 817
+    lonely = tmp_path / "mc_task.json"
+    lonely.write_text((v0 / "mc_task.json").read_text())
+    with pytest.raises(ITIError, match="needs TruthfulQA.csv next to it"):
+        _sigma_generation_docs(str(lonely))
