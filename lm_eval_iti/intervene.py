@@ -26,7 +26,8 @@ ALL = "all"
 LAST = "last"
 Plan = Union[None, str, torch.Tensor]
 
-MC_POSITIONS = ("answer", "all")
+MC_POSITIONS = ("answer", "all", "legacy")
+# legacy: the reference baukit code edited from len(prompt)+4, i.e. (Llama tokenizer) from the second answer token
 GEN_POSITIONS = ("last", "generated", "all")
 _PREFILL_PLAN = {"last": LAST, "generated": None, "all": ALL}
 
@@ -127,9 +128,10 @@ class Intervener:
             self._gen_mode, self._forward_index = previous
 
 
-def answer_mask(inplens: list[int], contlens: list[int], width: int, device=None) -> torch.Tensor:
-    """[B, width] True at positions inplen-contlen .. inplen-1: exactly those whose logits score the continuation."""
+def answer_mask(inplens: list[int], contlens: list[int], width: int, device=None, skip: int = 0) -> torch.Tensor:
+    """[B, width] True at positions inplen-contlen+skip .. inplen-1: with skip=0 exactly those whose logits score the
+    continuation; skip=2 starts at the second answer token (the reference's legacy semantics)."""
     mask = torch.zeros(len(inplens), width, dtype=torch.bool, device=device)
     for row, (inplen, contlen) in enumerate(zip(inplens, contlens)):
-        mask[row, max(inplen - contlen, 0):inplen] = True
+        mask[row, max(inplen - contlen + skip, 0):inplen] = True
     return mask

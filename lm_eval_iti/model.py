@@ -3,7 +3,9 @@
 Positions edited (see ``intervene.py`` for the mechanism):
   loglikelihood, ``mc_positions=answer`` (default): for a request of C context and X continuation tokens, the
   positions C-1 .. C+X-2 of the input (context+continuation without its last token), exactly those whose logits
-  score the continuation; ``all``: every position. loglikelihood_rolling: every position.
+  score the continuation; ``all``: every position; ``legacy``: from the second answer token on (what the reference's
+  baukit code effectively did with the Llama tokenizer: answer tokens 1 and 2 are scored unedited).
+  loglikelihood_rolling: every position.
   generation, ``gen_positions=last`` (default, the original ITI convention): the last prompt position in the
   prompt forward, then every generated token; ``generated``: generated tokens only; ``all``: every prompt
   position and every generated token (what a baked bias does).
@@ -150,7 +152,8 @@ class HFITI(HFLM):
             else:
                 spans = self._row_spans(inps)
                 if spans is not None:
-                    plan = answer_mask(*spans, width=inps.shape[1], device=inps.device)
+                    skip = 2 if self.mc_positions == "legacy" else 0
+                    plan = answer_mask(*spans, width=inps.shape[1], device=inps.device, skip=skip)
         with self.intervener.editing(plan):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 

@@ -92,7 +92,8 @@ def reference_loglikelihood(model, tokenizer, requests, vectors, mode):
             whole = tokenizer(ctx + cont, add_special_tokens=False).input_ids
             c = len(tokenizer(ctx, add_special_tokens=False).input_ids)
             x = len(whole) - c
-            hook.positions = "all" if mode == "all" else set(range(c - 1, c + x - 1))
+            first = {"answer": c - 1, "legacy": c + 1}.get(mode)
+            hook.positions = "all" if mode == "all" else set(range(first, c + x - 1))
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
             out.append(sum(float(logp[c - 1 + i, whole[c + i]]) for i in range(x)))
@@ -142,7 +143,7 @@ def test_alpha_zero_is_bit_identical_to_hf(tiny_model_dir, tiny_directions_file,
     assert zero.loglikelihood_rolling(roll, disable_tqdm=True) == base.loglikelihood_rolling(roll, disable_tqdm=True)
 
 
-@pytest.mark.parametrize("mode", ["answer", "all"])
+@pytest.mark.parametrize("mode", ["answer", "all", "legacy"])
 def test_loglikelihood_matches_an_independent_hook(tiny_model_dir, tiny_directions_file, plain, mode, base):
     model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), mc_positions=mode)
     ours = ll(model)
@@ -320,7 +321,7 @@ def test_results_record_provenance(steered_answer, tiny_directions_file):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"directions": "/nonexistent.safetensors"}, "not found"),
-    ({"mc_positions": "legacy"}, "mc_positions='legacy' is not one of answer, all"),
+    ({"mc_positions": "middle"}, "mc_positions='middle' is not one of answer, all, legacy"),
     ({"gen_positions": "prompt"}, "gen_positions='prompt'"),
     ({"alpha": "strong"}, "alpha='strong' is not a number"),
     ({"heads": "0"}, "heads='0' must be a positive"),
