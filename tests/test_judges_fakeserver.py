@@ -91,6 +91,10 @@ class FakeJudgeServer:
                 pass
 
             def _send(self, status: int, body: bytes, headers=()):
+                if getattr(self, "_counted", False):  # the request is answered: no longer in flight, before the
+                    self._counted = False              # client can see the reply and send its next request
+                    with server.lock:
+                        server.in_flight -= 1
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -146,6 +150,7 @@ class FakeJudgeServer:
                     server.bodies.append(body)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    self._counted = True
                 try:
                     fault = server.plan(endpoint, key, attempt)
                     if fault == "429":
@@ -164,8 +169,10 @@ class FakeJudgeServer:
                     else:
                         self._json(200, server.chat_body(model, key, fault))
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if self._counted:  # no reply was sent (e.g. the client went away)
+                        self._counted = False
+                        with server.lock:
+                            server.in_flight -= 1
 
         return Handler
 
