@@ -27,11 +27,11 @@ from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
 from .folds import fold_assignment, fold_indices, question_id
+from .loading import DTYPES, load_model  # noqa: F401  (load_model: part of this module's API)
 from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -92,33 +92,6 @@ def _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_d
         raise ITIError(f"--max-questions {max_questions} must be at least 2")
     if sigma_ddof not in (0, 1):
         raise ITIError(f"sigma ddof {sigma_ddof} must be 0 or 1")
-
-
-def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str | None = None,
-               progress: bool = True):
-    """(model, tokenizer) from a local folder or a hub id; any failure is one ITIError line."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    if not progress:
-        hf_logging.disable_progress_bar()
-
-    text = str(name)
-    if text.startswith((".", "/", "~")) and not Path(text).expanduser().exists():
-        raise ITIError(f"--model {text}: no such model folder")
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(text, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(text, revision=revision, dtype=torch_dtype)
-    except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot load this model"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ITIError(f"--model {text}: could not load model/tokenizer ({type(exc).__name__}: {first})") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = model.to(device)
-    except Exception as exc:
-        raise ITIError(f"--device {device}: cannot move the model there ({type(exc).__name__})") from None
-    return model.eval(), tokenizer
 
 
 def fit_split(questions: list[str], num_folds: int | None = None, fold: int | None = None, seed: int = 42,

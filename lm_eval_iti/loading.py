@@ -8,29 +8,33 @@ import torch
 
 from .errors import ITIError
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-def parse_dtype(name: str):
-    if name not in DTYPES:
-        raise ITIError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def load_model_and_tokenizer(model_id: str, dtype: str = "float32", device: str = "cpu", revision: str | None = None):
-    """(model in eval mode on ``device``, tokenizer). Unknown paths/ids become a one-line ITIError."""
+def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str | None = None,
+               progress: bool = True):
+    """(model, tokenizer) from a local folder or a hub id; any failure is one ITIError line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    looks_local = model_id.startswith((".", "/", "~")) or Path(model_id).exists()
-    if looks_local and not Path(model_id).expanduser().is_dir():
-        raise ITIError(f"--model {model_id}: no such model folder")
+    if not progress:
+        hf_logging.disable_progress_bar()
+
+    text = str(name)
+    if text.startswith((".", "/", "~")) and not Path(text).expanduser().exists():
+        raise ITIError(f"--model {text}: no such model folder")
+    if dtype not in DTYPES:
+        raise ITIError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=parse_dtype(dtype))
-    except ITIError:
-        raise
+        tokenizer = AutoTokenizer.from_pretrained(text, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(text, revision=revision, dtype=torch_dtype)
+    except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot load this model"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ITIError(f"--model {text}: could not load model/tokenizer ({type(exc).__name__}: {first})") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = model.to(device)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ITIError(f"--model {model_id}: could not load it ({first[:200]})") from None
-    return model.to(device).eval(), tokenizer
+        raise ITIError(f"--device {device}: cannot move the model there ({type(exc).__name__})") from None
+    return model.eval(), tokenizer

@@ -8,9 +8,9 @@ import click
 def _load(model_id, directions_path, dtype, revision):
     from ..architectures import model_shape
     from ..artifact import load_directions
-    from ..loading import load_model_and_tokenizer
+    from ..loading import load_model
 
-    model, tokenizer = load_model_and_tokenizer(model_id, dtype=dtype, revision=revision)
+    model, tokenizer = load_model(model_id, revision=revision, dtype=dtype, device="cpu", progress=False)
     directions = load_directions(directions_path, expect=model_shape(model))
     return model, tokenizer, directions
 
@@ -30,7 +30,7 @@ def _alpha(alpha, directions):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pt file.")
 @click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
-@click.option("--dtype", default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--revision", default=None)
 def export(model_id, directions, target, out, alpha, num_heads, dtype, revision):
     """Export W_o·(alpha·sigma·direction) per layer for `lm_eval --model steered` (edits every position)."""
@@ -48,7 +48,8 @@ def export(model_id, directions, target, out, alpha, num_heads, dtype, revision)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder (new or empty).")
 @click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
-@click.option("--dtype", default="float32", show_default=True, help="Weights dtype of the saved model.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+              help="Weights dtype of the saved model.")
 @click.option("--revision", default=None)
 def bake(model_id, directions, out, alpha, num_heads, dtype, revision):
     """Write a Hugging Face model whose attention output bias holds W_o·shift (acts at every position)."""
