@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .architectures import model_shape, out_projections
+from .artifact import file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
@@ -56,14 +57,6 @@ class CollectStats:
 
 
 # model identity ------------------------------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_fingerprint(folder: str | os.PathLike, memo_dir: Path | None = None) -> str | None:
     """sha256 over the weight files of a local model folder (memoised by path, size and mtime); None if it has none."""
     folder = Path(folder)
@@ -82,7 +75,7 @@ def weights_fingerprint(folder: str | os.PathLike, memo_dir: Path | None = None)
         return memo[stat_key]
     digest = hashlib.sha256()
     for p in files:
-        digest.update(p.name.encode() + b"\0" + _sha256_file(p).encode())
+        digest.update(p.name.encode() + b"\0" + file_sha256(p).encode())
     value = "sha256:" + digest.hexdigest()
     if memo_file is not None:
         memo[stat_key] = value

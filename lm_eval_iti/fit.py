@@ -117,7 +117,8 @@ def _sigma_generation_docs(source: str) -> list[dict]:
     return load_generation(source)
 
 
-def _data_sha256(docs: list[dict]) -> str:
+def data_sha256(docs: list[dict]) -> str:
+    """The sha256 of the loaded multiple-choice data (recorded by fits and experiments)."""
     return hashlib.sha256(json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -247,7 +248,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
         "random_heads": str(bool(random_heads)).lower(), "seed": str(seed),
         "num_folds": "" if num_folds is None else str(num_folds), "fold": "" if fold is None else str(fold),
         "contiguous_folds": str(bool(contiguous_folds)).lower(), "val_ratio": repr(float(val_ratio)),
-        "dataset": source, "dataset_sha256": _data_sha256(mc_docs), "max_questions": "" if max_questions is None else str(max_questions),
+        "dataset": source, "dataset_sha256": data_sha256(mc_docs), "max_questions": "" if max_questions is None else str(max_questions),
         "num_questions": str(len(questions)), "prompt_format": prompt_format,
         "prompt_template": mc_set.info["template"], "sigma_data": sigma_data, "sigma_template": sigma_set.info["template"],
         "sigma_followup_pool": sigma_set.info.get("random_question_pool", ""),

@@ -130,7 +130,9 @@ class Experiment:
         if len(docs) < c.num_folds:
             raise ITIError(f"--num-folds {c.num_folds} is more than the {len(docs)} questions of {self.source}")
         self.questions = [d["question"] for d in docs]
-        self.data_sha256 = hashlib.sha256(json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        from ..fit import data_sha256  # the same hash the fits record
+
+        self.data_sha256 = data_sha256(docs)
 
     def task_metadata(self, fold: int, instruction: str) -> dict:
         c = self.config
