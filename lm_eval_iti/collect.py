@@ -96,6 +96,9 @@ def state_dict_fingerprint(model: nn.Module) -> str:
 def model_identity(model: nn.Module, name: str | None = None, revision: str | None = None,
                    memo_dir: Path | None = None) -> str:
     """Hub id@commit for hub models, the weights' sha256 for a local folder or an in-memory model."""
+    given = getattr(model, "_lm_eval_iti_identity", None)  # set by loading.load_model, e.g. a GGUF file's sha256
+    if given:
+        return given
     cfg = model.config
     name = name or getattr(cfg, "_name_or_path", "") or ""
     if name and Path(name).expanduser().is_dir():
