@@ -164,3 +164,21 @@ def dequantized_folder(source: ModelSource, cache_dir: str | os.PathLike | None 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def hflm_model_args(pretrained, gguf_file: str | None, gguf_cache: bool = True,
+                    cache_dir: str | os.PathLike | None = None) -> tuple[object, str | None, str | None]:
+    """(pretrained, gguf_file, identity) for HFLM: a GGUF model becomes its dequantized folder when cached.
+
+    Non-GGUF values (a loaded model, a folder, a hub id) pass through with identity None.
+    """
+    if not isinstance(pretrained, (str, os.PathLike)):
+        return pretrained, gguf_file, None
+    source = resolve_model(pretrained, gguf_file)
+    if not source.is_gguf:
+        return pretrained, None, None
+    identity = gguf_identity(source.gguf_path)
+    if gguf_cache:
+        return str(dequantized_folder(source, cache_dir)), None, identity
+    require_gguf_package()
+    return source.path, source.gguf_file, identity

@@ -13,6 +13,7 @@ Positions edited (see ``intervene.py`` for the mechanism):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -23,9 +24,11 @@ from lm_eval.models.huggingface import HFLM
 from .architectures import model_shape
 from .artifact import file_sha256, load_directions
 from .errors import ITIError, install_one_line_errors
+from .gguf import hflm_model_args
 from .intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
 
 install_one_line_errors()
+log = logging.getLogger(__name__)
 
 
 def parse_alpha(alpha) -> float | None:
@@ -50,6 +53,24 @@ def parse_heads(heads) -> int | None:
     return int(heads)
 
 
+def parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ITIError(f"{value!r} is not true or false")
+
+
+def check_identity(directions, identity: str | None) -> None:
+    """Warn when the directions were fitted on a different GGUF file than the one loaded (same geometry)."""
+    fitted = directions.metadata.get("model_identity", "")
+    if identity and fitted.startswith("gguf:") and fitted != identity:
+        log.warning(f"lm-eval-iti: the directions were fitted on {fitted}, but the loaded GGUF is {identity}")
+
+
 def check_options(directions, mc_positions: str, gen_positions: str) -> None:
     """Everything checkable before the model is loaded, so bad input fails fast."""
     if not directions:
@@ -71,13 +92,16 @@ class HFITI(HFLM):
     """``--model hf-iti --model_args pretrained=...,directions=FILE[,alpha=15][,heads=K][,mc_positions=...][,gen_positions=...]``"""
 
     def __init__(self, pretrained="", directions: str | None = None, alpha=None, heads=None,
-                 mc_positions: str = "answer", gen_positions: str = "last", **kwargs):
+                 mc_positions: str = "answer", gen_positions: str = "last", gguf_file: str | None = None,
+                 gguf_cache=True, **kwargs):
         check_options(directions, mc_positions, gen_positions)
         alpha_value = parse_alpha(alpha)
         k = parse_heads(heads)
-        super().__init__(pretrained=pretrained, **kwargs)
+        pretrained, gguf_file, self.model_identity = hflm_model_args(pretrained, gguf_file, parse_bool(gguf_cache))
+        super().__init__(pretrained=pretrained, gguf_file=gguf_file, **kwargs)
         shape = model_shape(self.model)
         loaded = load_directions(directions, expect=shape)
+        check_identity(loaded, self.model_identity)
         self.directions_path = str(directions)
         self.directions_sha256 = file_sha256(directions)
         self.directions = loaded.top_k(k) if k else loaded
@@ -184,6 +208,8 @@ class HFITI(HFLM):
             "rolling_positions": "all",
             "method": d.metadata.get("method", ""),
             "fitted_model": d.metadata.get("model", ""),
+            "fitted_model_identity": d.metadata.get("model_identity", ""),
+            "model_identity": self.model_identity or "",
             "site": d.metadata.get("site", ""),
         }
 
