@@ -78,6 +78,11 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _judgment_record(j) -> dict:
+    return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {}),
+            **({"undecided": True} if j.undecided else {})}
+
+
 def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samples_out: str | Path | None = None,
                        filter_name: str | None = None, progress: bool = True) -> dict:
     """Judge every answer of a samples file; write the report (and per-sample judgments) atomically."""
@@ -95,15 +100,15 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
         "judge": cfg.record(),
         "requests": verdicts.stats,
         "notes": "truth/info: shares over usable judgments; truth_info = truth*info (product of means); "
-                 "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable)",
+                 "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable); "
+                 "judge_undecided: top-k lists with neither ' yes' nor ' no', scored 'no' (the reference's rule)",
     }
     if samples_out is not None:
         lines = []
         for row, item, t, i in zip(rows, items, verdicts.truth, verdicts.info):
             lines.append(json.dumps({
                 "doc_id": row.get("doc_id"), "question": item.question, "answer": item.answer,
-                "truth": {"p_yes": t.p_yes, "label": t.label, **({"failure": t.failure} if t.failure else {})},
-                "info": {"p_yes": i.p_yes, "label": i.label, **({"failure": i.failure} if i.failure else {})},
+                "truth": _judgment_record(t), "info": _judgment_record(i),
             }, ensure_ascii=False))
         write_text_atomic(samples_out, "\n".join(lines) + "\n")
     write_json_atomic(out, report)
