@@ -7,6 +7,9 @@
   metric (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
   here. With no judge configured, the judge metrics are left out (lm-eval then reports only BLEU/ROUGE):
   nothing stands in for a missing judgment.
+* With ``judge_check_examples=N`` the judges are checked on N human-labelled answers each before anything is
+  generated (judges/check.py); the accuracies and AUCs are reported next to the judge metrics as
+  ``judge_check_{truth,info}_{acc,auc}``.
 * ``agg_truth`` … ``agg_judge_undecided``: the first one lm-eval calls judges every answer of the run at once
   (parallel/batched, cached); the others reuse those judgments.
 * A judge outage (server down after retries, weights that do not load) never raises here: lm-eval then still
@@ -43,7 +46,9 @@ log = logging.getLogger("lm_eval_iti.judges")
 _state_lock = threading.Lock()
 _active: JudgeConfig | None = None
 _validated: set = set()
+_checked: dict = {}  # JudgeConfig -> its judge-check report
 _warned_off = False
+CHECK_METRICS = ("judge_check_truth_acc", "judge_check_truth_auc", "judge_check_info_acc", "judge_check_info_auc")
 
 
 def _warn_off(reason: str) -> None:
@@ -63,6 +68,14 @@ def configure_from_metadata(**metadata) -> JudgeConfig:
     if cfg.enabled and cfg not in _validated:
         validate(cfg)
         _validated.add(cfg)
+    if cfg.enabled and cfg.check_examples and cfg not in _checked:
+        from .check import check_judges
+
+        report = check_judges(cfg)
+        _checked[cfg] = report
+        log.info("judge check on %d labelled answers per judge: truth accuracy %.3f AUC %.3f, info accuracy %.3f "
+                 "AUC %.3f", cfg.check_examples, report["truth"]["accuracy"], report["truth"]["auc"],
+                 report["info"]["accuracy"], report["info"]["auc"])
     with _state_lock:
         if _active is not None and _active != cfg:
             log.warning("judge configuration changed within one process; the last one applies to every task")
@@ -89,6 +102,7 @@ def reset() -> None:
     with _state_lock:
         _active = None
         _warned_off = False
+        _checked.clear()
 
 
 class _Record:
@@ -156,7 +170,13 @@ def judge_results(doc: dict, results: list) -> dict:
         generation = generation[0] if generation else ""
     record = _Record(item_from_doc(doc, generation), cfg)
     record.slots = {name: _Payload(record, name) for name in NAMES}
-    return dict(record.slots)
+    out = dict(record.slots)
+    check = _checked.get(cfg)
+    if check is not None:
+        for name in CHECK_METRICS:
+            _, _, kind, stat = name.split("_")
+            out[name] = check[kind]["accuracy" if stat == "acc" else "auc"]
+    return out
 
 
 def process_results(doc: dict, results: list) -> dict:
@@ -263,3 +283,8 @@ def agg_judge_failures(payloads) -> int:
 
 def agg_judge_undecided(payloads) -> int:
     return int(_aggregate("judge_undecided", payloads))
+
+
+def agg_judge_check(values) -> float:
+    """A judge-check number: the same on every sample."""
+    return float(values[0]) if values else float("nan")

@@ -78,6 +78,11 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def finite_check(report: dict) -> dict:
+    return {k: ({kk: _finite_or_none(vv) for kk, vv in v.items()} if isinstance(v, dict) else v)
+            for k, v in report.items()}
+
+
 def _judgment_record(j) -> dict:
     return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {}),
             **({"undecided": True} if j.undecided else {})}
@@ -91,6 +96,11 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
     samples_path = find_samples_file(path)
     rows, items = read_samples(samples_path, filter_name)
     validate(cfg)
+    check = None
+    if cfg.check_examples:
+        from .check import check_judges
+
+        check = check_judges(cfg, progress=progress)
     verdicts = judge_items(items, cfg, progress=progress)
     report = {
         "samples_file": str(samples_path),
@@ -99,6 +109,7 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
         "metrics": {k: _finite_or_none(v) for k, v in verdicts.metrics.items()},
         "judge": cfg.record(),
         "requests": verdicts.stats,
+        **({"judge_check": finite_check(check)} if check is not None else {}),
         "notes": "truth/info: shares over usable judgments; truth_info = truth*info (product of means); "
                  "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable); "
                  "judge_undecided: top-k lists with neither ' yes' nor ' no', scored 'no' (the reference's rule)",
