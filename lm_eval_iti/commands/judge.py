@@ -96,6 +96,7 @@ def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_f
     m = report["metrics"]
     shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.4f')}"
                       for k in ("truth", "info", "truth_info", "truth_and_info"))
-    click.echo(f"{shown}  judge_failures {m['judge_failures']}  ({report['answers']} answers) -> {out}")
+    click.echo(f"{shown}  judge_failures {m['judge_failures']}  judge_undecided {m['judge_undecided']}  "
+               f"({report['answers']} answers) -> {out}")
     if m["judge_failures"]:
         click.echo(f"warning: {m['judge_failures']} judgment(s) unusable, left out of the means", err=True)
