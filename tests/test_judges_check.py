@@ -158,6 +158,11 @@ def test_smollm2_as_hf_judge(tmp_path):
     cfg = from_sources({"judge": "hf", "judge_model": "smollm2-135m-instruct", "judge_cache": str(tmp_path / "c.sq"),
                         "judge_device": "cpu", "judge_check_examples": 24, "judge_check_allow_fail": True,
                         "judge_check_data": str(shared_data("truthfulqa")), "judge_batch_size": 8}, environ={})
+    from lm_eval_iti.judges.judging import validate
+
+    validate(cfg)  # a named model is a valid hf judge
+    with pytest.raises(ITIError, match="no such .gguf file"):
+        validate(from_sources({"judge": "hf", "judge_model": str(tmp_path / "missing.gguf")}, environ={}))
     judge = HFJudge("truth", cfg)
     assert json.loads(judge.identity()) == {"weights": gguf_identity(gguf_path), "dtype": "float32"}
     judge._load()

@@ -177,8 +177,8 @@ class JudgeConfig:
         if self.backend != "hf":
             for name in ("batch_size", "device", "dtype"):
                 out.pop(name)
-        if not self.check_examples:
-            for name in ("check_data", "check_min_accuracy", "check_allow_fail", "check_seed"):
+        if not self.check_examples:  # off: the record (and the experiments' settings hash) stays as before
+            for name in ("check_examples", "check_data", "check_min_accuracy", "check_allow_fail", "check_seed"):
                 out.pop(name)
         if not self.enabled:
             out = {"backend": "none"}
