@@ -279,3 +279,18 @@ def test_keep_going_turns_an_outage_into_nan_metrics_and_keeps_what_was_judged(f
     again = judge_items(ITEMS[:8], cfg, progress=False)
     assert fake_server.total("completions") - before == 16 - 5  # what was judged before the outage is cached
     assert [j.label for j in again.truth] == expected_labels("truth-judge", "True:", ITEMS[:8])
+
+
+def test_keep_going_when_a_judge_cannot_even_be_built(fake_server, tmp_path, monkeypatch):
+    from lm_eval_iti.judges import judging
+
+    def broken(kind, cfg):
+        raise ITIError(f"judge=openai: the {kind} judge cannot start")
+
+    monkeypatch.setattr(judging, "build_judge", broken)
+    v = judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False, keep_going=True)
+    assert v.outage == {"truth": "judge=openai: the truth judge cannot start",
+                        "info": "judge=openai: the info judge cannot start"}
+    assert v.metrics["judge_failures"] == 6 and math.isnan(v.metrics["truth"])
+    with pytest.raises(ITIError, match="cannot start"):
+        judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False)

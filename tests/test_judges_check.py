@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 from conftest import shared_data
-from test_judges_command import run_cli
+from test_judges_command import run_cli, write_samples
 from test_judges_fakeserver import fake_server, server_p_yes  # noqa: F401  (fixture)
 
 from lm_eval_iti.errors import ITIError
@@ -105,6 +105,12 @@ def test_cli_check(fake_server, tmp_path, capsys):
     assert code == 0 and "judge check FAILED" in out and "accuracy" in out
     report = json.loads(report_path.read_text())["judge_check"]
     assert report["examples"] == 100 and report["truth"]["scored"] == 100 and report["passed"] is False
+    # with a samples file: the check first, recorded next to the judge metrics of the report
+    samples = write_samples(tmp_path / "s.jsonl")
+    code, out, err = run_cli(common + ["--check-allow-fail", str(samples), "--out", str(report_path)], capsys)
+    full = json.loads(report_path.read_text())
+    assert code == 0 and full["judge_check"]["truth"]["accuracy"] == report["truth"]["accuracy"]
+    assert full["answers"] == 4 and "judge_undecided" in full["metrics"]
 
 
 def test_gen_task_records_the_check_next_to_the_judge_metrics(fake_server, tmp_path, tiny_model_dir):

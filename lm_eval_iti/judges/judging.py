@@ -10,7 +10,7 @@ from .cache import JudgmentCache
 from .config import JudgeConfig
 from .metrics import judge_metrics
 from .prompts import KINDS, Item
-from .runner import Stats, judge_requests
+from .runner import OUTAGE_ERRORS, Stats, judge_requests
 from .scoring import Judgment, outage
 
 log = logging.getLogger("lm_eval_iti.judges")
@@ -58,13 +58,12 @@ def judge_items(items: list[Item], cfg: JudgeConfig, cache: JudgmentCache | None
     ``keep_going``: a judge that fails (server down after retries, weights that do not load) is an outage, not an
     exception: its unjudged items get unusable judgments, its metrics are NaN and ``Verdicts.outage`` says why.
     """
-    from .runner import OUTAGE_ERRORS
     own_cache = cache is None
     cache = cache if cache is not None else JudgmentCache(cfg.cache_path)
     secret = (os.environ.get(cfg.api_key_env) or None) if cfg.is_api else None  # to scrub from error messages
     results: dict[str, list[Judgment]] = {}
     stats: dict[str, dict] = {}
-    outage: dict[str, str] = {}
+    outages: dict[str, str] = {}
     try:
         for kind in KINDS:
             counter = Stats()
@@ -86,11 +85,11 @@ def judge_items(items: list[Item], cfg: JudgeConfig, cache: JudgmentCache | None
                     judge.close()
             stats[kind] = {"requests": counter.requests, "retries": counter.retries, "cached": counter.cached}
             if counter.outage:
-                outage[kind] = counter.outage
+                outages[kind] = counter.outage
     finally:
         if own_cache:
             cache.close()
     undecided = sum(j.undecided for j in results["truth"] + results["info"])
     metrics = judge_metrics([j.label for j in results["truth"]], [j.label for j in results["info"]],
-                            undecided=undecided, outage=tuple(outage))
-    return Verdicts(results["truth"], results["info"], metrics, stats, outage)
+                            undecided=undecided, outage=tuple(outages))
+    return Verdicts(results["truth"], results["info"], metrics, stats, outages)
