@@ -3,8 +3,9 @@
 Per request: up to ``retries`` retries with exponential backoff (``backoff``·2^k, capped at 60 s, or the
 server's Retry-After) on rate limits, server errors, timeouts, dropped connections and malformed bodies. When the
 retries run out:
-  * a malformed body, or any response without a usable yes/no, is an unusable judgment: counted in
-    ``judge_failures``, never scored as "no";
+  * a malformed body is an unusable judgment: counted in ``judge_failures``, never scored as "no" (so is, without
+    retries, a chat reply that does not start with yes or no; a top-k list with neither " yes" nor " no" is the
+    reference's "no", counted in ``judge_undecided``: see scoring.py);
   * rate limits, server errors and timeouts end the run with a one-line :class:`JudgeError` naming the judge and
     the cause (judgments made so far are in the cache, so a rerun resumes);
   * a bad key, an unknown model or a bad request ends it at once, without retries.
