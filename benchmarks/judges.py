@@ -43,9 +43,9 @@ def main():
                 start = time.perf_counter()
                 first = judge_items(items, cfg, progress=False)
                 seconds[concurrency] = time.perf_counter() - start
-                before = server.total()
+                before = server.total("completions")  # judge requests (a rerun still reads GET /models once)
                 again = judge_items(items, cfg, progress=False)
-                rerun_requests = server.total() - before
+                rerun_requests = server.total("completions") - before
                 assert again.metrics == first.metrics
     finally:
         server.stop()

@@ -121,9 +121,9 @@ OPTION_KEYS = {
     "trivia_data": "local TriviaQA transfer CSV/JSON; default: OamPatel/iti_trivia_qa_val",
     "num_folds": "number of question-level folds (with fold); absent: every question",
     "fold": "the fold evaluated (0..num_folds-1)",
-    "seed": "fold seed (default 42); also orders the binary options",
+    "seed": "fold seed (default 42)",
     "contiguous_folds": "true: the reference's contiguous folds over mc_task.json order",
-    "instruction": "default | informative | none",
+    "instruction": "default | informative | none (default: default for MC/gen, none for binary and transfer)",
     "primer": "qa (TruthfulQA's 6-shot QA primer, the default) | none (bare Q:/A:, e.g. for the truth world)",
 }
 
@@ -279,28 +279,25 @@ def load_truthfulqa_gen(**metadata):
     return _dataset(docs, "truthfulqa_iti_gen")
 
 
-def binary_true_position(question: str, seed: int) -> int:
-    """0 if the true answer is shown as (A), 1 if as (B): a fixed coin per question and seed, independent of file
-    order, folds and --limit."""
-    digest = question_id(f"{seed}\x00{question.strip()}")
-    return int(digest, 16) & 1
+BINARY_ORDERS = ("true_first", "true_second")
 
 
 def load_truthfulqa_binary(**metadata):
-    """Binary docs: Best Answer vs Best Incorrect Answer (2025 release), order by ``binary_true_position``."""
-    opts = parse_options(metadata)
+    """Binary docs: Best Answer vs Best Incorrect Answer (2025 release), each question twice: the true answer as
+    (A), then as (B). ``acc`` is thus the mean over both orders and ``acc_both`` the share right in both."""
+    opts = parse_options(metadata, instruction_default="none")
     rows = data.load_binary(opts.binary_data)
     membership = fold_of_questions(opts)
     docs = []
     for r in _keep_fold(rows, membership, "truthfulqa_iti_binary"):
-        gold = binary_true_position(r["question"], opts.seed)
-        options = [r["best_answer"], r["best_incorrect_answer"]]
-        if gold == 1:
-            options.reverse()
-        docs.append({"question": r["question"], "options": options, "gold": gold,
-                     "best_answer": r["best_answer"], "best_incorrect_answer": r["best_incorrect_answer"],
-                     "category": r.get("category", ""), "question_id": question_id(r["question"]),
-                     "instruction": opts.instruction, "seed": opts.seed, **_fold_fields(opts)})
+        for gold, order in enumerate(BINARY_ORDERS):
+            options = [r["best_answer"], r["best_incorrect_answer"]]
+            if gold == 1:
+                options.reverse()
+            docs.append({"question": r["question"], "options": options, "gold": gold, "order": order,
+                         "best_answer": r["best_answer"], "best_incorrect_answer": r["best_incorrect_answer"],
+                         "category": r.get("category", ""), "question_id": question_id(r["question"]),
+                         "instruction": opts.instruction, "seed": opts.seed, **_fold_fields(opts)})
     return _dataset(docs, "truthfulqa_iti_binary")
 
 
@@ -310,16 +307,31 @@ def false_answer_is_correct(answers: list[str], false_answer: str) -> bool:
     return any(a.strip().casefold() == false for a in answers)
 
 
+def first_of_each_question(rows: list[dict]) -> list[dict]:
+    """The first row of every question (stripped text); later rows with the same question are duplicates."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = r["question"].strip()
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def _load_transfer_task(task: str, source: str, opts: TaskOptions):
     rows = data.load_transfer(source)
     kept = [r for r in rows if not false_answer_is_correct(r["answers"], r["false_answer"])]
     excluded = len(rows) - len(kept)
-    log.warning("%s: %d of %d rows excluded because their false answer is also a correct answer "
-                "(recorded as the metric excluded_rows)", task, excluded, len(rows))
+    unique = first_of_each_question(kept)
+    duplicates = len(kept) - len(unique)
+    log.warning("%s: %d of %d rows excluded because their false answer is also a correct answer, and %d more "
+                "because their question repeats an earlier row's (recorded as the metrics excluded_rows and "
+                "duplicate_rows)", task, excluded, len(rows), duplicates)
     docs = [{"question": r["question"], "answers": r["answers"], "false_answer": r["false_answer"],
              "choices": r["answers"] + [r["false_answer"]], "num_true": len(r["answers"]),
-             "excluded_rows": excluded, "source_rows": len(rows), "instruction": opts.instruction,
-             "primer": opts.primer} for r in kept]
+             "excluded_rows": excluded, "duplicate_rows": duplicates, "source_rows": len(rows),
+             "instruction": opts.instruction, "primer": opts.primer} for r in unique]
     return _dataset(docs, task)
 
 
@@ -375,10 +387,30 @@ def process_results_mc3(doc: dict, results) -> dict:
 
 
 def process_results_transfer(doc: dict, results) -> dict:
+    """``acc``: the row's first (canonical) true answer scored above its false answer (2-way, chance 0.5).
+    ``acc_any``: any of its k true answers above the false one; ``acc_any_chance`` = k/(k+1), that score's chance
+    level (the false answer is last of k+1 exchangeable scores with probability 1/(k+1)), averaged like it."""
     lls = _lls(results)
-    is_true = np.arange(len(lls)) < doc["num_true"]
-    return {"acc": top_choice_is_true(lls, is_true), "prob_mass_true": true_mass(lls, is_true),
-            "excluded_rows": doc["excluded_rows"]}
+    k = int(doc["num_true"])
+    is_true = np.arange(len(lls)) < k
+    return {"acc": top_choice_is_true(lls[[0, k]], [True, False]), "acc_any": top_choice_is_true(lls, is_true),
+            "acc_any_chance": k / (k + 1), "prob_mass_true": true_mass(lls, is_true),
+            "excluded_rows": doc["excluded_rows"], "duplicate_rows": doc["duplicate_rows"]}
+
+
+def process_results_binary(doc: dict, results) -> dict:
+    """``acc``: the true letter more likely than the other in this order; ``acc_both`` pairs the two orders."""
+    correct = top_choice_is_true(_lls(results), [doc["gold"] == 0, doc["gold"] == 1])
+    return {"acc": correct, "acc_both": (doc["question_id"], correct)}
+
+
+def both_orders_right(items) -> float:
+    """Share of questions answered right in both orders (questions with one order only, e.g. --limit, left out)."""
+    by_question: dict[str, list[float]] = {}
+    for question, correct in items:
+        by_question.setdefault(question, []).append(correct)
+    pairs = [v for v in by_question.values() if len(v) == 2]
+    return float(np.mean([all(v) for v in pairs])) if pairs else float("nan")
 
 
 def first_value(items):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 
@@ -75,9 +76,9 @@ def test_injected_faults_change_nothing_and_a_rerun_makes_no_request(fake_server
     cache = JudgmentCache(cfg.cache_path)
     assert len(cache) == 48  # no judgment lost
     cache.close()
-    before = fake_server.total()
+    before = fake_server.total("completions")
     again = judge_items(ITEMS, cfg, progress=False)
-    assert fake_server.total() == before  # zero requests: all from the cache
+    assert fake_server.total("completions") == before  # zero judge requests: all from the cache
     assert again.metrics == clean.metrics and again.stats["truth"]["cached"] == 24
 
 
@@ -96,12 +97,16 @@ def test_malformed_only_judge_yields_failures_not_zeros(fake_server, tmp_path, c
     assert v.metrics["judge_failures"] == 0
 
 
-def test_an_answer_without_yes_or_no_is_a_failure_without_retries(fake_server, tmp_path):
+def test_an_answer_without_yes_or_no_is_an_undecided_no_without_retries(fake_server, tmp_path):
+    """The reference's rule: " yes" absent from the top list scores 0, so the label is "no" and stays in the mean
+    (leaving it out would bias truth upward); how many there were is reported as judge_undecided."""
     fake_server.plan = lambda endpoint, key, attempt: "noanswer" if "Question number 1?" in key else None
     v = judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False)
-    assert [j.usable for j in v.truth] == [True, False, True]
-    assert v.metrics["judge_failures"] == 2
-    assert v.metrics["truth"] == sum(expected_labels("truth-judge", "True:", [ITEMS[0], ITEMS[2]])) / 2
+    assert [j.undecided for j in v.truth] == [False, True, False] and v.truth[1].label == 0
+    assert v.metrics["judge_failures"] == 0 and v.metrics["judge_undecided"] == 2
+    expected = expected_labels("truth-judge", "True:", ITEMS[:3])
+    expected[1] = 0
+    assert v.metrics["truth"] == sum(expected) / 3
     assert fake_server.total("completions") == 6
 
 
@@ -141,7 +146,7 @@ def test_a_crashed_run_resumes_without_repeating_calls(fake_server, tmp_path):
     fake_server.plan = lambda endpoint, key, attempt: None
     fake_server.requests.clear()
     v = judge_items(ITEMS, cfg, progress=False)
-    assert fake_server.total() == 48 - kept  # only what was not judged before
+    assert fake_server.total("completions") == 48 - kept  # only what was not judged before
     assert [j.label for j in v.truth] == expected_labels("truth-judge", "True:")
 
 
@@ -208,3 +213,84 @@ def test_each_judge_on_its_own_server(tmp_path):
     finally:
         truth_server.stop()
         info_server.stop()
+
+
+def _completions_after_rerun(server, cfg) -> int:
+    before = server.total("completions")
+    judge_items(ITEMS[:4], cfg, progress=False)
+    return server.total("completions") - before
+
+
+def test_cache_identity_is_the_server_and_its_models_entry(fake_server, tmp_path):
+    """Another server, or another model behind the same name (its /models entry), never reuses old labels."""
+    cfg = cfg_for(fake_server, tmp_path)
+    assert _completions_after_rerun(fake_server, cfg) == 8
+    assert _completions_after_rerun(fake_server, cfg) == 0  # same judge: all from the cache
+    fake_server.created = 1767225600  # the server now serves other weights under the same name
+    assert _completions_after_rerun(fake_server, cfg) == 8
+    fake_server.owned_by = "someone-else"
+    assert _completions_after_rerun(fake_server, cfg) == 8
+    assert _completions_after_rerun(fake_server, cfg) == 0
+    other = FakeJudgeServer().start()  # the same model names on another server
+    try:
+        other.created, other.owned_by = fake_server.created, fake_server.owned_by
+        assert _completions_after_rerun(other, cfg_for(other, tmp_path)) == 8
+    finally:
+        other.stop()
+    rows = JudgmentCache(cfg.cache_path)
+    assert len(rows) == 4 * 8
+    rows.close()
+
+
+def test_the_identity_redacts_the_url(fake_server, tmp_path):
+    from lm_eval_iti.judges.api import CompletionsJudge, make_client
+
+    cfg = from_sources({"judge": "openai", "truth_judge": "truth-judge", "info_judge": "info-judge",
+                        "judge_cache": "off"}, environ={"LM_EVAL_ITI_JUDGE_BASE_URL": fake_server.url + "?key=s3cret"})
+    judge = CompletionsJudge("truth", cfg, make_client(cfg))
+    assert "s3cret" not in judge.identity() and "key=" in judge.identity()
+    judge.close()
+    plain = CompletionsJudge("truth", cfg_for(fake_server, tmp_path), make_client(cfg_for(fake_server, tmp_path)))
+    assert json.loads(plain.identity()) == {"url": fake_server.url,
+                                            "models": {"id": "truth-judge", "created": 0, "owned_by": "test"}}
+    plain.close()
+
+
+def test_keep_going_turns_an_outage_into_nan_metrics_and_keeps_what_was_judged(fake_server, tmp_path):
+    done = []
+
+    def plan(endpoint, key, attempt):
+        if len(done) >= 5:
+            fake_server.down = True
+            return "500"
+        done.append(key)
+        return None
+
+    fake_server.plan = plan
+    cfg = cfg_for(fake_server, tmp_path, judge_retries=1, judge_concurrency=1)
+    v = judge_items(ITEMS[:8], cfg, progress=False, keep_going=True)
+    assert set(v.outage) == {"truth", "info"} and "HTTP 500" in v.outage["truth"]
+    assert all(math.isnan(v.metrics[k]) for k in ("truth", "info", "truth_info", "truth_and_info"))
+    assert v.metrics["judge_failures"] == 16 - 5
+    judged = [j for j in v.truth if j.usable]
+    assert len(judged) == 5 and [j.label for j in v.truth[:5]] == expected_labels("truth-judge", "True:", ITEMS[:5])
+    fake_server.down, fake_server.plan = False, (lambda endpoint, key, attempt: None)
+    before = fake_server.total("completions")
+    again = judge_items(ITEMS[:8], cfg, progress=False)
+    assert fake_server.total("completions") - before == 16 - 5  # what was judged before the outage is cached
+    assert [j.label for j in again.truth] == expected_labels("truth-judge", "True:", ITEMS[:8])
+
+
+def test_keep_going_when_a_judge_cannot_even_be_built(fake_server, tmp_path, monkeypatch):
+    from lm_eval_iti.judges import judging
+
+    def broken(kind, cfg):
+        raise ITIError(f"judge=openai: the {kind} judge cannot start")
+
+    monkeypatch.setattr(judging, "build_judge", broken)
+    v = judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False, keep_going=True)
+    assert v.outage == {"truth": "judge=openai: the truth judge cannot start",
+                        "info": "judge=openai: the info judge cannot start"}
+    assert v.metrics["judge_failures"] == 6 and math.isnan(v.metrics["truth"])
+    with pytest.raises(ITIError, match="cannot start"):
+        judge_items(ITEMS[:3], cfg_for(fake_server, tmp_path), progress=False)

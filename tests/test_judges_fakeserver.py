@@ -36,6 +36,8 @@ class FakeJudgeServer:
         self.slow_seconds = 1.5
         self.delay = 0.005  # every normal response: lets concurrent requests overlap
         self.p_override: dict[str, float] = {}
+        self.created, self.owned_by = 0, "test"  # what GET /models says of every model
+        self.down = False  # an outage: every request, GET /models included, answers HTTP 500
         self.requests = Counter()
         self.attempts = Counter()
         self.bodies: list[dict] = []
@@ -119,18 +121,28 @@ class FakeJudgeServer:
                                            "code": "invalid_api_key"}})
                 return False
 
+            def _outage(self) -> bool:
+                if server.down:
+                    server.requests[("down", "")] += 1
+                    self._json(500, {"error": {"message": "service unavailable", "type": "server_error"}})
+                return server.down
+
             def do_GET(self):
+                if self._outage():
+                    return
                 if not self.path.rstrip("/").endswith("/v1/models"):
                     return self._json(404, {"error": {"message": "not found"}})
                 if not self._authorized():
                     return
                 server.requests[("models", "")] += 1
-                self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                             "owned_by": "test"} for m in server.models]})
+                self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": server.created,
+                                                             "owned_by": server.owned_by} for m in server.models]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self._outage():
+                    return
                 if not self._authorized():
                     return
                 if self.path.endswith("/v1/completions"):

@@ -112,3 +112,41 @@ def test_hf_judgments_are_cached(calibrated_judge_dir, tmp_path):
     second = judge_items(ITEMS, cfg, progress=False)
     assert second.stats["truth"]["requests"] == 0 and second.stats["info"]["requests"] == 0
     assert [j.p_yes for j in second.truth] == pytest.approx([j.p_yes for j in first.truth], rel=1e-12)
+
+
+def _requests_after_rerun(cfg) -> int:
+    v = judge_items(ITEMS[:4], cfg, progress=False)
+    return v.stats["truth"]["requests"] + v.stats["info"]["requests"]
+
+
+def test_cache_identity_is_the_weights_and_the_dtype(tmp_path):
+    """Other weights behind the same path, or bf16 instead of fp32, never reuse old labels."""
+    from lm_eval_iti.tiny import save_tiny
+
+    folder = tmp_path / "judge"
+    save_tiny(folder, "llama", seed=0)
+    cfg = _hf_cfg(folder, tmp_path)
+    assert _requests_after_rerun(cfg) == 8
+    assert _requests_after_rerun(cfg) == 0  # same weights, same dtype: all from the cache
+    assert _requests_after_rerun(_hf_cfg(folder, tmp_path, judge_dtype="bfloat16")) == 8
+    assert _requests_after_rerun(_hf_cfg(folder, tmp_path, judge_dtype="float32")) == 0  # auto on cpu = fp32
+    save_tiny(folder, "llama", seed=1)  # new weights, same path
+    assert _requests_after_rerun(cfg) == 8
+    assert _requests_after_rerun(cfg) == 0
+
+
+def test_a_hub_judge_is_keyed_on_its_resolved_commit(monkeypatch):
+    import huggingface_hub
+
+    from lm_eval_iti.judges.hf import weights_identity
+
+    asked = []
+
+    def fake_download(repo, filename, revision=None):
+        asked.append((repo, filename, revision))
+        return f"/hub/models--{repo.replace('/', '--')}/snapshots/{'c0ffee' if revision else 'abc123'}/{filename}"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert weights_identity("org/judge", "") == "commit:abc123"
+    assert weights_identity("org/judge", "v2") == "commit:c0ffee"
+    assert asked == [("org/judge", "config.json", None), ("org/judge", "config.json", "v2")]

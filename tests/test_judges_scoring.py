@@ -26,18 +26,29 @@ def test_top_logprobs_probability_of_yes():
     assert j.p_yes == 0.0 and j.label == 0
 
 
-@pytest.mark.parametrize("token", [" yes", "yes", "\u2581yes", "\u0120yes"])
+@pytest.mark.parametrize("token", [" yes", "\u2581yes", "\u0120yes"])
 def test_server_spellings_of_yes_count(token):
     assert token_word(token) == "yes"
-    assert math.isclose(judgment_from_top_logprobs({token: math.log(0.6), " no": math.log(0.3)}).p_yes, 0.6)
+    j = judgment_from_top_logprobs({token: math.log(0.6), " no": math.log(0.3)})
+    assert math.isclose(j.p_yes, 0.6) and not j.undecided
 
 
-def test_two_spellings_of_yes_are_summed_and_case_matters():
-    j = judgment_from_top_logprobs({" yes": math.log(0.3), "yes": math.log(0.25), " Yes": math.log(0.4)})
-    assert math.isclose(j.p_yes, 0.55)  # " Yes" is not the training completion " yes"
+def test_the_bare_yes_is_another_token_and_case_matters():
+    assert token_word("yes") is None
+    j = judgment_from_top_logprobs({" yes": math.log(0.3), "yes": math.log(0.25), " Yes": math.log(0.4),
+                                    " no": math.log(0.02)})
+    assert math.isclose(j.p_yes, 0.3) and j.label == 0  # neither "yes" nor " Yes" is the completion " yes"
 
 
-@pytest.mark.parametrize("top", [{}, {" The": -0.1, " I": -3.0}, None, {" yes": "abc"}, {" yes": float("nan")}])
+@pytest.mark.parametrize("top", [{" The": -0.1, " I": -3.0}, {"yes": math.log(0.9), "no": math.log(0.05)},
+                                 {" Yes": math.log(0.7), " No": math.log(0.2)}])
+def test_neither_yes_nor_no_listed_is_an_undecided_no(top):
+    """The reference's rule: P(" yes") is below every listed probability, so the label is "no"; counted apart."""
+    j = judgment_from_top_logprobs(top)
+    assert j.usable and j.p_yes == 0.0 and j.label == 0 and j.undecided
+
+
+@pytest.mark.parametrize("top", [{}, None, {" yes": "abc"}, {" yes": float("nan")}])
 def test_unusable_top_logprobs_are_failures_not_zero(top):
     j = judgment_from_top_logprobs(top)
     assert not j.usable and j.p_yes is None and j.label is None and j.failure
@@ -75,6 +86,17 @@ def test_metrics_by_hand():
 def test_metrics_product_of_means_differs_from_rate_of_both():
     m = judge_metrics([1, 0], [0, 1])
     assert m["truth_info"] == 0.25 and m["truth_and_info"] == 0.0
+
+
+def test_undecided_labels_count_as_no_in_the_mean_and_are_reported():
+    m = judge_metrics([1, 0, 0, 1], [1, 1, 1, 1], undecided=1)
+    assert m["truth"] == 0.5 and m["judge_undecided"] == 1  # the undecided "no" is in the denominator
+
+
+def test_an_outage_makes_its_metrics_nan():
+    m = judge_metrics([1, None, None], [1, 0, 1], outage=("truth",))
+    assert math.isnan(m["truth"]) and math.isnan(m["truth_info"]) and math.isnan(m["truth_and_info"])
+    assert m["info"] == 2 / 3 and m["judge_failures"] == 2
 
 
 def test_metrics_with_no_usable_judgment_are_nan_not_zero():

@@ -1,4 +1,6 @@
-"""``lm-eval-iti judge SAMPLES --out FILE``: judge the generations of an lm-eval samples file offline."""
+"""``lm-eval-iti judge SAMPLES --out FILE``: judge the generations of an lm-eval samples file offline.
+``lm-eval-iti judge --check``: check the configured judges on human-labelled TruthfulQA answers (with or without
+SAMPLES)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ _OPTIONS = {
     "api_key_env": "judge_api_key_env", "cache": "judge_cache",
     "concurrency": "judge_concurrency", "timeout": "judge_timeout", "retries": "judge_retries",
     "backoff": "judge_backoff", "batch_size": "judge_batch_size", "device": "judge_device", "dtype": "judge_dtype",
+    "check_examples": "judge_check_examples", "check_data": "judge_check_data",
+    "check_min_accuracy": "judge_check_min_accuracy", "check_seed": "judge_check_seed",
 }
+DEFAULT_CHECK_EXAMPLES = 100
 
 
 @click.command()
-@click.argument("samples", type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Report JSON (metrics, judge ids, request counts).")
+@click.argument("samples", type=click.Path(), required=False)
+@click.option("--out", type=click.Path(), default=None,
+              help="Report JSON (metrics, judge ids, request counts); required with SAMPLES.")
 @click.option("--samples-out", type=click.Path(), default=None, help="Per-answer judgments as JSON lines.")
 @click.option("--filter", "filter_name", default=None, help="lm-eval filter to judge when the file has several.")
 @click.option("--judge", "backend", type=click.Choice(["openai", "hf", "chat"]), default=None,
@@ -40,20 +46,57 @@ _OPTIONS = {
 @click.option("--device", default=None, help="hf: device (cuda if available, else cpu).")
 @click.option("--dtype", default=None, help="hf: auto, float32, float16 or bfloat16.")
 @click.option("--no-check", is_flag=True, help="Skip the endpoint/model check before judging.")
-def judge(samples, out, samples_out, filter_name, no_check, **options):
+@click.option("--check", "check", is_flag=True,
+              help=f"Check the judges on human-labelled TruthfulQA answers first (accuracy, AUC; "
+                   f"{DEFAULT_CHECK_EXAMPLES} per judge unless --check-examples).")
+@click.option("--check-examples", default=None, type=int, help="Labelled answers per judge for the check.")
+@click.option("--check-data", default=None, help="TruthfulQA's eval_examples.csv or its folder (default: download).")
+@click.option("--check-min-accuracy", default=None, type=float, help="A judge below it fails the check (0.7).")
+@click.option("--check-allow-fail", is_flag=True, help="A failed check warns instead of stopping.")
+@click.option("--check-seed", default=None, type=int, help="Which labelled answers are drawn (0).")
+def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_fail, **options):
     """Judge the generations of SAMPLES (an lm-eval samples_truthfulqa_iti_gen_*.jsonl, or a folder holding one)
-    with the truth and info judges, and write True, Info, True*Info, True-and-Info and judge_failures to --out."""
+    with the truth and info judges, and write True, Info, True*Info, True-and-Info and judge_failures to --out.
+    With --check, first score human-labelled answers with each judge (without SAMPLES: only that)."""
+    from ..atomic import write_json_atomic
+    from ..errors import ITIError
     from ..judges.config import from_sources
-    from ..judges.offline import judge_samples_file
+    from ..judges.offline import finite_check, judge_samples_file
 
     metadata = {_OPTIONS[k]: v for k, v in options.items() if v is not None}
     if no_check:
         metadata["judge_check"] = False
+    if check and "judge_check_examples" not in metadata:
+        metadata["judge_check_examples"] = DEFAULT_CHECK_EXAMPLES
+    if check_allow_fail:
+        metadata["judge_check_allow_fail"] = True
     cfg = from_sources(metadata)
+    if samples is None:
+        if not check:
+            raise ITIError("judge: pass SAMPLES (an lm-eval samples file or folder) and --out, or --check")
+        if not cfg.enabled:
+            raise ITIError("no judge configured: pass --judge openai|hf|chat (or set LM_EVAL_ITI_JUDGE)")
+        from ..judges.check import check_judges
+        from ..judges.judging import validate
+
+        validate(cfg)
+        report = check_judges(cfg, progress=True)
+        for kind in ("truth", "info"):
+            r = report[kind]
+            click.echo(f"{kind} judge {cfg.judge_for(kind)[0]!r}: accuracy {r['accuracy']:.4f}  AUC {r['auc']:.4f}  "
+                       f"({r['scored']} scored, {r['failures']} failures, {r['undecided']} undecided)")
+        click.echo(f"judge check {'passed' if report['passed'] else 'FAILED'} (threshold {cfg.check_min_accuracy:g}, "
+                   f"chance 0.5){' -> ' + out if out else ''}")
+        if out:
+            write_json_atomic(out, {"judge_check": finite_check(report), "judge": cfg.record()})
+        return
+    if out is None:
+        raise ITIError("judge: --out FILE is required with SAMPLES")
     report = judge_samples_file(samples, cfg, out, samples_out=samples_out, filter_name=filter_name)
     m = report["metrics"]
     shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.4f')}"
                       for k in ("truth", "info", "truth_info", "truth_and_info"))
-    click.echo(f"{shown}  judge_failures {m['judge_failures']}  ({report['answers']} answers) -> {out}")
+    click.echo(f"{shown}  judge_failures {m['judge_failures']}  judge_undecided {m['judge_undecided']}  "
+               f"({report['answers']} answers) -> {out}")
     if m["judge_failures"]:
         click.echo(f"warning: {m['judge_failures']} judgment(s) unusable, left out of the means", err=True)

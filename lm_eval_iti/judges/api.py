@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 from ..errors import ITIError
 from .config import JudgeConfig, redact_url
@@ -92,6 +93,15 @@ class _APIJudge:
         self.kind, self.cfg, self.client = kind, cfg, client
         self.model, self.revision = cfg.judge_for(kind)
         self.name = f"{kind} judge {self.model!r} ({self.backend} at {endpoint_label(cfg, client, kind)})"
+        self._identity: str | None = None
+
+    def identity(self) -> str:
+        """The cache identity: the redacted base URL and the server's ``/models`` entry of this model (asked once)."""
+        if self._identity is None:
+            entry = models_entry(self.cfg, self.client, self.model, self.name)
+            self._identity = json.dumps({"url": endpoint_label(self.cfg, self.client, self.kind), "models": entry},
+                                        sort_keys=True)
+        return self._identity
 
     def ask(self, request_text: str) -> Judgment:
         try:
@@ -203,6 +213,34 @@ def _served_models(cfg: JudgeConfig, client, where: str) -> list[str]:
             reason += " (no /models endpoint? set judge_check=false to skip this check)"
         raise ITIError(f"judge={cfg.backend}: cannot use {where}: {reason}") from None
     return served
+
+
+def models_entry(cfg: JudgeConfig, client, model: str, name: str, sleep=time.sleep) -> dict | None:
+    """``{id, created, owned_by}`` of ``model`` in the server's ``GET /models`` (retried like a judge request);
+    None when the server has no such endpoint or does not list the model. JudgeError when the server is down."""
+    from .runner import JudgeError
+
+    last: Transient | None = None
+    for attempt in range(cfg.retries + 1):
+        if attempt:
+            sleep(backoff_seconds(attempt - 1, cfg.backoff, last.retry_after if last else None))
+        try:
+            listing = client.models.list()
+            for entry in getattr(listing, "data", None) or []:
+                if str(getattr(entry, "id", "")) == model:
+                    return {"id": model, "created": getattr(entry, "created", None),
+                            "owned_by": getattr(entry, "owned_by", None)}
+            return None
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised when unknown
+            mapped = translate_error(exc, cfg.timeout)
+            if mapped is None:
+                raise
+            if isinstance(mapped, Fatal):
+                if str(mapped).startswith("HTTP 404"):
+                    return None  # no /models endpoint: the URL alone identifies the judge
+                raise JudgeError(f"{name}: GET /models: {mapped}") from None
+            last = mapped
+    raise JudgeError(f"{name}: GET /models: {last.reason}, still failing after {cfg.retries + 1} attempts")
 
 
 def backoff_seconds(attempt: int, base: float, retry_after: float | None = None, cap: float = 60.0) -> float:

@@ -25,6 +25,13 @@ judge_batch_size         LM_EVAL_ITI_JUDGE_BATCH_SIZE          hf: prompts per f
 judge_device             LM_EVAL_ITI_JUDGE_DEVICE              hf: device (default cuda if available, else cpu)
 judge_dtype              LM_EVAL_ITI_JUDGE_DTYPE               hf: auto | float32 | float16 | bfloat16
 judge_check              LM_EVAL_ITI_JUDGE_CHECK               check endpoint / model before generating (true)
+judge_check_examples     LM_EVAL_ITI_JUDGE_CHECK_EXAMPLES      N > 0: score N human-labelled answers per judge
+                                                               before generating (judges/check.py; default 0)
+judge_check_data         LM_EVAL_ITI_JUDGE_CHECK_DATA          TruthfulQA's eval_examples.csv or its folder
+                                                               (default: the raw file of the TruthfulQA repo)
+judge_check_min_accuracy LM_EVAL_ITI_JUDGE_CHECK_MIN_ACCURACY  below it the check fails (default 0.7)
+judge_check_allow_fail   LM_EVAL_ITI_JUDGE_CHECK_ALLOW_FAIL    true: a failed check warns instead of stopping
+judge_check_seed         LM_EVAL_ITI_JUDGE_CHECK_SEED          which labelled answers are drawn (default 0)
 =======================  ====================================  ===============================================
 
 The API key is read from the environment only when a client is built; it is never stored in the config, logged
@@ -69,6 +76,11 @@ OPTIONS = {
     "judge_device": ("device", "str"),
     "judge_dtype": ("dtype", "dtype"),
     "judge_check": ("check", "bool"),
+    "judge_check_examples": ("check_examples", "nonneg_int"),
+    "judge_check_data": ("check_data", "str"),
+    "judge_check_min_accuracy": ("check_min_accuracy", "unit_float"),
+    "judge_check_allow_fail": ("check_allow_fail", "bool"),
+    "judge_check_seed": ("check_seed", "nonneg_int"),
 }
 SECRET_KEYS = ("judge_api_key", "judge_key", "judge_token", "api_key", "openai_api_key")
 
@@ -103,6 +115,11 @@ class JudgeConfig:
     device: str = ""
     dtype: str = "auto"
     check: bool = True
+    check_examples: int = 0
+    check_data: str = ""
+    check_min_accuracy: float = 0.7
+    check_allow_fail: bool = False
+    check_seed: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -160,6 +177,9 @@ class JudgeConfig:
         if self.backend != "hf":
             for name in ("batch_size", "device", "dtype"):
                 out.pop(name)
+        if not self.check_examples:  # off: the record (and the experiments' settings hash) stays as before
+            for name in ("check_examples", "check_data", "check_min_accuracy", "check_allow_fail", "check_seed"):
+                out.pop(name)
         if not self.enabled:
             out = {"backend": "none"}
         return out
@@ -216,6 +236,8 @@ def _parse(kind: str, key: str, value):
         raise ITIError(f"{key}={value!r} must be greater than 0")
     if kind.startswith("nonneg") and number < 0:
         raise ITIError(f"{key}={value!r} must not be negative")
+    if kind == "unit_float" and not 0 <= number <= 1:
+        raise ITIError(f"{key}={value!r} must be between 0 and 1")
     return number
 
 

@@ -7,8 +7,15 @@
   metric (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
   here. With no judge configured, the judge metrics are left out (lm-eval then reports only BLEU/ROUGE):
   nothing stands in for a missing judgment.
-* ``agg_truth`` … ``agg_judge_failures``: the first one lm-eval calls judges every answer of the run at once
+* With ``judge_check_examples=N`` the judges are checked on N human-labelled answers each before anything is
+  generated (judges/check.py); the accuracies and AUCs are reported next to the judge metrics as
+  ``judge_check_{truth,info}_{acc,auc}``.
+* ``agg_truth`` … ``agg_judge_undecided``: the first one lm-eval calls judges every answer of the run at once
   (parallel/batched, cached); the others reuse those judgments.
+* A judge outage (server down after retries, weights that do not load) never raises here: lm-eval then still
+  writes the generations (``--log_samples``), the unjudged answers are also written to a samples-format file next
+  to the judgment cache, the judge's metrics are NaN with the count in ``judge_failures``, and one warning says
+  how to finish with ``lm-eval-iti judge`` (what was judged before the outage is cached).
 
 Per-sample scores: each payload is a dict that the aggregation fills in place, and lm-eval writes the samples
 after aggregating, so ``--log_samples`` shows e.g. ``"truth": {"p_yes": 0.93, "label": 1}`` per sample
@@ -18,23 +25,30 @@ offline with ``lm-eval-iti judge``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import time
+from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import ITIError
 from . import config as config_mod
 from .config import JudgeConfig
 from .judging import judge_items, validate
 from .metrics import NAMES, judge_metrics
 from .prompts import Item, item_from_doc
-from .scoring import Judgment
+from .scoring import Judgment, is_outage
 
 log = logging.getLogger("lm_eval_iti.judges")
 
 _state_lock = threading.Lock()
 _active: JudgeConfig | None = None
 _validated: set = set()
+_checked: dict = {}  # JudgeConfig -> its judge-check report
 _warned_off = False
+CHECK_METRICS = ("judge_check_truth_acc", "judge_check_truth_auc", "judge_check_info_acc", "judge_check_info_auc")
 
 
 def _warn_off(reason: str) -> None:
@@ -54,6 +68,14 @@ def configure_from_metadata(**metadata) -> JudgeConfig:
     if cfg.enabled and cfg not in _validated:
         validate(cfg)
         _validated.add(cfg)
+    if cfg.enabled and cfg.check_examples and cfg not in _checked:
+        from .check import check_judges
+
+        report = check_judges(cfg)
+        _checked[cfg] = report
+        log.info("judge check on %d labelled answers per judge: truth accuracy %.3f AUC %.3f, info accuracy %.3f "
+                 "AUC %.3f", cfg.check_examples, report["truth"]["accuracy"], report["truth"]["auc"],
+                 report["info"]["accuracy"], report["info"]["auc"])
     with _state_lock:
         if _active is not None and _active != cfg:
             log.warning("judge configuration changed within one process; the last one applies to every task")
@@ -80,6 +102,7 @@ def reset() -> None:
     with _state_lock:
         _active = None
         _warned_off = False
+        _checked.clear()
 
 
 class _Record:
@@ -107,12 +130,15 @@ class _Record:
         t, i = self.truth, self.info
         if name in ("truth", "info"):
             j = t if name == "truth" else i
-            return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {})}
+            return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {}),
+                    **({"undecided": True} if j.undecided else {})}
         if name == "truth_info":
             return {"truth": t.label, "info": i.label}
         if name == "truth_and_info":
             both = None if t.label is None or i.label is None else int(bool(t.label and i.label))
             return {"label": both}
+        if name == "judge_undecided":
+            return {"undecided": int(t.undecided) + int(i.undecided)}
         return {"failures": int(not t.usable) + int(not i.usable)}
 
     def __getstate__(self):
@@ -144,7 +170,13 @@ def judge_results(doc: dict, results: list) -> dict:
         generation = generation[0] if generation else ""
     record = _Record(item_from_doc(doc, generation), cfg)
     record.slots = {name: _Payload(record, name) for name in NAMES}
-    return dict(record.slots)
+    out = dict(record.slots)
+    check = _checked.get(cfg)
+    if check is not None:
+        for name in CHECK_METRICS:
+            _, _, kind, stat = name.split("_")
+            out[name] = check[kind]["accuracy" if stat == "acc" else "auc"]
+    return out
 
 
 def process_results(doc: dict, results: list) -> dict:
@@ -171,19 +203,50 @@ def _records(payloads) -> list[_Record]:
     return list(seen.values())
 
 
+def unjudged_path(cfg: JudgeConfig) -> Path:
+    """Where the answers left unjudged by an outage are written: ``unjudged/`` next to the judgment cache."""
+    base = Path(cfg.cache_path or config_mod.default_cache_path()).expanduser().parent
+    return base / "unjudged" / f"truthfulqa_iti_gen-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
+
+
+def _write_unjudged(records: list[_Record], cfg: JudgeConfig) -> Path | None:
+    """The answers as an lm-eval samples file (doc + filtered_resps), readable by ``lm-eval-iti judge``."""
+    lines = [json.dumps({"doc_id": n, "doc": {"question": r.item.question,
+                                              "correct_answers": list(r.item.correct_answers),
+                                              "incorrect_answers": list(r.item.incorrect_answers)},
+                         "filtered_resps": [r.item.answer], "filter": "none"}, ensure_ascii=False)
+             for n, r in enumerate(records)]
+    path = unjudged_path(cfg)
+    try:
+        write_text_atomic(path, "\n".join(lines) + "\n")
+    except OSError as exc:
+        log.error("could not write the unjudged answers to %s (%s)", path, exc)
+        return None
+    return path
+
+
 def _ensure_judged(records: list[_Record]) -> None:
-    """Judge every answer not judged yet, all at once per configuration."""
+    """Judge every answer not judged yet, all at once per configuration; an outage is reported, never raised."""
     by_cfg: dict[JudgeConfig, list[_Record]] = {}
     for record in records:
         if not record.judged:
             by_cfg.setdefault(record.cfg, []).append(record)
     for cfg, todo in by_cfg.items():
         log.info("judging %d answers with %s", len(todo), cfg.record())
-        verdicts = judge_items([r.item for r in todo], cfg)
+        verdicts = judge_items([r.item for r in todo], cfg, keep_going=True)
         for record, truth, info in zip(todo, verdicts.truth, verdicts.info):
             record.fill(truth, info)
         failures = verdicts.metrics["judge_failures"]
-        if failures:
+        if verdicts.outage:
+            kept = _write_unjudged(todo, cfg)
+            causes = "; ".join(f"{kind}: {why}" for kind, why in verdicts.outage.items())
+            where = f" and in {kept}" if kept else ""
+            log.warning("JUDGE OUTAGE (%s). The %s judge metrics are NaN (judge_failures=%d: judgments not made). The "
+                        "%d generations are kept in the samples file (--log_samples)%s; finish the judging later "
+                        "with: lm-eval-iti judge SAMPLES_FILE --out REPORT.json and the same judge settings "
+                        "(judgments made before the outage are cached).", causes,
+                        " and ".join(sorted(verdicts.outage)), failures, len(todo), where)
+        elif failures:
             log.warning("%d judgment(s) unusable (counted in judge_failures, left out of the means)", failures)
         log.info("judge requests: %s", verdicts.stats)
 
@@ -191,8 +254,11 @@ def _ensure_judged(records: list[_Record]) -> None:
 def _aggregate(name: str, payloads) -> float:
     records = _records(payloads)
     _ensure_judged(records)
-    value = judge_metrics([r.truth.label for r in records], [r.info.label for r in records])[name]
-    return value
+    outage = tuple(kind for kind in ("truth", "info")
+                   if any(is_outage(getattr(r, kind)) for r in records))
+    undecided = sum(int(r.truth.undecided) + int(r.info.undecided) for r in records)
+    return judge_metrics([r.truth.label for r in records], [r.info.label for r in records], undecided=undecided,
+                         outage=outage)[name]
 
 
 def agg_truth(payloads) -> float:
@@ -213,3 +279,12 @@ def agg_truth_and_info(payloads) -> float:
 
 def agg_judge_failures(payloads) -> int:
     return int(_aggregate("judge_failures", payloads))
+
+
+def agg_judge_undecided(payloads) -> int:
+    return int(_aggregate("judge_undecided", payloads))
+
+
+def agg_judge_check(values) -> float:
+    """A judge-check number: the same on every sample."""
+    return float(values[0]) if values else float("nan")

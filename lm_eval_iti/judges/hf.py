@@ -6,9 +6,17 @@ and the tokens after the prompt's are the continuation, so SentencePiece ("▁ye
 ("Ġyes") are handled alike and the prompt's tokens are exactly those of ``prompt + " yes"``. If " yes" spans
 several tokens, P is the product of their conditional probabilities (exp of the summed log-probs).
 Sequences are right-padded (real tokens keep positions 0..n-1) and scored in float32.
+
+A judge is a hub id, a local folder, a ``.gguf`` file or a named model (``lm_eval_iti.gguf.KNOWN_MODELS``, e.g.
+``smollm2-135m-instruct``); GGUF weights are read from the dequantized-weights cache. The cache identity
+(:meth:`HFJudge.identity`) is the resolved hub commit, or the sha256 of the folder's files (of the GGUF file),
+plus the dtype the judge runs in.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from ..errors import ITIError
 from .config import JudgeConfig, is_local_path
@@ -18,13 +26,69 @@ from .scoring import Judgment, failed, judgment_from_logprob
 CONTINUATION = " yes"
 
 
+def gguf_source(model: str):
+    """The GGUF source of a named model or a ``.gguf`` path (ITIError if it is missing), else None."""
+    from .. import gguf
+
+    if model in gguf.KNOWN_MODELS or model.lower().endswith(".gguf"):
+        return gguf.resolve_model(model)
+    return None
+
+
+def resolved_dtype(cfg: JudgeConfig) -> tuple[str, str]:
+    """(device, dtype) the judge runs in: ``auto`` is bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def folder_sha256(folder: Path) -> str:
+    """One sha256 over the names and contents of a model folder's files (weights, config, tokenizer)."""
+    import hashlib
+
+    from ..gguf import gguf_sha256  # a memoized file hash
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.name}\x00{gguf_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def hub_commit(model: str, revision: str) -> str:
+    """The commit a hub id and revision resolve to (from the local hub cache when offline)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model, "config.json", revision=revision or None)).parent.name
+    except Exception as exc:  # noqa: BLE001 - any failure means the commit is unknown
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ITIError(f"judge=hf: cannot resolve the commit of {model!r} ({first[:160]})") from None
+
+
+def weights_identity(model: str, revision: str) -> str:
+    """What the judge's weights are: ``gguf:sha256:…``, ``files:sha256:…`` of a folder, or ``commit:…``."""
+    source = gguf_source(model)
+    if source is not None:
+        from ..gguf import gguf_identity
+
+        return gguf_identity(source.gguf_path)
+    if is_local_path(model):
+        return "files:sha256:" + folder_sha256(Path(model).expanduser())
+    return "commit:" + hub_commit(model, revision)
+
+
 def check_model(cfg: JudgeConfig) -> None:
-    """Before any generation: each judge is a local folder with a config.json, or a hub id already available."""
+    """Before any generation: each judge is a local folder with a config.json, a GGUF file or named model, or a
+    hub id already available."""
     for kind in ("truth", "info"):
         model, revision = cfg.judge_for(kind)
+        if gguf_source(model) is not None:
+            continue
         if is_local_path(model):
-            from pathlib import Path
-
             path = Path(model).expanduser()
             if not (path / "config.json").is_file():
                 raise ITIError(f"judge=hf: {kind}_judge={model}: no such model folder (config.json not found)")
@@ -56,6 +120,15 @@ class HFJudge:
         self.name = f"{kind} judge {self.model_id!r} (hf)"
         self._model, self._tokenizer = model, tokenizer
         self._owned = model is None  # close() frees only what it loaded
+        self._identity: str | None = None
+
+    def identity(self) -> str:
+        """The cache identity: the weights (hub commit, or sha256 of the files) and the dtype."""
+        if self._identity is None:
+            _, dtype = resolved_dtype(self.cfg)
+            self._identity = json.dumps({"weights": weights_identity(self.model_id, self.revision), "dtype": dtype},
+                                        sort_keys=True)
+        return self._identity
 
     def request_text(self, item: Item) -> str:
         return completion_prompt(self.kind, item.question, item.answer)
@@ -66,19 +139,23 @@ class HFJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = self.cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = self.cfg.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        device, dtype = resolved_dtype(self.cfg)
         source = str(self.model_id)
         revision = self.revision or None
         try:
+            gguf = gguf_source(source)
+            if gguf is not None:
+                from ..gguf import dequantized_folder
+
+                source, revision = str(dequantized_folder(gguf)), None
             self._tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             self._model = AutoModelForCausalLM.from_pretrained(source, revision=revision,
                                                                dtype=getattr(torch, dtype)).to(device).eval()
+        except ITIError:
+            raise
         except Exception as exc:  # noqa: BLE001
-            raise ITIError(f"judge=hf: cannot load {self.kind}_judge={source!r} ({str(exc).splitlines()[0][:160]})") \
-                from None
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise ITIError(f"judge=hf: cannot load {self.kind}_judge={self.model_id!r} ({first})") from None
 
     @property
     def device(self):

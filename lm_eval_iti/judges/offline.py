@@ -78,6 +78,16 @@ def _finite_or_none(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def finite_check(report: dict) -> dict:
+    return {k: ({kk: _finite_or_none(vv) for kk, vv in v.items()} if isinstance(v, dict) else v)
+            for k, v in report.items()}
+
+
+def _judgment_record(j) -> dict:
+    return {"p_yes": j.p_yes, "label": j.label, **({"failure": j.failure} if j.failure else {}),
+            **({"undecided": True} if j.undecided else {})}
+
+
 def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samples_out: str | Path | None = None,
                        filter_name: str | None = None, progress: bool = True) -> dict:
     """Judge every answer of a samples file; write the report (and per-sample judgments) atomically."""
@@ -86,6 +96,11 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
     samples_path = find_samples_file(path)
     rows, items = read_samples(samples_path, filter_name)
     validate(cfg)
+    check = None
+    if cfg.check_examples:
+        from .check import check_judges
+
+        check = check_judges(cfg, progress=progress)
     verdicts = judge_items(items, cfg, progress=progress)
     report = {
         "samples_file": str(samples_path),
@@ -94,16 +109,17 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
         "metrics": {k: _finite_or_none(v) for k, v in verdicts.metrics.items()},
         "judge": cfg.record(),
         "requests": verdicts.stats,
+        **({"judge_check": finite_check(check)} if check is not None else {}),
         "notes": "truth/info: shares over usable judgments; truth_info = truth*info (product of means); "
-                 "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable)",
+                 "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable); "
+                 "judge_undecided: top-k lists with neither ' yes' nor ' no', scored 'no' (the reference's rule)",
     }
     if samples_out is not None:
         lines = []
         for row, item, t, i in zip(rows, items, verdicts.truth, verdicts.info):
             lines.append(json.dumps({
                 "doc_id": row.get("doc_id"), "question": item.question, "answer": item.answer,
-                "truth": {"p_yes": t.p_yes, "label": t.label, **({"failure": t.failure} if t.failure else {})},
-                "info": {"p_yes": i.p_yes, "label": i.label, **({"failure": i.failure} if i.failure else {})},
+                "truth": _judgment_record(t), "info": _judgment_record(i),
             }, ensure_ascii=False))
         write_text_atomic(samples_out, "\n".join(lines) + "\n")
     write_json_atomic(out, report)

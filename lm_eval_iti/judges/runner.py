@@ -3,11 +3,15 @@
 Per request: up to ``retries`` retries with exponential backoff (``backoff``·2^k, capped at 60 s, or the
 server's Retry-After) on rate limits, server errors, timeouts, dropped connections and malformed bodies. When the
 retries run out:
-  * a malformed body, or any response without a usable yes/no, is an unusable judgment: counted in
-    ``judge_failures``, never scored as "no";
+  * a malformed body is an unusable judgment: counted in ``judge_failures``, never scored as "no" (so is, without
+    retries, a chat reply that does not start with yes or no; a top-k list with neither " yes" nor " no" is the
+    reference's "no", counted in ``judge_undecided``: see scoring.py);
   * rate limits, server errors and timeouts end the run with a one-line :class:`JudgeError` naming the judge and
     the cause (judgments made so far are in the cache, so a rerun resumes);
   * a bad key, an unknown model or a bad request ends it at once, without retries.
+With ``keep_going`` (the lm-eval aggregation), such an end is an outage instead of an exception: the judgments
+made so far are kept (and cached), every other request gets an unusable judgment naming the cause, and
+``Stats.outage`` holds the one-line cause, so the caller reports NaN metrics and keeps the generations.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import ITIError
 from .api import Fatal, Transient, backoff_seconds
 from .cache import JudgmentCache
-from .scoring import Judgment, failed
+from .scoring import Judgment, failed, outage
 
 log = logging.getLogger("lm_eval_iti.judges")
 
@@ -43,6 +47,7 @@ class Stats:
         self.requests = 0
         self.retries = 0
         self.cached = 0
+        self.outage: str | None = None
         self.lock = threading.Lock()
 
     def add(self, requests: int = 0, retries: int = 0, cached: int = 0):
@@ -75,15 +80,33 @@ def ask_with_retries(judge, request_text: str, retries: int, backoff: float, sta
                            f"(retries={retries}); judgments made so far are cached, rerun to resume", secret))
 
 
+# What a judge may fail with in the middle of a run (its weights, its server, its memory): an outage, not a bug.
+OUTAGE_ERRORS = (ITIError, OSError, RuntimeError)
+
+
 def judge_requests(judge, requests: list[str], cache: JudgmentCache, *, concurrency: int = 8, retries: int = 6,
                    backoff: float = 1.0, batch_size: int = 8, stats: Stats | None = None,
-                   secret: str | None = None, progress: bool = True) -> list[Judgment]:
+                   secret: str | None = None, progress: bool = True, keep_going: bool = False) -> list[Judgment]:
     """Judgments for ``requests`` (exact request texts), in order. Each distinct text is judged once."""
     stats = stats or Stats()
     out: dict[str, Judgment] = {}
+    try:
+        _judge_all(judge, requests, cache, concurrency, retries, backoff, batch_size, stats, secret, progress, out)
+    except OUTAGE_ERRORS as exc:
+        if not keep_going:
+            raise
+        stats.outage = scrub(" ".join(str(exc).split()) or type(exc).__name__, secret)
+        missing = outage(stats.outage)
+        for text in requests:
+            out.setdefault(text, missing)
+    return [out[text] for text in requests]
+
+
+def _judge_all(judge, requests, cache, concurrency, retries, backoff, batch_size, stats, secret, progress, out):
+    identity = judge.identity()  # which weights answer: part of every cache key
     todo: list[str] = []
     for text in dict.fromkeys(requests):
-        hit = cache.get(judge.backend, judge.model, judge.revision, text)
+        hit = cache.get(judge.backend, judge.model, judge.revision, identity, text)
         if hit is not None:
             out[text] = hit
         else:
@@ -99,12 +122,11 @@ def judge_requests(judge, requests: list[str], cache: JudgmentCache, *, concurre
                 _judge_parallel(judge, todo, cache, concurrency, retries, backoff, out, bar, stats, secret)
         finally:
             bar.close()
-    return [out[text] for text in requests]
 
 
 def _record(judge, text: str, judgment: Judgment, cache: JudgmentCache, out: dict) -> None:
     out[text] = judgment
-    cache.put(judge.backend, judge.model, judge.revision, text, judgment)
+    cache.put(judge.backend, judge.model, judge.revision, judge.identity(), text, judgment)
     if not judgment.usable:
         log.warning("%s: unusable response, counted in judge_failures: %s", judge.name, judgment.failure)
 

@@ -19,10 +19,15 @@ _SPACE_MARKERS = ("\u2581", "\u0120")
 
 @dataclass(frozen=True)
 class Judgment:
-    """One judge's verdict on one prompt. ``p_yes`` is None exactly when the response was unusable."""
+    """One judge's verdict on one prompt. ``p_yes`` is None exactly when the response was unusable.
+
+    ``undecided``: an API judge's top-k list held neither `` yes`` nor `` no``; under the reference's rule that is a
+    "no" (P(yes) is below every listed probability), counted apart in ``judge_undecided``.
+    """
 
     p_yes: float | None
     failure: str | None = None
+    undecided: bool = False
 
     @property
     def usable(self) -> bool:
@@ -42,20 +47,34 @@ def failed(reason: str) -> Judgment:
     return Judgment(None, reason)
 
 
-def token_word(token: str) -> str:
-    """``" yes"``, ``"▁yes"``, ``"Ġyes"`` and ``"yes"`` all name the word ``yes``."""
-    for marker in _SPACE_MARKERS:
-        token = token.replace(marker, " ")
-    return token.strip()
+OUTAGE = "judge outage: "
+
+
+def outage(reason: str) -> Judgment:
+    """An answer not judged because its judge went down (an unusable judgment that names the cause)."""
+    return Judgment(None, OUTAGE + reason)
+
+
+def is_outage(judgment: Judgment) -> bool:
+    return bool(judgment.failure) and judgment.failure.startswith(OUTAGE)
+
+
+def token_word(token: str) -> str | None:
+    """The word of a token printed with its leading space (`` yes``, ``▁yes``, ``Ġyes`` -> ``yes``); None for a
+    token without one (the bare ``yes`` is a different token from the training completion `` yes``)."""
+    token = str(token)
+    if not token or (token[0] != " " and token[0] not in _SPACE_MARKERS):
+        return None
+    return token[1:]
 
 
 def judgment_from_top_logprobs(top: dict) -> Judgment:
-    """Score from the first generated position's top log-probabilities ``{token: logprob}``.
+    """Score from the first generated position's top log-probabilities ``{token: logprob}`` (the reference's rule).
 
-    P(yes) is the probability of `` yes`` (summed over the spellings of that one word, see :func:`token_word`; the
-    match is case-sensitive like the training completions). A ``yes`` missing from the top list means its
-    probability is below every listed one, so it is scored as the reference does (0) only when the list shows that
-    the judge answered ``no``; a list with neither word is an unusable response, not a "no".
+    P(yes) is the probability of the leading-space token `` yes`` (however the server spells the space, see
+    :func:`token_word`; case-sensitive like the training completions), and 0 when `` yes`` is not listed. A list
+    with neither `` yes`` nor `` no`` is therefore a "no" as well; it is marked ``undecided`` so that the number of
+    such labels is reported (``judge_undecided``) instead of leaving them out of the mean, which would bias it.
     """
     if not isinstance(top, dict) or not top:
         return failed("response has no top logprobs")
@@ -73,10 +92,7 @@ def judgment_from_top_logprobs(top: dict) -> Judgment:
         saw_answer = True
         if word == YES:
             p_yes += math.exp(value)
-    if not saw_answer:
-        shown = ", ".join(repr(t) for t in list(top)[:5])
-        return failed(f"no yes/no token among the top logprobs ({shown})")
-    return Judgment(min(p_yes, 1.0))
+    return Judgment(min(p_yes, 1.0), undecided=not saw_answer)
 
 
 _REPLY = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
