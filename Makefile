@@ -36,6 +36,12 @@ test: install smollm2
 demo: install
 	$(OFFLINE) $(BIN)/lm-eval-iti demo --out results/demo
 
+# The real model (SmolLM2-135M-Instruct) on a 100-question subset of TruthfulQA v0; see README "Real model".
+SHARED ?= ../shared/data
+demo-real: install smollm2
+	$(OFFLINE) $(BIN)/lm-eval-iti demo --model smollm2-135m-instruct --data-dir $(SHARED)/truthfulqa/v0 \
+		--corpus $(SHARED)/webtext/wikitext-2-raw-v1.test.raw --out results/demo-smollm2
+
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/run_all.py
 

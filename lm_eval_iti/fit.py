@@ -84,7 +84,7 @@ def _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_d
         raise ITIError("--num-folds and --fold go together (fit on every fold but --fold)")
     if not 0.0 < val_ratio < 1.0:
         raise ITIError(f"--val-ratio {val_ratio} must be between 0 and 1 (exclusive)")
-    if not math.isfinite(float(alpha)):
+    if alpha != "auto" and not math.isfinite(float(alpha)):
         raise ITIError(f"--alpha {alpha} must be finite")
     if batch_size < 1:
         raise ITIError(f"--batch-size {batch_size} must be at least 1")
@@ -142,7 +142,8 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
                    batch_size: int = 16, device: str | None = None, cache_dir: str | os.PathLike | None = None,
                    use_cache: bool = True, probe_backend: str = "torch", max_questions: int | None = None,
                    revision: str | None = None, chunk_size: int = 512, progress: bool = True,
-                   write_plot: bool = True) -> FitResult:
+                   write_plot: bool = True, gguf_file: str | None = None, kl_budget: float = 0.2,
+                   kl_corpus: str = "wikitext") -> FitResult:
     """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -167,7 +168,8 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     clock = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
-        model, tokenizer = load_model(model_name, revision, dtype, device, progress)
+        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file,
+                                      cache_dir=cache_dir)
     else:
         if tokenizer is None:
             raise ITIError("fit_directions: pass tokenizer= along with an already-loaded model")
@@ -244,7 +246,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     ids_json = json.dumps(train_ids)
     meta = {
         "model": model_name, "model_revision": model_revision, "model_identity": stats["probe set"].model_identity,
-        "architecture": shape.architecture, "alpha": repr(float(alpha)), "method": method,
+        "architecture": shape.architecture, "alpha": "" if alpha == "auto" else repr(float(alpha)), "method": method,
         "random_heads": str(bool(random_heads)).lower(), "seed": str(seed),
         "num_folds": "" if num_folds is None else str(num_folds), "fold": "" if fold is None else str(fold),
         "contiguous_folds": str(bool(contiguous_folds)).lower(), "val_ratio": repr(float(val_ratio)),
@@ -265,6 +267,15 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     from .artifact import FORMAT, FORMAT_VERSION, SITE
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(shape.num_layers),
                 num_heads=str(shape.num_heads), head_dim=str(shape.head_dim))
+    if alpha == "auto":  # the largest alpha within the KL budget, on held-out text (not on any question)
+        from .experiments.side_effects import alpha_for_kl_budget
+
+        clock_auto = time.perf_counter()
+        choice = alpha_for_kl_budget(model, tokenizer, result_dirs, kl_budget=kl_budget, corpus=kl_corpus,
+                                     progress=progress)
+        meta.update(alpha=repr(float(choice["alpha"])), kl_budget=repr(float(kl_budget)),
+                    alpha_auto=json.dumps(choice))
+        timings["alpha auto"] = time.perf_counter() - clock_auto
     validate(result_dirs, shape)
 
     heatmap_path, summary_path = companion_paths(out)
@@ -285,6 +296,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
         "top_heads": [{"rank": i + 1, "layer": int(l), "head": int(h), "val_accuracy": round(float(probes.accuracy[l, h]), 4),
                        "sigma": round(float(sigma[i]), 6)} for i, (l, h) in enumerate(selected.tolist())],
         "train_question_ids_sha256": meta["train_question_ids_sha256"],
+        "alpha": float(meta["alpha"]), "alpha_auto": json.loads(meta["alpha_auto"]) if "alpha_auto" in meta else None,
         "timings_s": timings, "package_version": __version__,
     }
 
@@ -320,5 +332,9 @@ def format_summary(summary: dict, top: int = 10) -> str:
     for name, s in summary["activations"].items():
         lines.append(f"activations ({name}): {s['forward_passes']} forward passes, {s['chunks_cached']} cached + "
                      f"{s['chunks_computed']} computed chunks")
+    auto = summary.get("alpha_auto")
+    if auto:
+        lines.append(f"alpha auto: {auto['alpha']:g} (KL budget {auto['kl_budget']:g} nats/token; measured "
+                     + ", ".join(f"{m['alpha']:g}: {m['kl']:.3f}" for m in auto["measured"]) + ")")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings_s"].items()))
     return "\n".join(lines)

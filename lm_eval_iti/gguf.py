@@ -114,10 +114,6 @@ def gguf_identity(path: str | os.PathLike) -> str:
     return f"gguf:sha256:{gguf_sha256(path)}"
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("LM_EVAL_ITI_CACHE") or Path.home() / ".cache" / "lm_eval_iti").expanduser()
-
-
 def load_gguf(source: ModelSource, dtype=None):
     """(model, tokenizer) dequantized from the GGUF file, in float32 unless ``dtype`` says otherwise."""
     import torch
@@ -140,8 +136,10 @@ def dequantized_folder(source: ModelSource, cache_dir: str | os.PathLike | None 
     """A Hugging Face folder with the GGUF's float32 weights and tokenizer, built once per file sha256."""
     if not source.is_gguf:
         raise ValueError("dequantized_folder needs a GGUF source")
+    from .collect import default_cache_dir
+
     sha = gguf_sha256(source.gguf_path)
-    root = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()) / "gguf"
+    root = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "gguf"
     folder = root / sha
     if (folder / "lm_eval_iti_gguf.json").is_file():
         return folder

@@ -102,3 +102,29 @@ def compute_sigma(x: torch.Tensor, directions: torch.Tensor, ddof: int = 1) -> t
         raise ITIError(f"sigma needs more than {ddof} activation rows, got {x.shape[0]}")
     proj = torch.einsum("nkd,kd->nk", x.double(), directions.double())
     return proj.std(dim=0, correction=ddof).float()
+
+
+def random_unit_directions(shape: tuple[int, int], seed: int, orthogonal_to: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 [K, d] seeded Gaussian unit vectors; with ``orthogonal_to`` ([K, d]) each row's component along the
+    matching row is projected out first (a control with no share of the fitted direction)."""
+    g = torch.Generator().manual_seed(int(seed))
+    raw = torch.randn(*shape, generator=g, dtype=torch.float64)
+    if orthogonal_to is not None:
+        u = orthogonal_to.double() / orthogonal_to.double().norm(dim=-1, keepdim=True)
+        raw = raw - (raw * u).sum(-1, keepdim=True) * u
+    return (raw / raw.norm(dim=-1, keepdim=True)).float()
+
+
+def matched_random_directions(directions, seed: int, orthogonal: bool = False):
+    """A random-direction control matched in size: the same heads and the same sigmas as ``directions`` (so the same
+    alpha * sigma shift norm per head at any alpha), with seeded random unit directions in place of the fitted ones."""
+    from dataclasses import replace
+
+    new_dirs = {}
+    for i, layer in enumerate(sorted(directions.heads)):
+        fitted = directions.directions[layer]
+        new_dirs[layer] = random_unit_directions(tuple(fitted.shape), seed * 100003 + i,
+                                                 fitted if orthogonal else None)
+    meta = dict(directions.metadata, method="random-matched" + ("-orthogonal" if orthogonal else ""),
+                control_seed=str(seed), control_of=directions.metadata.get("method", ""))
+    return replace(directions, directions=new_dirs, metadata=meta, source=f"{directions.source} (random control)")

@@ -46,6 +46,13 @@ def _parse_metadata(text) -> dict:
         raise ITIError(f"--metadata {text!r}: expected JSON or k=v,k=v") from None
 
 
+def _parse_ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ITIError(f"{option} {text!r}: expected comma-separated whole numbers") from None
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "run"
 
@@ -53,7 +60,8 @@ def _slug(text: str) -> str:
 def common_options(func):
     """The options validate and sweep share (data, folds, tasks, fit, lm-eval, CE/KL, output)."""
     options = [
-        click.option("--model", required=True, help="Local model folder or hub id."),
+        click.option("--model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct)."),
+        click.option("--gguf-file", default=None, help="GGUF file inside the --model folder."),
         click.option("--revision", default=None, help="Hub revision of --model."),
         click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto"),
         click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)."),
@@ -66,6 +74,8 @@ def common_options(func):
                      help="Quick runs: the first N questions of --data-dir, for fit and tasks alike."),
         click.option("--tasks", default="truthfulqa_iti", help="Comma-separated lm-eval tasks or groups."),
         click.option("--num-folds", default=2, type=int),
+        click.option("--folds", "only_folds", default=None,
+                     help="Evaluate only these held-out folds (comma list, e.g. 0); default: every fold."),
         click.option("--seed", default=42, type=int, help="Fold / probe split / random-baseline seed."),
         click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
         click.option("--instruction", type=click.Choice(INSTRUCTIONS), default="default"),
@@ -104,7 +114,7 @@ def _config(kw: dict):
     from ..experiments import ExperimentConfig
 
     return ExperimentConfig(
-        model=kw["model"], revision=kw["revision"], dtype=kw["dtype"], device=kw["device"],
+        model=kw["model"], revision=kw["revision"], gguf_file=kw["gguf_file"], dtype=kw["dtype"], device=kw["device"],
         data_dir=kw["data_dir"], binary_data=kw["binary_data"], num_questions=kw["num_questions"],
         tasks=tuple(t.strip() for t in kw["tasks"].split(",") if t.strip()), num_folds=kw["num_folds"],
         seed=kw["seed"], contiguous_folds=kw["contiguous_folds"], limit=_parse_limit(kw["limit"]),
@@ -114,7 +124,8 @@ def _config(kw: dict):
         detokenize=not kw["no_detokenize"], bootstrap_iters=kw["bootstrap_iters"],
         apply_chat_template=kw["apply_chat_template"], system_instruction=kw["system_instruction"],
         gen_kwargs=kw["gen_kwargs"], max_length=kw["max_length"], batch_size=kw["batch_size"],
-        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"])
+        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"],
+        folds=None if kw["only_folds"] is None else tuple(_parse_ints(kw["only_folds"], "--folds")))
 
 
 def _default_out(kind: str, kw: dict, tail: str) -> str:
@@ -128,18 +139,30 @@ def _positions(kw):
 
 @click.command(context_settings={"show_default": True})
 @common_options
-@click.option("--alpha", default=15.0, type=float, help="ITI strength.")
+@click.option("--alpha", default="15", help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
+              "held-out WikiText stays within --kl-budget (the way to start on a new model).")
+@click.option("--kl-budget", default=0.2, type=float,
+              help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
 @click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
 @click.option("--no-baseline", is_flag=True, help="Skip the alpha-0 baseline row.")
-@click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-heads, "
-                                              "probe-weights, no-instruction, baked, steered.")
+@click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-matched, "
+              "random-heads, probe-weights, no-instruction, baked, steered.")
+@click.option("--random-draws", default=5, type=int, help="Draws of the random-matched control (one row each).")
 def validate(**kw):
     """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
     from ..experiments.validate import parse_baselines, validate as run_validate
 
-    out = kw["out"] or _default_out("validate", kw, f"a{kw['alpha']:g}_k{kw['num_heads']}")
-    results = run_validate(_config(kw), out, method=kw["method"], alpha=kw["alpha"], num_heads=kw["num_heads"],
+    from ..experiments.side_effects import parse_alpha_option
+
+    alpha = parse_alpha_option(kw["alpha"])
+    tail = f"a{alpha:g}" if alpha != "auto" else f"aauto-kl{kw['kl_budget']:g}"
+    out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
+    config = _config(kw)
+    if alpha == "auto":
+        config.kl_budget = kw["kl_budget"]
+    results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
                            baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
+                           random_draws=kw["random_draws"],
                            **_positions(kw))
     _echo_run(results, out)
 
@@ -173,7 +196,8 @@ def _echo_run(results: dict, out: str) -> None:
 
 
 @click.command("side-effects", context_settings={"show_default": True})
-@click.option("--model", required=True, help="Local model folder or hub id the directions were fitted on.")
+@click.option("--model", required=True, help="Model the directions were fitted on: folder, hub id, .gguf or a named model.")
+@click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
 @click.option("--alpha", default=None, type=float, help="Strength (default: the file's alpha).")
 @click.option("--heads", default=None, type=int, help="Use only the file's top-K heads.")
@@ -188,7 +212,7 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--revision", default=None)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")
 @click.option("--quiet", is_flag=True)
-def side_effects(model, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
+def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
                  dtype, device, revision, out, quiet):
     """CE of base and steered model and KL(base || steered) per token, same documents, every position edited."""
     import os
@@ -204,7 +228,7 @@ def side_effects(model, directions, alpha, heads, corpus, num_docs, num_tokens, 
         raise ITIError(f"{directions}: directions file not found")
     if out and Path(out).is_dir():
         raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
-    loaded, tokenizer = load_model(model, revision, dtype, device, not quiet)
+    loaded, tokenizer = load_model(model, revision, dtype, device, not quiet, gguf_file=gguf_file)
     result = measure(loaded, tokenizer, directions, alpha=alpha, heads=heads, corpus=corpus, num_docs=num_docs,
                      num_tokens=num_tokens, seed=seed, detokenized=not no_detokenize, batch_size=batch_size,
                      progress=not quiet)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 
-def _load(model_id, directions_path, dtype, revision):
+def _load(model_id, directions_path, dtype, revision, gguf_file=None):
     from ..architectures import model_shape
     from ..artifact import load_directions
     from ..loading import load_model
 
-    model, tokenizer = load_model(model_id, revision=revision, dtype=dtype, device="cpu", progress=False)
+    model, tokenizer = load_model(model_id, revision=revision, dtype=dtype, device="cpu", progress=False,
+                                  gguf_file=gguf_file)
     directions = load_directions(directions_path, expect=model_shape(model))
     return model, tokenizer, directions
 
@@ -23,7 +24,8 @@ def _alpha(alpha, directions):
 
 
 @click.command()
-@click.option("--model", "model_id", required=True, help="Model folder or hub id the directions were fitted on.")
+@click.option("--model", "model_id", required=True, help="Model the directions were fitted on: folder, hub id, .gguf or a named model.")
+@click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
 @click.option("--to", "target", type=click.Choice(["steered"]), default="steered", show_default=True,
               help="Export format: the .pt that lm-eval's own `steered` model reads.")
@@ -32,18 +34,19 @@ def _alpha(alpha, directions):
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--revision", default=None)
-def export(model_id, directions, target, out, alpha, num_heads, dtype, revision):
+def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype, revision):
     """Export W_o·(alpha·sigma·direction) per layer for `lm_eval --model steered` (edits every position)."""
     from ..export import export_steered
 
-    model, _, d = _load(model_id, directions, dtype, revision)
+    model, _, d = _load(model_id, directions, dtype, revision, gguf_file)
     d = d.top_k(num_heads) if num_heads else d
     path = export_steered(model, d, _alpha(alpha, d), out)
     click.echo(f"wrote {path}: use --model steered --model_args pretrained={model_id},steer_path={path}")
 
 
 @click.command()
-@click.option("--model", "model_id", required=True, help="Model folder or hub id the directions were fitted on.")
+@click.option("--model", "model_id", required=True, help="Model the directions were fitted on: folder, hub id, .gguf or a named model.")
+@click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder (new or empty).")
 @click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
@@ -51,7 +54,7 @@ def export(model_id, directions, target, out, alpha, num_heads, dtype, revision)
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="Weights dtype of the saved model.")
 @click.option("--revision", default=None)
-def bake(model_id, directions, out, alpha, num_heads, dtype, revision):
+def bake(model_id, gguf_file, directions, out, alpha, num_heads, dtype, revision):
     """Write a Hugging Face model whose attention output bias holds W_o·shift (acts at every position)."""
     from pathlib import Path
 
@@ -60,7 +63,7 @@ def bake(model_id, directions, out, alpha, num_heads, dtype, revision):
 
     if Path(out).exists() and any(Path(out).iterdir()):  # before loading the model: fail fast
         raise ITIError(f"{out}: output folder exists and is not empty")
-    model, tokenizer, d = _load(model_id, directions, dtype, revision)
+    model, tokenizer, d = _load(model_id, directions, dtype, revision, gguf_file)
     d = d.top_k(num_heads) if num_heads else d
     path = bake_model(model, d, _alpha(alpha, d), out, tokenizer=tokenizer, provenance={"base_model": model_id})
     click.echo(f"wrote {path} (loads with plain transformers; edits every position like hf-iti mc/gen_positions=all)")

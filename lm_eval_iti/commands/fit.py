@@ -13,7 +13,8 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 
 
 @click.command("fit-directions", context_settings={"show_default": True})
-@click.option("--model", "model", required=True, help="Local model folder or Hugging Face hub id.")
+@click.option("--model", "model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct).")
+@click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Directions file to write (.safetensors).")
 @click.option("--dataset", default=HUB_ID, help="Hub id of TruthfulQA (multiple_choice + generation configs).")
@@ -22,7 +23,12 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 @click.option("--num-heads", default=48, type=int, help="K: number of heads to intervene on.")
 @click.option("--method", type=click.Choice(METHODS), default="mass-mean", help="Direction of each head.")
 @click.option("--random-heads", is_flag=True, help="Pick K heads at random (seeded): the random-heads baseline.")
-@click.option("--alpha", default=15.0, type=float, help="Default strength stored in the file (hf-iti alpha= overrides).")
+@click.option("--alpha", default="15", help="Strength stored in the file (hf-iti alpha= overrides), or 'auto': the "
+              "largest alpha whose KL on held-out WikiText stays within --kl-budget.")
+@click.option("--kl-budget", default=0.2, type=float,
+              help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
+@click.option("--kl-corpus", default="wikitext",
+              help="For --alpha auto: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw text file.")
 @click.option("--val-ratio", default=0.2, type=float, help="Share of training questions used to validate probes.")
 @click.option("--seed", default=42, type=int, help="Seed of folds, train/val split, random heads/directions, sigma set.")
 @click.option("--num-folds", default=None, type=int, help="Split questions into N folds (default: fit on all questions).")
@@ -44,16 +50,20 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the activation cache.")
 @click.option("--no-plot", is_flag=True, help="Do not write the FILE.heads.png heatmap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit_directions(model, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, val_ratio, seed,
+def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, kl_budget, kl_corpus, val_ratio, seed,
                    num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
                    batch_size, device, cache_dir, no_cache, no_plot, quiet):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
+    from ..experiments.side_effects import parse_alpha_option
     from ..fit import fit_directions as run_fit, format_summary
+
+    alpha = parse_alpha_option(alpha)
 
     result = run_fit(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
                      random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,
                      contiguous_folds=contiguous_folds, prompt_format=prompt_format, sigma_data=sigma_data,
                      alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
                      use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
-                     revision=revision, progress=not quiet, write_plot=not no_plot)
+                     revision=revision, progress=not quiet, write_plot=not no_plot,
+                     gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus)
     click.echo(format_summary(result.summary))

@@ -7,11 +7,12 @@ interventions edit different tokens (iti-method.md §8), so every table carries 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ITIError
 
 KINDS = ("hf", "hf-iti", "baked", "steered")
+AUTO = "auto"  # alpha chosen per fold by the side-effect budget (side_effects.alpha_for_kl_budget)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Variant:
     label: str  # what the table calls it
     kind: str  # hf | hf-iti | baked | steered
     positions: str  # token semantics
-    alpha: float = 0.0
+    alpha: float | str = 0.0  # or AUTO
     fit: FitSpec | None = None
     heads: int | None = None  # use the fit's top-K heads (None: all heads of the file)
     instruction: str = "default"
@@ -72,26 +73,36 @@ def hooked_positions(mc_positions: str = "answer", gen_positions: str = "last") 
 EVERY_POSITION_BIAS = "baked o_proj bias: every position (instruction, primer, question, answer; prompt and generated)"
 EVERY_POSITION_STEERED = "lm-eval steered (W_o·shift added at the o_proj output): every position, like the baked bias"
 
-BASELINE_NAMES = ("random-directions", "random-heads", "probe-weights", "no-instruction", "baked", "steered")
+# random-matched: ITI's own heads and sigmas with seeded random directions (the same shift size), one row per draw
+BASELINE_NAMES = ("random-directions", "random-matched", "random-heads", "probe-weights", "no-instruction", "baked",
+                  "steered")
 
 
 def baseline_variant(instruction: str = "default") -> Variant:
     return Variant("baseline", f"baseline (α=0, instruction={instruction})", "hf", NO_EDIT, instruction=instruction)
 
 
-def iti_variant(fit: FitSpec, alpha: float, heads: int | None = None, instruction: str = "default",
+def _strength(alpha) -> float | str:
+    return AUTO if alpha == AUTO else float(alpha)
+
+
+def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, instruction: str = "default",
                 mc_positions: str = "answer", gen_positions: str = "last", name: str | None = None,
                 label: str | None = None) -> Variant:
     k = heads or fit.num_heads
     return Variant(name or "iti", label or f"ITI ({fit.method})", "hf-iti",
-                   hooked_positions(mc_positions, gen_positions), alpha=float(alpha), fit=fit, heads=heads,
+                   hooked_positions(mc_positions, gen_positions), alpha=_strength(alpha), fit=fit, heads=heads,
                    instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions, extra={"k": k})
 
 
-def validate_variants(*, method: str = "mass-mean", alpha: float = 15.0, num_heads: int = 48,
+def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
-                      mc_positions: str = "answer", gen_positions: str = "last") -> list[Variant]:
-    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order)."""
+                      mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5
+                      ) -> list[Variant]:
+    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order).
+
+    ``alpha="auto"``: each fold's strength is chosen by the side-effect budget on ITI's own fit of that fold, and every
+    hooked, baked and steered row of the fold uses that same strength."""
     unknown = [b for b in baselines if b not in BASELINE_NAMES]
     if unknown:
         raise ITIError(f"--baselines: {unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all')")
@@ -109,6 +120,13 @@ def validate_variants(*, method: str = "mass-mean", alpha: float = 15.0, num_hea
         if name == "random-directions":
             rows.append(iti_variant(FitSpec("random", False, num_heads), alpha, name=name,
                                     label="random directions (top-K probe heads)", **hooked))
+        elif name == "random-matched":
+            if random_draws < 1:
+                raise ITIError(f"random_draws={random_draws} must be at least 1")
+            for draw in range(random_draws):
+                variant = iti_variant(main_fit, alpha, name=f"random-matched-{draw}",
+                                      label=f"random directions, matched size (draw {draw})", **hooked)
+                rows.append(replace(variant, extra=dict(variant.extra, control_seed=draw)))
         elif name == "random-heads":
             rows.append(iti_variant(FitSpec("mass-mean", True, num_heads), alpha, name=name,
                                     label="random heads (mass-mean)", **hooked))
@@ -119,11 +137,11 @@ def validate_variants(*, method: str = "mass-mean", alpha: float = 15.0, num_hea
             rows.append(Variant("no-instruction", "no instruction prompt (α=0, instruction=none)", "hf", NO_EDIT,
                                 instruction="none"))
         elif name == "baked":
-            rows.append(Variant("baked", f"baked bias ({method})", "baked", EVERY_POSITION_BIAS, alpha=float(alpha),
+            rows.append(Variant("baked", f"baked bias ({method})", "baked", EVERY_POSITION_BIAS, alpha=_strength(alpha),
                                 fit=main_fit, instruction=instruction))
         elif name == "steered":
             rows.append(Variant("steered", f"lm-eval steered ({method})", "steered", EVERY_POSITION_STEERED,
-                                alpha=float(alpha), fit=main_fit, instruction=instruction))
+                                alpha=_strength(alpha), fit=main_fit, instruction=instruction))
     return rows
 
 

@@ -146,3 +146,17 @@ def sweep_plots(rows: list[dict], out_dir: str | os.PathLike, title: str = "") -
         "ce_kl_vs_alpha": ce_kl_vs_alpha(rows, out / "ce_kl_vs_alpha.png", title),
     }
     return {k: (str(v) if v is not None else None) for k, v in written.items()}
+
+
+def kl_budget_curve(choice: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """KL(base || steered) against alpha as measured by ``alpha auto``, with the budget and the chosen alpha."""
+    fig = new_figure(5.0, 3.5)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [m["alpha"] for m in choice["measured"]]
+    ax.plot(xs, [m["kl"] for m in choice["measured"]], marker="o", markersize=3, label="KL, held-out WikiText")
+    ax.axhline(choice["kl_budget"], color="C3", linestyle="--", linewidth=1, label=f"budget {choice['kl_budget']:g}")
+    ax.axvline(choice["alpha"], color="C2", linestyle=":", linewidth=1, label=f"chosen α={choice['alpha']:g}")
+    ax.set_ylabel("KL (nats/token)")
+    _style_alpha_axis(ax)
+    ax.set_title(title or "alpha by side-effect budget", fontsize=9)
+    return save_figure(fig, path)

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -23,19 +23,20 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from . import aggregate as agg
-from .baselines import Variant
+from .baselines import AUTO, Variant
 
 log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
 RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
-NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress")
+NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds")
 
 
 @dataclass
 class ExperimentConfig:
     model: str
     revision: str | None = None
+    gguf_file: str | None = None
     dtype: str = "auto"
     device: str | None = None
     data_dir: str | None = None
@@ -67,12 +68,16 @@ class ExperimentConfig:
     fit_batch_size: int = 16
     cache_dir: str | None = None
     progress: bool = True
+    kl_budget: float = 0.2  # for alpha "auto" (side_effects.DEFAULT_KL_BUDGET)
+    folds: tuple[int, ...] | None = None  # evaluate only these held-out folds (None: every fold)
 
     def check(self) -> None:
         if self.num_folds < 2:
             raise ITIError(f"--num-folds {self.num_folds}: need at least 2 folds (fit on the others, test on one)")
         if not self.tasks:
             raise ITIError("--tasks: give at least one task")
+        if self.folds is not None and (not self.folds or any(not 0 <= f < self.num_folds for f in self.folds)):
+            raise ITIError(f"folds {list(self.folds)}: each must be between 0 and num_folds - 1 = {self.num_folds - 1}")
         if self.limit is not None and self.limit <= 0:
             raise ITIError(f"--limit {self.limit} must be positive")
         reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
@@ -166,7 +171,8 @@ class Experiment:
             from ..fit import load_model
 
             c = self.config
-            self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress)
+            self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress,
+                                                        gguf_file=c.gguf_file, cache_dir=c.cache_dir)
         return self._model, self._tokenizer
 
     def fit(self, fold: int, spec) -> dict:
@@ -207,6 +213,41 @@ class Experiment:
                                                         c.corpus_seed, c.detokenize)
         return self._docs
 
+    def control(self, fold: int, fit: dict, variant: Variant) -> dict:
+        """A random-direction control matched in size to the fold's fit: same heads and sigmas, random directions."""
+        from ..artifact import file_sha256, save_directions
+        from ..select import matched_random_directions
+
+        seed = int(variant.extra["control_seed"])
+        directions = matched_random_directions(fit["directions"], seed, orthogonal=variant.extra.get("orthogonal", False))
+        path = self.out / "directions" / f"fold_{fold}_{variant.name}.safetensors"
+        save_directions(directions, path)
+        record = dict(fit["record"], path=str(path), sha256=file_sha256(path), fit=f"{fit['record']['fit']}-{variant.name}",
+                      control_of=fit["record"]["path"], control_seed=seed)
+        return {"record": record, "directions": directions, "train_ids": fit["train_ids"]}
+
+    def auto_alpha(self, fold: int) -> dict:
+        """The fold's alpha by the KL budget, measured on the main ITI fit of the fold (saved, reused on resume)."""
+        from .side_effects import alpha_for_kl_budget
+
+        main = next((v for v in self.variants if v.kind == "hf-iti" and v.alpha == AUTO), None)
+        main = next((v for v in self.variants if v.name == "iti"), main)
+        key = {"settings": self.settings(), "fit": main.fit.name, "heads": main.heads, "fold": fold}
+        path = self.out / "folds" / f"fold_{fold}_alpha_auto.json"
+        previous = _read_json(path)
+        if previous is not None and previous.get("settings_hash") == _sha(key):
+            return previous
+        c = self.config
+        model, tokenizer = self.model()
+        directions = self.fit(fold, main.fit)["directions"]
+        directions = directions.top_k(main.heads) if main.heads else directions
+        choice = alpha_for_kl_budget(model, tokenizer, directions, kl_budget=c.kl_budget, corpus=c.corpus,
+                                     num_tokens=c.num_tokens, batch_size=c.batch_size, progress=c.progress,
+                                     held_out_from=(c.num_docs, c.corpus_seed))
+        choice.update(settings_hash=_sha(key), fit=main.fit.name)
+        write_json_atomic(path, choice)
+        return choice
+
     # one fold x variant ---------------------------------------------------------------------------------------------
     def run_one(self, fold: int, variant: Variant) -> dict:
         from .evaluate import run_tasks, variant_lm
@@ -215,6 +256,12 @@ class Experiment:
         c = self.config
         model, tokenizer = self.model()
         fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
+        if fit is not None and "control_seed" in variant.extra:
+            fit = self.control(fold, fit, variant)
+        described, settings_hash, auto = variant.describe(), self.fold_hash(fold, variant), None
+        if variant.alpha == AUTO:
+            auto = self.auto_alpha(fold)
+            variant = replace(variant, alpha=auto["alpha"])
         clock = time.perf_counter()
         work = self.out / "directions"
         work.mkdir(parents=True, exist_ok=True)
@@ -250,8 +297,9 @@ class Experiment:
                                    progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}")
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {
-            "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": variant.describe(),
-            "settings_hash": self.fold_hash(fold, variant), "metrics": evaluation["metrics"],
+            "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": described,
+            "alpha_used": variant.alpha, "alpha_auto": auto,
+            "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
             "side_effects": side, "seconds": round(time.perf_counter() - clock, 2), "package_version": __version__,
@@ -266,7 +314,7 @@ class Experiment:
         c = self.config
         fold_results: dict[str, list[dict]] = {v.name: [] for v in self.variants}
         resumed = []
-        jobs = [(fold, v) for fold in range(c.num_folds) for v in self.variants]
+        jobs = [(fold, v) for fold in (c.folds or range(c.num_folds)) for v in self.variants]
         for fold, variant in tqdm(jobs, desc=f"{self.kind}: folds x variants", disable=not c.progress, unit="eval"):
             path = self.fold_path(fold, variant)
             expected = self.fold_hash(fold, variant)
@@ -288,7 +336,8 @@ class Experiment:
         rows, directions = [], []
         for v in self.variants:
             folds = fold_results[v.name]
-            rows.append({"model": c.model, "method": v.label, "α": v.alpha, "K": v.num_heads, "variant": v.name,
+            alpha = v.alpha if v.alpha != AUTO else "auto: " + "/".join(format(f["alpha_used"], "g") for f in folds)
+            rows.append({"model": c.model, "method": v.label, "α": alpha, "K": v.num_heads, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
                          "metrics": agg.aggregate_variant(folds)})
             for f in folds:

@@ -90,16 +90,18 @@ def _read_lines(source: str) -> tuple[list[str], dict]:
 
 
 def load_corpus(source: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0,
-                min_words: int = MIN_WORDS, detokenized: bool = True) -> Corpus:
-    """``num_docs`` paragraphs sampled without replacement with ``seed`` (in sampled order)."""
+                min_words: int = MIN_WORDS, detokenized: bool = True, exclude: frozenset[int] = frozenset()) -> Corpus:
+    """``num_docs`` paragraphs sampled without replacement with ``seed`` (in sampled order), never one in ``exclude``
+    (paragraph indices)."""
     if num_docs < 1:
         raise ITIError(f"--num-docs {num_docs} must be at least 1")
     lines, info = _read_lines(str(source))
     pool = paragraphs(lines, min_words)
-    if len(pool) < num_docs:
-        raise ITIError(f"--corpus {source}: only {len(pool)} paragraphs of >= {min_words} words, fewer than "
-                       f"--num-docs {num_docs}")
-    picked = np.random.default_rng(seed).choice(len(pool), size=num_docs, replace=False).tolist()
+    allowed = [i for i in range(len(pool)) if i not in exclude]
+    if len(allowed) < num_docs:
+        raise ITIError(f"--corpus {source}: only {len(allowed)} usable paragraphs of >= {min_words} words, fewer "
+                       f"than --num-docs {num_docs}")
+    picked = [allowed[i] for i in np.random.default_rng(seed).choice(len(allowed), size=num_docs, replace=False)]
     texts = [pool[i] for i in picked]
     if detokenized:
         texts = [detokenize(t) for t in texts]
@@ -214,10 +216,10 @@ def lm_eval_logits(lm) -> LogitsFn:
 
 
 def corpus_docs(tokenizer, corpus: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS,
-                num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = 0, detokenized: bool = True
-                ) -> tuple[list[list[int]], dict]:
+                num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = 0, detokenized: bool = True,
+                exclude: frozenset[int] = frozenset()) -> tuple[list[list[int]], dict]:
     """Token documents and a description of how they were made (recorded with every CE/KL number)."""
-    loaded = load_corpus(corpus, num_docs, seed, detokenized=detokenized)
+    loaded = load_corpus(corpus, num_docs, seed, detokenized=detokenized, exclude=exclude)
     docs = tokenize_docs(tokenizer, loaded.texts, num_tokens)
     info = dict(loaded.info, num_tokens=num_tokens, bos_added=bool(
         getattr(tokenizer, "bos_token_id", None) is not None and docs[0][0] == tokenizer.bos_token_id),
@@ -267,3 +269,97 @@ def write_side_effects(result: dict, out: str | os.PathLike) -> Path:
         raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
     write_json_atomic(target, result)
     return target
+
+
+# alpha by side-effect budget -----------------------------------------------------------------------------------------
+# The ITI paper's LLaMA-7B operating point (alpha 15, K 48) cost KL 0.17 nats/token: a budget of 0.2 allows about that.
+DEFAULT_KL_BUDGET = 0.2
+DEFAULT_ALPHA_GRID = (0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
+AUTO_NUM_DOCS = 32
+AUTO_SEED = 1
+# keep the base logits of every document when they fit in this many bytes (else recompute them per alpha)
+BASE_LOGITS_BYTES = 2 * 1024 ** 3
+
+
+def parse_alpha_option(text) -> float | str:
+    """A number, or the string 'auto' (alpha chosen by the KL budget)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return "auto"
+    from ..model import parse_alpha
+
+    value = parse_alpha(text)
+    if value is None:
+        raise ITIError("alpha: give a number or 'auto'")
+    return value
+
+
+@torch.no_grad()
+def alpha_for_kl_budget(model, tokenizer, directions, kl_budget: float = DEFAULT_KL_BUDGET,
+                        grid=DEFAULT_ALPHA_GRID, corpus: str = DEFAULT_CORPUS, num_docs: int = AUTO_NUM_DOCS,
+                        num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = AUTO_SEED, batch_size: int = 8,
+                        progress: bool = True, held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0)) -> dict:
+    """The largest alpha of ``grid`` whose KL(base || steered) stays within ``kl_budget`` (nats/token).
+
+    Alphas are tried in increasing order and the scan stops at the first one over budget (KL grows with alpha), so
+    the next grid value above the choice is over budget. KL is measured with every position edited on ``num_docs``
+    paragraphs (fewer if the corpus has fewer left) that are not in the side-effects sample ``held_out_from`` =
+    (num_docs, seed) the results report. Returns the choice and every measurement.
+    """
+    from tqdm.auto import tqdm
+
+    from ..intervene import Intervener
+
+    if not (kl_budget > 0):
+        raise ITIError(f"kl_budget {kl_budget} must be positive")
+    grid = sorted({float(a) for a in grid})
+    if not grid or grid[0] <= 0:
+        raise ITIError("alpha grid: give positive strengths")
+    reported = load_corpus(corpus, *held_out_from)
+    held_out = frozenset(reported.info["paragraph_indices"])
+    num_docs = min(num_docs, reported.info["paragraphs_available"] - len(held_out))
+    if num_docs < 1:
+        raise ITIError(f"alpha auto: corpus {corpus} has no paragraph left beside the {len(held_out)} of the "
+                       "side-effects sample")
+    docs, corpus_info = corpus_docs(tokenizer, corpus, num_docs, num_tokens, seed, exclude=held_out)
+    device = next(model.parameters()).device
+    batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    keep_base = sum(len(d) for d in docs) * vocab * 4 <= BASE_LOGITS_BYTES
+    base_cache: dict[int, torch.Tensor] = {}
+
+    def base_logits(i, ids):
+        if i in base_cache:
+            return base_cache[i]
+        logits = model(input_ids=ids).logits
+        if keep_base:
+            base_cache[i] = logits
+        return logits
+
+    measured, chosen = [], None
+    for alpha in tqdm(grid, desc=f"alpha auto (KL <= {kl_budget:g})", disable=not progress):
+        intervener = Intervener(model, directions, alpha)
+        steered_fn = hooked_logits(model, intervener.install())[1]
+        try:
+            kls = []
+            for i, batch in enumerate(batches):
+                width = max(len(d) for d in batch)
+                ids = torch.zeros(len(batch), width, dtype=torch.long)
+                for row, d in enumerate(batch):
+                    ids[row, :len(d)] = torch.tensor(d, dtype=torch.long)
+                lengths = torch.tensor([len(d) for d in batch])
+                ids, lengths = ids.to(device), lengths.to(device)
+                kls += doc_kl(base_logits(i, ids), steered_fn(ids), lengths).tolist()
+        finally:
+            intervener.remove()
+        kl = float(np.mean(kls))
+        measured.append({"alpha": alpha, "kl": kl})
+        if kl > kl_budget:
+            break
+        chosen = alpha
+    if chosen is None:
+        raise ITIError(f"alpha auto: even the smallest alpha {grid[0]:g} costs KL {measured[0]['kl']:.3g} > budget "
+                       f"{kl_budget:g} nats/token; raise the budget or use fewer heads")
+    return {"alpha": chosen, "kl_budget": kl_budget, "grid": grid, "measured": measured,
+            "rule": "largest grid alpha with KL(base||steered) <= budget, scanning upward until the first over budget",
+            "corpus": {k: v for k, v in corpus_info.items() if k != "paragraph_indices"},
+            "held_out_from": f"the side-effects sample ({held_out_from[0]} docs, seed {held_out_from[1]})"}

@@ -24,10 +24,11 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     return BASELINE_NAMES if names == ("all",) else names
 
 
-def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float = 15.0,
+def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float | str = 15.0,
              num_heads: int = 48, instruction: str = "default", baseline: bool = True,
-             baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last") -> dict:
+             baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last",
+             random_draws: int = 5) -> dict:
     variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, instruction=instruction,
                                  baseline=baseline, baselines=tuple(baselines), mc_positions=mc_positions,
-                                 gen_positions=gen_positions)
+                                 gen_positions=gen_positions, random_draws=random_draws)
     return Experiment(config, variants, out, kind="validate").run()
