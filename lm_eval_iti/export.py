@@ -18,6 +18,8 @@ from .artifact import Directions, file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
+EXPORT_FORMATS = ("steered",)  # lm-eval's own steered model (.pt)
+
 
 # W_o·shift needs W_o itself: a quantized weight (bitsandbytes uint8/int8, FP8 with separate scales) is not it
 EXACT_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
