@@ -14,6 +14,7 @@ The shift for head h of layer L at strength alpha is ``alpha * sigma * direction
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -146,6 +147,7 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
         raise _fail(src, "__metadata__.alpha", "is not finite")
     if not d.heads:
         raise _fail(src, "layers", "the file intervenes on no layer")
+    check_provenance(src, meta)
     if expect is not None:
         for name, have, want in (("num_layers", d.num_layers, expect.num_layers),
                                  ("num_heads", d.num_heads, expect.num_heads),
@@ -196,6 +198,50 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
         if hr.numel() and (hr[:, 0].min() < 0 or hr[:, 0].max() >= d.num_layers or hr[:, 1].min() < 0 or hr[:, 1].max() >= d.num_heads):
             raise _fail(src, "head_rank", "has (layer, head) pairs outside the model")
     return d
+
+
+def _int_field(src, meta: dict, key: str) -> int | None:
+    text = meta.get(key, "")
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise _fail(src, f"__metadata__.{key}", f"{text[:40]!r} is not an integer") from None
+
+
+def train_question_ids(d: Directions) -> list[str] | None:
+    """The question ids the directions were fitted on (None when the file does not record them)."""
+    raw = d.metadata.get("train_question_ids")
+    return None if raw is None else json.loads(raw)
+
+
+def check_provenance(src, meta: dict) -> None:
+    """The fit's provenance fields must be well formed and agree with each other (the leak guard relies on them)."""
+    num_folds, fold = _int_field(src, meta, "num_folds"), _int_field(src, meta, "fold")
+    _int_field(src, meta, "seed")
+    if (num_folds is None) != (fold is None):
+        raise _fail(src, "__metadata__.fold", "num_folds and fold must be both set or both empty")
+    if num_folds is not None and (num_folds < 2 or not 0 <= fold < num_folds):
+        raise _fail(src, "__metadata__.fold", f"fold={fold} with num_folds={num_folds} is not a valid fold")
+    if meta.get("contiguous_folds", "false") not in ("true", "false"):
+        raise _fail(src, "__metadata__.contiguous_folds", "must be 'true' or 'false'")
+    raw = meta.get("train_question_ids")
+    digest = meta.get("train_question_ids_sha256")
+    if raw is None:
+        if digest is not None:
+            raise _fail(src, "__metadata__.train_question_ids_sha256", "present without train_question_ids")
+        return
+    try:
+        ids = json.loads(raw)
+    except (ValueError, RecursionError):
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise _fail(src, "__metadata__.train_question_ids", "is not a JSON list of question id strings")
+    if len(set(ids)) != len(ids):
+        raise _fail(src, "__metadata__.train_question_ids", "repeats a question id")
+    if digest is not None and digest != hashlib.sha256(raw.encode("utf-8")).hexdigest():
+        raise _fail(src, "__metadata__.train_question_ids_sha256", "does not match train_question_ids (edited file?)")
 
 
 def save_directions(d: Directions, path: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ Positions edited (see ``intervene.py`` for the mechanism):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -81,6 +82,26 @@ def check_generation_mode(model, generation_kwargs: dict) -> None:
         raise ITIError(f"hf-iti cannot steer {mode or 'this'} decoding (assistant_model / prompt_lookup_num_tokens / "
                        "multi-token prediction verify several tokens in one forward); use greedy or sampling "
                        f"decoding (supported: {', '.join(SUPPORTED_GENERATION_MODES)})")
+
+
+def fit_split_info(d) -> dict:
+    """The fit's question split as recorded in the directions file (None where it does not say): with these the
+    results tell which questions the directions saw."""
+    meta = d.metadata
+
+    def number(key):
+        return int(meta[key]) if meta.get(key, "") != "" else None
+
+    ids = meta.get("train_question_ids")
+    digest = meta.get("train_question_ids_sha256")
+    if digest is None and ids is not None:
+        import hashlib
+
+        digest = hashlib.sha256(ids.encode("utf-8")).hexdigest()
+    return {"fold": number("fold"), "num_folds": number("num_folds"), "fold_seed": number("seed"),
+            "contiguous_folds": meta.get("contiguous_folds") == "true",
+            "train_question_ids_sha256": digest,
+            "num_train_questions": None if ids is None else len(json.loads(ids))}
 
 
 def _key(tokens) -> bytes:
@@ -220,6 +241,7 @@ class HFITI(HFLM):
             "method": d.metadata.get("method", ""),
             "fitted_model": d.metadata.get("model", ""),
             "site": d.metadata.get("site", ""),
+            **fit_split_info(d),
         }
 
     def get_model_info(self) -> dict:

@@ -11,6 +11,7 @@ testable without a model.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ OPTION_KEYS = {
     "contiguous_folds": "true: the reference's contiguous folds over mc_task.json order",
     "instruction": "default | informative | none",
     "primer": "qa (TruthfulQA's 6-shot QA primer, the default) | none (bare Q:/A:, e.g. for the truth world)",
+    "allow_fit_questions": "true: under hf-iti, score questions the directions were fitted on (default: refuse)",
 }
 
 
@@ -224,6 +226,78 @@ def _fold_fields(opts: TaskOptions) -> dict:
     return {"fold": opts.fold if opts.folded else -1, "num_folds": opts.num_folds if opts.folded else 0}
 
 
+# The leak guard ------------------------------------------------------------------------------------------------
+def _fit_mismatches(fit: dict, opts: TaskOptions, mc_rows: list[dict] | None) -> list[str]:
+    """Why the fit's folds and this task's folds may differ, from the directions file's provenance."""
+    causes = []
+    fit_folds, fit_fold = fit.get("num_folds", ""), fit.get("fold", "")
+    if fit.get("max_questions"):
+        causes.append(f"the fit used only the first {fit['max_questions']} questions (--max-questions), so its folds "
+                      "are not the full data's")
+    if fit_folds == "":
+        causes.append("the directions were fitted on every question (no --num-folds/--fold)")
+    elif not opts.folded:
+        causes.append(f"this run evaluates every question, the fit held out fold {fit_fold} of {fit_folds}")
+    else:
+        for name, theirs, ours in (("num_folds", fit_folds, opts.num_folds), ("fold", fit_fold, opts.fold),
+                                   ("seed", fit.get("seed", ""), opts.seed),
+                                   ("contiguous_folds", fit.get("contiguous_folds", "false"),
+                                    str(opts.contiguous_folds).lower())):
+            if str(theirs) != str(ours):
+                causes.append(f"{name} differs (fit {theirs}, this run {ours})")
+    if fit.get("dataset_sha256") and not fit.get("max_questions"):
+        from .fit import data_sha256
+
+        rows = mc_rows if mc_rows is not None else data.load_mc(opts.data_dir)
+        if data_sha256(rows) != fit["dataset_sha256"]:
+            causes.append(f"the data differ (fit on {fit.get('dataset', '?')}, this run {opts.data_dir})")
+    return causes
+
+
+def guard_fit_questions(docs: list[dict], metadata: dict, opts: TaskOptions, task: str,
+                        mc_rows: list[dict] | None = None) -> None:
+    """Under hf-iti (model args ``directions=FILE`` reach the task metadata), refuse to score any question the
+    directions were fitted on, unless ``allow_fit_questions=true``."""
+    path = metadata.get("directions")
+    if not path:
+        return
+    from .artifact import load_directions, train_question_ids
+
+    allow = _bool_option("allow_fit_questions", metadata.get("allow_fit_questions", False))
+    directions = load_directions(path)
+    fitted = train_question_ids(directions)
+    override = "or pass --metadata allow_fit_questions=true to score them anyway (recorded in the results)"
+    if fitted is None:
+        if allow:
+            log.warning("%s: %s records no train_question_ids; scoring without the leak check "
+                        "(allow_fit_questions=true)", task, path)
+            return
+        raise ITIError(f"{task}: {path} records no train_question_ids (not written by fit-directions), so hf-iti "
+                       f"cannot check that the evaluated questions were not used to fit it; refit with "
+                       f"fit-directions, {override}")
+    fitted_set = set(fitted)
+    leaked = sum(1 for doc in docs if doc["question_id"] in fitted_set)
+    if not leaked:
+        return
+    if allow:
+        log.warning("%s: %d of the %d evaluated questions were used to fit %s; scoring them anyway "
+                    "(allow_fit_questions=true)", task, leaked, len(docs), path)
+        return
+    fit = directions.metadata
+    causes = _fit_mismatches(fit, opts, mc_rows) or ["the fit's question split differs from this run's"]
+    if fit.get("max_questions"):
+        fix = "refit without --max-questions (or evaluate a data_dir holding only those questions)"
+    elif fit.get("num_folds"):
+        seed = f",seed={fit['seed']}" if fit.get("seed", "42") != "42" else ""
+        contiguous = ",contiguous_folds=true" if fit.get("contiguous_folds") == "true" else ""
+        fix = (f"evaluate with the fit's split (--metadata num_folds={fit['num_folds']},fold={fit['fold']}{seed}"
+               f"{contiguous} and data_dir of the fit's data)")
+    else:
+        fix = "refit on the training folds only (fit-directions --num-folds N --fold i) and evaluate fold i"
+    raise ITIError(f"{task}: {leaked} of the {len(docs)} evaluated questions were used to fit {path}: "
+                   f"{'; '.join(causes)}. Fix: {fix}, {override}")
+
+
 def _dataset(rows: list[dict], task: str):
     import datasets
 
@@ -253,6 +327,7 @@ def load_truthfulqa_mc(**metadata):
              "question_id": question_id(r["question"]), "instruction": opts.instruction, "primer": opts.primer,
              **_fold_fields(opts)}
             for r in _keep_fold(rows, membership, "truthfulqa_iti_mc")]
+    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_mc", rows)
     return _dataset(docs, "truthfulqa_iti_mc")
 
 
@@ -276,6 +351,7 @@ def load_truthfulqa_gen(**metadata):
                      "correct_answers": refs["correct_answers"], "incorrect_answers": refs["incorrect_answers"],
                      "category": str(r.get("category", "")), "question_id": question_id(r["question"]),
                      "instruction": opts.instruction, "primer": opts.primer, **_fold_fields(opts)})
+    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_gen")
     return _dataset(docs, "truthfulqa_iti_gen")
 
 
@@ -301,6 +377,7 @@ def load_truthfulqa_binary(**metadata):
                      "best_answer": r["best_answer"], "best_incorrect_answer": r["best_incorrect_answer"],
                      "category": r.get("category", ""), "question_id": question_id(r["question"]),
                      "instruction": opts.instruction, "seed": opts.seed, **_fold_fields(opts)})
+    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_binary")
     return _dataset(docs, "truthfulqa_iti_binary")
 
 
