@@ -6,9 +6,11 @@ Positions edited (see ``intervene.py`` for the mechanism):
   score the continuation; ``all``: every position; ``legacy``: from the second answer token on (what the reference's
   baukit code effectively did with the Llama tokenizer: answer tokens 1 and 2 are scored unedited).
   loglikelihood_rolling: every position.
-  generation, ``gen_positions=last`` (default, the original ITI convention): the last prompt position in the
-  prompt forward, then every generated token; ``generated``: generated tokens only; ``all``: every prompt
-  position and every generated token (what a baked bias does).
+  generation, ``gen_positions=last`` (default, the original ITI convention): the last prompt position, then every
+  generated token; ``generated``: generated tokens only; ``all``: every prompt position and every generated token
+  (what a baked bias does). Positions are absolute (the prompt may come in chunks); decoding that verifies several
+  candidate tokens per forward is refused.
+Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fitted on (``taskfns.guard_fit_questions``).
 """
 
 from __future__ import annotations
