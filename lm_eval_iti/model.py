@@ -81,9 +81,9 @@ def check_generation_mode(model, generation_kwargs: dict) -> None:
     config.update(**{k: v for k, v in generation_kwargs.items() if k not in ("generation_config", "assistant_model")})
     mode = str(getattr(config.get_generation_mode(generation_kwargs.get("assistant_model")), "value", ""))
     if mode not in SUPPORTED_GENERATION_MODES:
-        raise ITIError(f"hf-iti cannot steer {mode or 'this'} decoding (assistant_model / prompt_lookup_num_tokens / "
-                       "multi-token prediction verify several tokens in one forward); use greedy or sampling "
-                       f"decoding (supported: {', '.join(SUPPORTED_GENERATION_MODES)})")
+        raise ITIError(f"hf-iti cannot steer {mode or 'this'} decoding: it places edits by absolute position, one new "
+                       "token per step (assistant_model, prompt_lookup_num_tokens and multi-token prediction verify "
+                       f"several in one forward); supported: {', '.join(SUPPORTED_GENERATION_MODES)}")
 
 
 def fit_split_info(d) -> dict:

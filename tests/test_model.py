@@ -479,3 +479,17 @@ def test_prompt_lookup_through_generate_until_is_one_error(steered_answer):
                                                             "prompt_lookup_num_tokens": 2}), 0)]
     with pytest.raises(ITIError, match="cannot steer assisted_generation"):
         steered_answer.generate_until(reqs, disable_tqdm=True)
+
+
+def test_beam_search_edits_the_last_prompt_position_then_every_step(steered_answer):
+    layer = next(iter(steered_answer.intervener.vectors))
+    record, handles = _edit_spy(steered_answer, layer)
+    try:
+        steered_answer._model_generate(torch.randint(5, 200, (2, 5)), max_length=9, stop=["never-stop"],
+                                       do_sample=False, num_beams=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(record) >= 2
+    assert record[0] == [[False] * 4 + [True]] * 4  # 2 rows x 2 beams: the last prompt position only
+    assert all(all(all(row) for row in step) for step in record[1:])
