@@ -15,7 +15,6 @@ Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -94,11 +93,12 @@ def fit_split_info(d) -> dict:
     def number(key):
         return int(meta[key]) if meta.get(key, "") != "" else None
 
+    import hashlib
+    import json
+
     ids = meta.get("train_question_ids")
     digest = meta.get("train_question_ids_sha256")
     if digest is None and ids is not None:
-        import hashlib
-
         digest = hashlib.sha256(ids.encode("utf-8")).hexdigest()
     return {"fold": number("fold"), "num_folds": number("num_folds"), "fold_seed": number("seed"),
             "contiguous_folds": meta.get("contiguous_folds") == "true",
