@@ -11,6 +11,7 @@ testable without a model.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -226,7 +227,7 @@ def _fold_fields(opts: TaskOptions) -> dict:
 
 
 # The leak guard ------------------------------------------------------------------------------------------------
-def _fit_mismatches(fit: dict, opts: TaskOptions, mc_rows: list[dict] | None) -> list[str]:
+def _fit_mismatches(fit: dict, opts: TaskOptions) -> list[str]:
     """Why the fit's folds and this task's folds may differ, from the directions file's provenance."""
     causes = []
     fit_folds, fit_fold = fit.get("num_folds", ""), fit.get("fold", "")
@@ -248,7 +249,7 @@ def _fit_mismatches(fit: dict, opts: TaskOptions, mc_rows: list[dict] | None) ->
         from .fit import data_sha256
 
         try:
-            rows = mc_rows if mc_rows is not None else data.load_mc(opts.data_dir)
+            rows = data.load_mc(opts.data_dir)
         except ITIError:  # only a hint for the message: the leak itself is already established
             rows = None
         if rows is not None and data_sha256(rows) != fit["dataset_sha256"]:
@@ -256,15 +257,15 @@ def _fit_mismatches(fit: dict, opts: TaskOptions, mc_rows: list[dict] | None) ->
     return causes
 
 
-def guard_fit_questions(docs: list[dict], metadata: dict, opts: TaskOptions, task: str,
-                        mc_rows: list[dict] | None = None) -> None:
+def guard_fit_questions(question_ids: list[str], metadata: dict, task: str) -> None:
     """Under hf-iti (model args ``directions=FILE`` reach the task metadata), refuse to score any question the
-    directions were fitted on, unless ``allow_fit_questions=true``."""
+    directions were fitted on, unless ``allow_fit_questions=true``. ``question_ids``: those of the task's docs."""
     path = metadata.get("directions")
     if not path:
         return
     from .artifact import load_directions, train_question_ids
 
+    opts = parse_options(metadata)
     allow = _bool_option("allow_fit_questions", metadata.get("allow_fit_questions", False))
     directions = load_directions(path)
     fitted = train_question_ids(directions)
@@ -277,16 +278,16 @@ def guard_fit_questions(docs: list[dict], metadata: dict, opts: TaskOptions, tas
         raise ITIError(f"{task}: {path} records no train_question_ids (not written by fit-directions), so hf-iti "
                        f"cannot check that the evaluated questions were not used to fit it; refit with "
                        f"fit-directions, {override}")
-    fitted_set = set(fitted)
-    leaked = sum(1 for doc in docs if doc["question_id"] in fitted_set)
+    evaluated = set(question_ids)  # a question may have several docs (e.g. both answer orders)
+    leaked = len(evaluated & set(fitted))
     if not leaked:
         return
     if allow:
         log.warning("%s: %d of the %d evaluated questions were used to fit %s; scoring them anyway "
-                    "(allow_fit_questions=true)", task, leaked, len(docs), path)
+                    "(allow_fit_questions=true)", task, leaked, len(evaluated), path)
         return
     fit = directions.metadata
-    causes = _fit_mismatches(fit, opts, mc_rows) or ["the fit's question split differs from this run's"]
+    causes = _fit_mismatches(fit, opts) or ["the fit's question split differs from this run's"]
     if fit.get("max_questions"):
         fix = "refit without --max-questions (or evaluate a data_dir holding only those questions)"
     elif fit.get("num_folds"):
@@ -296,8 +297,22 @@ def guard_fit_questions(docs: list[dict], metadata: dict, opts: TaskOptions, tas
                f"{contiguous} and data_dir of the fit's data)")
     else:
         fix = "refit on the training folds only (fit-directions --num-folds N --fold i) and evaluate fold i"
-    raise ITIError(f"{task}: {leaked} of the {len(docs)} evaluated questions were used to fit {path}: "
+    raise ITIError(f"{task}: {leaked} of the {len(evaluated)} evaluated questions were used to fit {path}: "
                    f"{'; '.join(causes)}. Fix: {fix}, {override}")
+
+
+def leak_guarded(task: str):
+    """Decorator for a truthfulqa_iti custom_dataset loader: ``guard_fit_questions`` on the docs it returns."""
+    def wrap(loader):
+        @functools.wraps(loader)
+        def guarded(**metadata):
+            dataset = loader(**metadata)
+            guard_fit_questions(dataset["validation"]["question_id"], metadata, task)
+            return dataset
+
+        return guarded
+
+    return wrap
 
 
 def _dataset(rows: list[dict], task: str):
@@ -318,6 +333,7 @@ def _check_mc_row(row: dict, i: int, where: str) -> None:
             raise ITIError(f"{where} row {i} '{key}': no false answer (label 0)")
 
 
+@leak_guarded("truthfulqa_iti_mc")
 def load_truthfulqa_mc(**metadata):
     """MC1/MC2/MC3 docs: ``question``, ``mc1_targets``, ``mc2_targets`` in ``load_mc`` order, the fold's only."""
     opts = parse_options(metadata)
@@ -329,10 +345,10 @@ def load_truthfulqa_mc(**metadata):
              "question_id": question_id(r["question"]), "instruction": opts.instruction, "primer": opts.primer,
              **_fold_fields(opts)}
             for r in _keep_fold(rows, membership, "truthfulqa_iti_mc")]
-    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_mc", rows)
     return _dataset(docs, "truthfulqa_iti_mc")
 
 
+@leak_guarded("truthfulqa_iti_gen")
 def load_truthfulqa_gen(**metadata):
     """Generation docs in CSV order, references prepared exactly as lm-eval's truthfulqa_gen does."""
     from lm_eval.tasks.truthfulqa.utils import preprocess_function
@@ -353,7 +369,6 @@ def load_truthfulqa_gen(**metadata):
                      "correct_answers": refs["correct_answers"], "incorrect_answers": refs["incorrect_answers"],
                      "category": str(r.get("category", "")), "question_id": question_id(r["question"]),
                      "instruction": opts.instruction, "primer": opts.primer, **_fold_fields(opts)})
-    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_gen")
     return _dataset(docs, "truthfulqa_iti_gen")
 
 
@@ -364,6 +379,7 @@ def binary_true_position(question: str, seed: int) -> int:
     return int(digest, 16) & 1
 
 
+@leak_guarded("truthfulqa_iti_binary")
 def load_truthfulqa_binary(**metadata):
     """Binary docs: Best Answer vs Best Incorrect Answer (2025 release), order by ``binary_true_position``."""
     opts = parse_options(metadata)
@@ -379,7 +395,6 @@ def load_truthfulqa_binary(**metadata):
                      "best_answer": r["best_answer"], "best_incorrect_answer": r["best_incorrect_answer"],
                      "category": r.get("category", ""), "question_id": question_id(r["question"]),
                      "instruction": opts.instruction, "seed": opts.seed, **_fold_fields(opts)})
-    guard_fit_questions(docs, metadata, opts, "truthfulqa_iti_binary")
     return _dataset(docs, "truthfulqa_iti_binary")
 
 
