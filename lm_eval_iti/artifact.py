@@ -301,7 +301,8 @@ def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises several types for a corrupt header
         first = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
-        raise ITIError(one_line(f"{src}: not a readable safetensors directions file ({type(exc).__name__}: {first})")) from None
+        problem = f"not a readable safetensors directions file ({type(exc).__name__}: {first})"
+        raise ITIError(one_line(f"{src}: {problem}")) from None
     if meta.get("format") != FORMAT:
         raise _fail(src, "__metadata__.format", f"is {meta.get('format')!r}, expected {FORMAT!r}: not an lm-eval-iti directions file")
     for key in REQUIRED_METADATA:  # before Directions() fills in-memory defaults (alpha 15, site, method)

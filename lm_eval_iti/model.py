@@ -10,7 +10,8 @@ Positions edited (see ``intervene.py`` for the mechanism):
   generated token; ``generated``: generated tokens only; ``all``: every prompt position and every generated token
   (what a baked bias does). Positions are absolute (the prompt may come in chunks); decoding that verifies several
   candidate tokens per forward is refused.
-Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fitted on (``taskfns.guard_fit_questions``).
+Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fitted on
+(``taskfns.guard_fit_questions``).
 """
 
 from __future__ import annotations

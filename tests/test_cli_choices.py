@@ -68,7 +68,8 @@ def test_every_position_mode_has_a_table_label_and_validate_accepts_legacy():
     assert set(MC_POSITION_TEXT) == set(MC_POSITIONS) and set(GEN_POSITION_TEXT) == set(GEN_POSITIONS)
     for mc in MC_POSITIONS:
         for gen in GEN_POSITIONS:
-            assert MC_POSITION_TEXT[mc] in hooked_positions(mc, gen) and GEN_POSITION_TEXT[gen] in hooked_positions(mc, gen)
+            text = hooked_positions(mc, gen)
+            assert MC_POSITION_TEXT[mc] in text and GEN_POSITION_TEXT[gen] in text
     rows = validate_variants(mc_positions="legacy", baselines=("random-directions",))
     iti = [r for r in rows if r.kind == "hf-iti"]
     assert len(iti) == 2 and all(r.mc_positions == "legacy" and "second answer token" in r.positions for r in iti)

@@ -97,7 +97,8 @@ def header_oversized(rng):
 
 
 def header_not_an_object(rng):
-    body = rng.choice([b"[]", b"null", b"42", b'"text"', b"{", b"{}}", b"{\"a\": }", "{\"\u00e9\": 1}".encode("latin-1")])
+    body = rng.choice([b"[]", b"null", b"42", b'"text"', b"{", b"{}}", b'{"a": }',
+                       '{"\u00e9": 1}'.encode("latin-1")])
     return struct.pack("<Q", len(body)) + body, False
 
 
