@@ -14,6 +14,7 @@ The shift for head h of layer L at strength alpha is ``alpha * sigma * direction
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -30,7 +31,7 @@ FORMAT_VERSION = "1"
 SITE = "attn_out_proj_input"
 UNIT_NORM_TOLERANCE = 1e-3
 REQUIRED_METADATA = ("format", "format_version", "num_layers", "num_heads", "head_dim", "site", "alpha", "method")
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(heads|directions|sigma)$")
+_LAYER_KEY = re.compile(r"layers\.([0-9]+)\.(heads|directions|sigma)")  # used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+MAX_GEOMETRY = 1 << 20  # layers, heads or head_dim beyond this are not a model's: a corrupt or hostile file
+
+
+def one_line(text: str) -> str:
+    """Text from a file (names, metadata values) made safe for a one-line message: control characters escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
 def _fail(source, field_name, problem) -> ITIError:
-    return ITIError(f"{source}: field '{field_name}': {problem}")
+    return ITIError(one_line(f"{source}: field '{field_name}': {problem}"))
 
 
 def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
@@ -146,6 +155,7 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
         raise _fail(src, "__metadata__.alpha", "is not finite")
     if not d.heads:
         raise _fail(src, "layers", "the file intervenes on no layer")
+    check_provenance(src, meta)
     if expect is not None:
         for name, have, want in (("num_layers", d.num_layers, expect.num_layers),
                                  ("num_heads", d.num_heads, expect.num_heads),
@@ -168,6 +178,9 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
         k = heads.numel()
         if heads.dim() != 1 or heads.dtype != torch.int64:
             raise _fail(src, f"{base}.heads", f"must be int64 [k], got {heads.dtype} {list(heads.shape)}")
+        for part, tensor in (("directions", dirs), ("sigma", sig)):
+            if tensor.dtype != torch.float32:
+                raise _fail(src, f"{base}.{part}", f"must be float32, got {str(tensor.dtype).replace('torch.', '')}")
         if k == 0:
             raise _fail(src, f"{base}.heads", "is empty")
         if heads.min() < 0 or heads.max() >= d.num_heads:
@@ -187,15 +200,62 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
             raise _fail(src, f"{base}.directions", f"rows must have unit L2 norm (found {norms.min():.4g}..{norms.max():.4g})")
         if (sig <= 0).any():
             raise _fail(src, f"{base}.sigma", "must be > 0")
+    if d.probe_accuracy is not None and d.probe_accuracy.dtype != torch.float32:
+        raise _fail(src, "probe_accuracy", f"must be float32, got {str(d.probe_accuracy.dtype).replace('torch.', '')}")
     if d.probe_accuracy is not None and tuple(d.probe_accuracy.shape) != (d.num_layers, d.num_heads):
         raise _fail(src, "probe_accuracy", f"shape {list(d.probe_accuracy.shape)}, expected [{d.num_layers}, {d.num_heads}]")
     if d.head_rank is not None:
         hr = d.head_rank
-        if hr.dim() != 2 or hr.shape[1] != 2:
-            raise _fail(src, "head_rank", f"must be int64 [K, 2], got {list(hr.shape)}")
+        if hr.dim() != 2 or hr.shape[1] != 2 or hr.dtype != torch.int64:
+            raise _fail(src, "head_rank", f"must be int64 [K, 2], got {str(hr.dtype).replace('torch.', '')} "
+                        f"{list(hr.shape)}")
         if hr.numel() and (hr[:, 0].min() < 0 or hr[:, 0].max() >= d.num_layers or hr[:, 1].min() < 0 or hr[:, 1].max() >= d.num_heads):
             raise _fail(src, "head_rank", "has (layer, head) pairs outside the model")
     return d
+
+
+def _int_field(src, meta: dict, key: str) -> int | None:
+    text = meta.get(key, "")
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise _fail(src, f"__metadata__.{key}", f"{text[:40]!r} is not an integer") from None
+
+
+def train_question_ids(d: Directions) -> list[str] | None:
+    """The question ids the directions were fitted on (None when the file does not record them)."""
+    raw = d.metadata.get("train_question_ids")
+    return None if raw is None else json.loads(raw)
+
+
+def check_provenance(src, meta: dict) -> None:
+    """The fit's provenance fields must be well formed and agree with each other (the leak guard relies on them)."""
+    num_folds, fold = _int_field(src, meta, "num_folds"), _int_field(src, meta, "fold")
+    _int_field(src, meta, "seed")
+    if (num_folds is None) != (fold is None):
+        raise _fail(src, "__metadata__.fold", "num_folds and fold must be both set or both empty")
+    if num_folds is not None and (num_folds < 2 or not 0 <= fold < num_folds):
+        raise _fail(src, "__metadata__.fold", f"fold={fold} with num_folds={num_folds} is not a valid fold")
+    if meta.get("contiguous_folds", "false") not in ("true", "false"):
+        raise _fail(src, "__metadata__.contiguous_folds", "must be 'true' or 'false'")
+    raw = meta.get("train_question_ids")
+    digest = meta.get("train_question_ids_sha256")
+    if raw is None:
+        if digest is not None:
+            raise _fail(src, "__metadata__.train_question_ids_sha256", "present without train_question_ids")
+        return
+    try:
+        ids = json.loads(raw)
+    except (ValueError, RecursionError):
+        ids = None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise _fail(src, "__metadata__.train_question_ids", "is not a JSON list of question id strings")
+    if len(set(ids)) != len(ids):
+        raise _fail(src, "__metadata__.train_question_ids", "repeats a question id")
+    if digest is not None and digest != hashlib.sha256(raw.encode("utf-8")).hexdigest():
+        raise _fail(src, "__metadata__.train_question_ids_sha256", "does not match train_question_ids (edited file?)")
 
 
 def save_directions(d: Directions, path: str | os.PathLike) -> Path:
@@ -206,6 +266,11 @@ def save_directions(d: Directions, path: str | os.PathLike) -> Path:
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(d.num_layers),
                 num_heads=str(d.num_heads), head_dim=str(d.head_dim))
     d.metadata = meta
+    # the file stores float32: cast in-memory floats (e.g. float64 from numpy) before validating
+    d.directions = {layer: t.to(torch.float32) if t.is_floating_point() else t for layer, t in d.directions.items()}
+    d.sigma = {layer: t.to(torch.float32) if t.is_floating_point() else t for layer, t in d.sigma.items()}
+    if d.probe_accuracy is not None and d.probe_accuracy.is_floating_point():
+        d.probe_accuracy = d.probe_accuracy.to(torch.float32)
     validate(d)
     tensors: dict[str, torch.Tensor] = {}
     for layer in sorted(d.heads):
@@ -229,24 +294,33 @@ def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -
     p = Path(path)
     src = str(p)
     if not p.is_file():
-        raise ITIError(f"{src}: directions file not found")
+        raise ITIError(one_line(f"{src}: directions file not found"))
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises several types for a corrupt header
-        raise ITIError(f"{src}: not a readable safetensors directions file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        first = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
+        problem = f"not a readable safetensors directions file ({type(exc).__name__}: {first})"
+        raise ITIError(one_line(f"{src}: {problem}")) from None
     if meta.get("format") != FORMAT:
         raise _fail(src, "__metadata__.format", f"is {meta.get('format')!r}, expected {FORMAT!r}: not an lm-eval-iti directions file")
+    for key in REQUIRED_METADATA:  # before Directions() fills in-memory defaults (alpha 15, site, method)
+        if key not in meta:
+            raise _fail(src, f"__metadata__.{key}", "missing")
     ints = {}
     for key in ("num_layers", "num_heads", "head_dim"):
         try:
             ints[key] = int(meta[key])
         except (KeyError, ValueError):
             raise _fail(src, f"__metadata__.{key}", "missing or not an integer") from None
+        if not 1 <= ints[key] <= MAX_GEOMETRY:
+            raise _fail(src, f"__metadata__.{key}", f"{ints[key]} is not a plausible {key} (1..{MAX_GEOMETRY})")
     heads, dirs, sig = {}, {}, {}
     for key, tensor in tensors.items():
-        m = _LAYER_KEY.match(key)
+        m = _LAYER_KEY.fullmatch(key)
+        if m and str(int(m.group(1))) != m.group(1):
+            raise _fail(src, key, "layer number with leading zeros (it would alias another layer)")
         if m:
             {"heads": heads, "directions": dirs, "sigma": sig}[m.group(2)][int(m.group(1))] = tensor
         elif key not in ("probe_accuracy", "head_rank"):

@@ -18,12 +18,25 @@ from .artifact import Directions, file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
+EXPORT_FORMATS = ("steered",)  # lm-eval's own steered model (.pt)
+
+
+# W_o·shift needs W_o itself: a quantized weight (bitsandbytes uint8/int8, FP8 with separate scales) is not it
+EXACT_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def projected_shifts(model: nn.Module, directions: Directions, alpha: float) -> dict[int, torch.Tensor]:
     """Per intervened layer, W_o·(alpha·sigma·direction) in float32: a hidden-size vector."""
     projections = out_projections(model)
-    return {layer: project_shift(projections[layer], vec).cpu()
-            for layer, vec in directions.shift_vectors(alpha).items()}
+    shifts = directions.shift_vectors(alpha)
+    for layer in shifts:
+        dtype = projections[layer].weight.dtype
+        if dtype not in EXACT_WEIGHT_DTYPES:
+            raise ITIError(f"layer {layer}'s attention output projection ({type(projections[layer]).__name__}) holds "
+                           f"{str(dtype).replace('torch.', '')} weights (quantized), so W_o·shift cannot be computed "
+                           "from them; load the model unquantized (e.g. --dtype float32) to export or bake, or steer "
+                           "the quantized model with hf-iti")
+    return {layer: project_shift(projections[layer], vec).cpu() for layer, vec in shifts.items()}
 
 
 def steered_config(model: nn.Module, directions: Directions, alpha: float) -> dict:

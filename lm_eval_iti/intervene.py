@@ -4,16 +4,23 @@ Which positions are edited is a *plan*, set by the caller around each forward:
   ``None``   edit nothing (the default, e.g. lm-eval's batch-size probing calls);
   ``ALL``    every position;
   ``LAST``   only column -1 (with left padding: every row's last prompt token);
+  ``FromColumn(k)``: columns k and later;
   a bool tensor [B, T]: exactly the True positions.
-During ``generation(mode)`` the plan follows the call phase, counted by a pre-hook on the whole model (not guessed
-from the sequence length, so a length-1 prompt is still a prefill): the first forward is the prompt,
-every later one a decode step, whose new tokens are always edited.
+During ``generation(mode, prompt_length)`` the plan follows absolute positions: a pre-hook on the whole model counts
+the tokens each forward feeds (so a length-1 prompt is still a prompt, and a prompt fed in several chunks by
+``prefill_chunk_size`` is edited as if in one), and each forward edits its columns whose absolute position is at or
+after the mode's first edited position (``last``: prompt_length-1, ``generated``: prompt_length, ``all``: 0). A
+forward that feeds several tokens after the prompt (assisted or prompt-lookup decoding verifying candidates) cannot
+be placed this way and raises.
+
+Shift vectors are kept in float32 and cast to the activation's dtype at the add: the projection weight's dtype is
+no guide (bitsandbytes stores uint8/int8, FP8 layers float8).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Union
+from typing import Iterator, NamedTuple, Union
 
 import torch
 from torch import nn
@@ -24,12 +31,22 @@ from .errors import ITIError
 
 ALL = "all"
 LAST = "last"
-Plan = Union[None, str, torch.Tensor]
+
+
+class FromColumn(NamedTuple):
+    """Plan: every column from ``column`` on (0 <= column < T)."""
+
+    column: int
+
+
+Plan = Union[None, str, FromColumn, torch.Tensor]
 
 MC_POSITIONS = ("answer", "all", "legacy")
 # legacy: the reference baukit code edited from len(prompt)+4, i.e. (Llama tokenizer) from the second answer token
 GEN_POSITIONS = ("last", "generated", "all")
-_PREFILL_PLAN = {"last": LAST, "generated": None, "all": ALL}
+# the first edited absolute position during generation, relative to the prompt length P
+_FIRST_EDITED = {"last": lambda p: p - 1, "generated": lambda p: p, "all": lambda p: 0}
+_OWNER_ATTRIBUTE = "_lm_eval_iti_intervener"
 
 
 def add_at_positions(x: torch.Tensor, vector: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -38,6 +55,10 @@ def add_at_positions(x: torch.Tensor, vector: torch.Tensor, plan: Plan) -> torch
         return x
     if vector.dtype != x.dtype or vector.device != x.device:
         vector = vector.to(device=x.device, dtype=x.dtype)
+    if isinstance(plan, FromColumn):
+        x = x.clone()
+        x[:, plan.column:] = x[:, plan.column:] + vector
+        return x
     if isinstance(plan, str):
         if plan == ALL:
             return x + vector
@@ -63,40 +84,72 @@ class Intervener:
         self.vectors: dict[int, torch.Tensor] = {}
         if self.alpha != 0.0:
             for layer, vec in directions.shift_vectors(self.alpha).items():
-                weight = projections[layer].weight
-                # each vector lives on its own module's device and dtype (device_map across GPUs)
-                self.vectors[layer] = vec.to(device=weight.device, dtype=weight.dtype)
+                # each vector lives on its own module's device (device_map across GPUs), in float32: it is cast to
+                # the activation dtype at the add (a quantized weight's uint8/int8/float8 dtype would wreck it)
+                device = projections[layer].weight.device
+                self.vectors[layer] = vec.to(device=device, dtype=torch.float32)
         self._projections = projections
         self._handles: list = []
         self.plan: Plan = None
         self._gen_mode: str | None = None
-        self._forward_index = 0
+        self._prompt_length: int | None = None
+        self._consumed = 0  # tokens fed to the model so far inside generation()
+        self._window = (0, 0)  # (absolute start, width) of the current forward inside generation()
 
     # hooks -------------------------------------------------------------------------------------------------
     def install(self) -> "Intervener":
+        """Add the hooks. A model holds at most one installed intervener: hooks must never stack silently."""
         if self._handles:
             return self
+        if not self.vectors:
+            return self  # alpha 0: no hook, nothing that could stack
+        owner = getattr(self.model, _OWNER_ATTRIBUTE, None)
+        if owner is not None and owner is not self:
+            raise ITIError(f"{type(self.model).__name__} already has an ITI intervention installed "
+                           f"({owner.directions.source}, alpha={owner.alpha:g}); remove it first "
+                           "(intervener.remove()) or load a fresh model: two would add both shifts")
         for layer, vec in self.vectors.items():
             self._handles.append(self._projections[layer].register_forward_pre_hook(self._make_hook(vec)))
-        if self.vectors:
-            self._handles.append(self.model.register_forward_pre_hook(self._count_forward))
+        self._handles.append(self.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True))
+        object.__setattr__(self.model, _OWNER_ATTRIBUTE, self)  # a plain attribute, not a submodule
         return self
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if getattr(self.model, _OWNER_ATTRIBUTE, None) is self:
+            object.__delattr__(self.model, _OWNER_ATTRIBUTE)
 
-    def _count_forward(self, module, args):
-        if self._gen_mode is not None:
-            self._forward_index += 1
+    def _count_tokens(self, module, args, kwargs):
+        if self._gen_mode is None:
+            return None
+        fed = kwargs.get("input_ids")
+        if fed is None:
+            fed = args[0] if args else kwargs.get("inputs_embeds")
+        width = int(fed.shape[1])
+        start = self._consumed
+        if self._prompt_length is None:  # caller did not say: the first forward is the whole prompt
+            self._prompt_length = width
+        prompt = self._prompt_length
+        if (start < prompt < start + width) or (start >= prompt and width != 1):
+            raise ITIError(f"generation fed {width} tokens at once at position {start} of a {prompt}-token prompt: "
+                           "hf-iti edits by absolute position and supports one new token per step after the prompt "
+                           "(not assisted, prompt-lookup or speculative decoding)")
+        self._consumed = start + width
+        self._window = (start, width)
+        return None
 
     def current_plan(self) -> Plan:
         if self._gen_mode is None:
             return self.plan
-        if self._forward_index <= 1:
-            return _PREFILL_PLAN[self._gen_mode]
-        return ALL
+        start, width = self._window
+        first = _FIRST_EDITED[self._gen_mode](self._prompt_length or 0)
+        if start >= first:
+            return ALL
+        if start + width <= first:
+            return None
+        return FromColumn(first - start)
 
     def _make_hook(self, vector: torch.Tensor):
         def hook(module, args):
@@ -117,15 +170,17 @@ class Intervener:
             self.plan = previous
 
     @contextlib.contextmanager
-    def generation(self, mode: str) -> Iterator[None]:
+    def generation(self, mode: str, prompt_length: int | None = None) -> Iterator[None]:
+        """Edit one ``generate`` call by absolute position; ``prompt_length``: the (padded) prompt width, else the
+        width of the first forward."""
         if mode not in GEN_POSITIONS:
             raise ITIError(f"gen_positions={mode!r} is not one of {', '.join(GEN_POSITIONS)}")
-        previous = (self._gen_mode, self._forward_index)
-        self._gen_mode, self._forward_index = mode, 0
+        previous = (self._gen_mode, self._prompt_length, self._consumed, self._window)
+        self._gen_mode, self._prompt_length, self._consumed, self._window = mode, prompt_length, 0, (0, 0)
         try:
             yield
         finally:
-            self._gen_mode, self._forward_index = previous
+            self._gen_mode, self._prompt_length, self._consumed, self._window = previous
 
 
 def answer_mask(inplens: list[int], contlens: list[int], width: int, device=None, skip: int = 0) -> torch.Tensor:

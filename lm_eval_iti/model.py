@@ -6,9 +6,12 @@ Positions edited (see ``intervene.py`` for the mechanism):
   score the continuation; ``all``: every position; ``legacy``: from the second answer token on (what the reference's
   baukit code effectively did with the Llama tokenizer: answer tokens 1 and 2 are scored unedited).
   loglikelihood_rolling: every position.
-  generation, ``gen_positions=last`` (default, the original ITI convention): the last prompt position in the
-  prompt forward, then every generated token; ``generated``: generated tokens only; ``all``: every prompt
-  position and every generated token (what a baked bias does).
+  generation, ``gen_positions=last`` (default, the original ITI convention): the last prompt position, then every
+  generated token; ``generated``: generated tokens only; ``all``: every prompt position and every generated token
+  (what a baked bias does). Positions are absolute (the prompt may come in chunks); decoding that verifies several
+  candidate tokens per forward is refused.
+Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fitted on
+(``taskfns.guard_fit_questions``).
 """
 
 from __future__ import annotations
@@ -83,8 +86,58 @@ def check_options(directions, mc_positions: str, gen_positions: str) -> None:
         raise ITIError(f"gen_positions={gen_positions!r} is not one of {', '.join(GEN_POSITIONS)}")
 
 
+# Decoding strategies whose forwards are the prompt (whole or in prefill_chunk_size chunks), then one new token per
+# row per step: the only ones hf-iti can place edits in by absolute position.
+SUPPORTED_GENERATION_MODES = ("greedy_search", "sample", "beam_search", "beam_sample")
+
+
+def check_generation_mode(model, generation_kwargs: dict) -> None:
+    """Refuse decoding strategies that feed candidate tokens in one forward (assisted, prompt lookup, MTP) or that
+    run custom code, before anything is generated."""
+    import copy
+
+    if generation_kwargs.get("custom_generate") is not None:
+        raise ITIError("hf-iti cannot steer custom_generate decoding (its forwards are unknown); drop custom_generate")
+    config = copy.deepcopy(generation_kwargs.get("generation_config") or model.generation_config)
+    config.update(**{k: v for k, v in generation_kwargs.items() if k not in ("generation_config", "assistant_model")})
+    mode = str(getattr(config.get_generation_mode(generation_kwargs.get("assistant_model")), "value", ""))
+    if mode not in SUPPORTED_GENERATION_MODES:
+        raise ITIError(f"hf-iti cannot steer {mode or 'this'} decoding: it places edits by absolute position, one new "
+                       "token per step (assistant_model, prompt_lookup_num_tokens and multi-token prediction verify "
+                       f"several in one forward); supported: {', '.join(SUPPORTED_GENERATION_MODES)}")
+
+
+def fit_split_info(d) -> dict:
+    """The fit's question split as recorded in the directions file (None where it does not say): with these the
+    results tell which questions the directions saw."""
+    meta = d.metadata
+
+    def number(key):
+        return int(meta[key]) if meta.get(key, "") != "" else None
+
+    import hashlib
+    import json
+
+    ids = meta.get("train_question_ids")
+    digest = meta.get("train_question_ids_sha256")
+    if digest is None and ids is not None:
+        digest = hashlib.sha256(ids.encode("utf-8")).hexdigest()
+    return {"fold": number("fold"), "num_folds": number("num_folds"), "fold_seed": number("seed"),
+            "contiguous_folds": meta.get("contiguous_folds") == "true",
+            "train_question_ids_sha256": digest,
+            "num_train_questions": None if ids is None else len(json.loads(ids))}
+
+
 def _key(tokens) -> bytes:
     return torch.as_tensor(tokens, dtype=torch.int64).numpy().tobytes()
+
+
+def _strip_zeros(tokens: list[int]) -> list[int]:
+    """Without trailing zeros: lm-eval's right padding, and any real trailing tokens of id 0."""
+    last = len(tokens)
+    while last > 0 and tokens[last - 1] == 0:
+        last -= 1
+    return tokens[:last]
 
 
 @register_model("hf-iti")
@@ -109,7 +162,8 @@ class HFITI(HFLM):
         self.mc_positions = mc_positions
         self.gen_positions = gen_positions
         self.intervener = Intervener(self.model, self.directions, self.alpha).install()
-        self._answer_lengths: dict[bytes, int] | None = None
+        # during a scoring round: stripped input key -> (full input key, inplen, contlen)
+        self._answer_lengths: dict[bytes, tuple[bytes, int, int]] | None = None
         self._edit_all = False
 
     # log-likelihood ------------------------------------------------------------------------------------------
@@ -123,22 +177,26 @@ class HFITI(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         if self._edit_all or self.mc_positions == "all" or not self.intervener.vectors:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        # The model input of a request is (ctx+cont)[-(max_length+1):][:-1]; map it to len(cont). Two requests with
-        # the same input but another split would need different edits on identical rows, so they go to separate
-        # rounds (normally there is one round).
-        rounds: list[tuple[list[int], dict[bytes, int]]] = []
+        # The model input of a request is (ctx+cont)[-(max_length+1):][:-1]; lm-eval right-pads it with zeros, so a
+        # batch row is found by its input with trailing zeros stripped. Requests go to separate rounds (normally there
+        # is one) when they would be ambiguous within one: the same input split differently (identical rows needing
+        # different edits), or inputs that differ only in trailing zeros (token id 0 is a real token in GPT-2,
+        # Llama-3, Qwen: ctx+[5] and ctx+[5, 0] are the same row once padded).
+        rounds: list[tuple[list[int], dict[bytes, tuple[bytes, int, int]]]] = []
         for i, (_, ctx, cont) in enumerate(requests):
-            key = _key((ctx + cont)[-(self.max_length + 1):][:-1])
-            for indices, lengths in rounds:
-                if lengths.get(key, len(cont)) == len(cont):
-                    lengths[key] = len(cont)
+            tokens = (ctx + cont)[-(self.max_length + 1):][:-1]
+            full, stripped = _key(tokens), _key(_strip_zeros(tokens))
+            span = (full, len(tokens), len(cont))
+            for indices, spans in rounds:
+                if spans.get(stripped, span) == span:
+                    spans[stripped] = span
                     indices.append(i)
                     break
             else:
-                rounds.append(([i], {key: len(cont)}))
+                rounds.append(([i], {stripped: span}))
         results: list = [None] * len(requests)
-        for indices, lengths in rounds:
-            self._answer_lengths = lengths
+        for indices, spans in rounds:
+            self._answer_lengths = spans
             try:
                 out = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=disable_tqdm,
                                                     override_bs=override_bs)
@@ -149,23 +207,19 @@ class HFITI(HFLM):
         return results
 
     def _row_spans(self, inps: torch.Tensor) -> tuple[list[int], list[int]] | None:
-        """(inplen, contlen) per row from the lookup; None if any row is not a known request (e.g. batch probing)."""
-        lengths = self._answer_lengths
-        if not lengths:
+        """(inplen, contlen) per row; None outside a scoring round (batch-size probing). A row that is not one of
+        the round's requests raises: scoring it unedited would be a silent wrong number."""
+        spans = self._answer_lengths
+        if spans is None:
             return None
         inplens, contlens = [], []
         for row in inps.tolist():
-            last = len(row)
-            while last > 0 and row[last - 1] == 0:
-                last -= 1
-            for length in range(max(last, 1), len(row) + 1):  # a real last token may be id 0 (the pad id)
-                contlen = lengths.get(_key(row[:length]))
-                if contlen is not None:
-                    break
-            else:
-                return None
-            inplens.append(length)
-            contlens.append(contlen)
+            found = spans.get(_key(_strip_zeros(row)))
+            if found is None or _key(row[:found[1]]) != found[0]:
+                raise ITIError("hf-iti: a batch row matches none of lm-eval's requests, so its answer positions are "
+                               "unknown; refusing to score it unedited (report this with your lm-eval version)")
+            inplens.append(found[1])
+            contlens.append(found[2])
         return inplens, contlens
 
     def _model_call(self, inps, attn_mask=None, labels=None):
@@ -191,7 +245,12 @@ class HFITI(HFLM):
 
     # generation ----------------------------------------------------------------------------------------------
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        with self.intervener.generation(self.gen_positions):
+        if not self.intervener.vectors:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        check_generation_mode(self.model, generation_kwargs)
+        # the hooks read Python state per forward: compiled decoding (static caches on GPU) would freeze it
+        generation_kwargs["disable_compile"] = True
+        with self.intervener.generation(self.gen_positions, prompt_length=int(context.shape[1])):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
     # provenance ----------------------------------------------------------------------------------------------
@@ -211,6 +270,7 @@ class HFITI(HFLM):
             "fitted_model_identity": d.metadata.get("model_identity", ""),
             "model_identity": self.model_identity or "",
             "site": d.metadata.get("site", ""),
+            **fit_split_info(d),
         }
 
     def get_model_info(self) -> dict:

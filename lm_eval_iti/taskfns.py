@@ -11,6 +11,7 @@ testable without a model.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ OPTION_KEYS = {
     "contiguous_folds": "true: the reference's contiguous folds over mc_task.json order",
     "instruction": "default | informative | none (default: default for MC/gen, none for binary and transfer)",
     "primer": "qa (TruthfulQA's 6-shot QA primer, the default) | none (bare Q:/A:, e.g. for the truth world)",
+    "allow_fit_questions": "true: under hf-iti, score questions the directions were fitted on (default: refuse)",
 }
 
 
@@ -224,6 +226,95 @@ def _fold_fields(opts: TaskOptions) -> dict:
     return {"fold": opts.fold if opts.folded else -1, "num_folds": opts.num_folds if opts.folded else 0}
 
 
+# The leak guard ------------------------------------------------------------------------------------------------
+def _fit_mismatches(fit: dict, opts: TaskOptions) -> list[str]:
+    """Why the fit's folds and this task's folds may differ, from the directions file's provenance."""
+    causes = []
+    fit_folds, fit_fold = fit.get("num_folds", ""), fit.get("fold", "")
+    if fit.get("max_questions"):
+        causes.append(f"the fit used only the first {fit['max_questions']} questions (--max-questions), so its folds "
+                      "are not the full data's")
+    if fit_folds == "":
+        causes.append("the directions were fitted on every question (no --num-folds/--fold)")
+    elif not opts.folded:
+        causes.append(f"this run evaluates every question, the fit held out fold {fit_fold} of {fit_folds}")
+    else:
+        for name, theirs, ours in (("num_folds", fit_folds, opts.num_folds), ("fold", fit_fold, opts.fold),
+                                   ("seed", fit.get("seed", ""), opts.seed),
+                                   ("contiguous_folds", fit.get("contiguous_folds", "false"),
+                                    str(opts.contiguous_folds).lower())):
+            if str(theirs) != str(ours):
+                causes.append(f"{name} differs (fit {theirs}, this run {ours})")
+    if fit.get("dataset_sha256") and not fit.get("max_questions"):
+        from .fit import data_sha256
+
+        try:
+            rows = data.load_mc(opts.data_dir)
+        except ITIError:  # only a hint for the message: the leak itself is already established
+            rows = None
+        if rows is not None and data_sha256(rows) != fit["dataset_sha256"]:
+            causes.append(f"the data differ (fit on {fit.get('dataset', '?')}, this run {opts.data_dir})")
+    return causes
+
+
+def guard_fit_questions(question_ids: list[str], metadata: dict, task: str) -> None:
+    """Under hf-iti (model args ``directions=FILE`` reach the task metadata), refuse to score any question the
+    directions were fitted on, unless ``allow_fit_questions=true``. ``question_ids``: those of the task's docs."""
+    path = metadata.get("directions")
+    if not path:
+        return
+    from .artifact import load_directions, train_question_ids
+
+    opts = parse_options(metadata)
+    allow = _bool_option("allow_fit_questions", metadata.get("allow_fit_questions", False))
+    directions = load_directions(path)
+    fitted = train_question_ids(directions)
+    override = "or pass --metadata allow_fit_questions=true to score them anyway (recorded in the results)"
+    if fitted is None:
+        if allow:
+            log.warning("%s: %s records no train_question_ids; scoring without the leak check "
+                        "(allow_fit_questions=true)", task, path)
+            return
+        raise ITIError(f"{task}: {path} records no train_question_ids (not written by fit-directions), so hf-iti "
+                       f"cannot check that the evaluated questions were not used to fit it; refit with "
+                       f"fit-directions, {override}")
+    evaluated = set(question_ids)  # a question may have several docs (e.g. both answer orders)
+    leaked = len(evaluated & set(fitted))
+    if not leaked:
+        return
+    if allow:
+        log.warning("%s: %d of the %d evaluated questions were used to fit %s; scoring them anyway "
+                    "(allow_fit_questions=true)", task, leaked, len(evaluated), path)
+        return
+    fit = directions.metadata
+    causes = _fit_mismatches(fit, opts) or ["the fit's question split differs from this run's"]
+    if fit.get("max_questions"):
+        fix = "refit without --max-questions (or evaluate a data_dir holding only those questions)"
+    elif fit.get("num_folds"):
+        seed = f",seed={fit['seed']}" if fit.get("seed", "42") != "42" else ""
+        contiguous = ",contiguous_folds=true" if fit.get("contiguous_folds") == "true" else ""
+        fix = (f"evaluate with the fit's split (--metadata num_folds={fit['num_folds']},fold={fit['fold']}{seed}"
+               f"{contiguous} and data_dir of the fit's data)")
+    else:
+        fix = "refit on the training folds only (fit-directions --num-folds N --fold i) and evaluate fold i"
+    raise ITIError(f"{task}: {leaked} of the {len(evaluated)} evaluated questions were used to fit {path}: "
+                   f"{'; '.join(causes)}. Fix: {fix}, {override}")
+
+
+def leak_guarded(task: str):
+    """Decorator for a truthfulqa_iti custom_dataset loader: ``guard_fit_questions`` on the docs it returns."""
+    def wrap(loader):
+        @functools.wraps(loader)
+        def guarded(**metadata):
+            dataset = loader(**metadata)
+            guard_fit_questions(dataset["validation"]["question_id"], metadata, task)
+            return dataset
+
+        return guarded
+
+    return wrap
+
+
 def _dataset(rows: list[dict], task: str):
     import datasets
 
@@ -242,6 +333,7 @@ def _check_mc_row(row: dict, i: int, where: str) -> None:
             raise ITIError(f"{where} row {i} '{key}': no false answer (label 0)")
 
 
+@leak_guarded("truthfulqa_iti_mc")
 def load_truthfulqa_mc(**metadata):
     """MC1/MC2/MC3 docs: ``question``, ``mc1_targets``, ``mc2_targets`` in ``load_mc`` order, the fold's only."""
     opts = parse_options(metadata)
@@ -256,6 +348,7 @@ def load_truthfulqa_mc(**metadata):
     return _dataset(docs, "truthfulqa_iti_mc")
 
 
+@leak_guarded("truthfulqa_iti_gen")
 def load_truthfulqa_gen(**metadata):
     """Generation docs in CSV order, references prepared exactly as lm-eval's truthfulqa_gen does."""
     from lm_eval.tasks.truthfulqa.utils import preprocess_function
@@ -282,6 +375,7 @@ def load_truthfulqa_gen(**metadata):
 BINARY_ORDERS = ("true_first", "true_second")
 
 
+@leak_guarded("truthfulqa_iti_binary")
 def load_truthfulqa_binary(**metadata):
     """Binary docs: Best Answer vs Best Incorrect Answer (2025 release), each question twice: the true answer as
     (A), then as (B). ``acc`` is thus the mean over both orders and ``acc_both`` the share right in both."""

@@ -95,3 +95,18 @@ def test_cli_export_and_bake(tiny_model_dir, tiny_directions_file, tmp_path, cap
               "--out", str(tmp_path / "baked")])
     assert exit_info.value.code == 2
     assert "output folder exists and is not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+def test_export_and_bake_refuse_integer_projection_weights_with_one_line(tmp_path, dtype):
+    from test_intervene import quantized_tiny_llama
+
+    model = quantized_tiny_llama(dtype)
+    directions = random_directions(model, num_heads=4, seed=3, alpha=5.0)
+    name = str(dtype).replace("torch.", "")
+    with pytest.raises(ITIError, match=f"holds {name} weights \\(quantized\\)") as err:
+        export_steered(model, directions, 5.0, tmp_path / "steer.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ITIError, match=f"holds {name} weights \\(quantized\\)"):
+        bake(model, directions, 5.0, tmp_path / "baked")
+    assert list(tmp_path.iterdir()) == []

@@ -171,14 +171,25 @@ def test_generation_matches_an_independent_hook(tiny_model_dir, tiny_directions_
     assert ours == expected
 
 
+GENERATION_SETTINGS = {  # transformers generate() settings whose forwards differ from "one prompt forward, then steps"
+    "default": {},
+    "prefill_chunk_size": {"prefill_chunk_size": 2},  # the prompt in several forwards
+    "static cache": {"cache_implementation": "static"},
+    "chunked static cache": {"cache_implementation": "static", "prefill_chunk_size": 3},
+}
+
+
+@pytest.mark.parametrize("setting", sorted(GENERATION_SETTINGS))
 @pytest.mark.parametrize("mode", ["last", "generated", "all"])
-def test_generation_logits_match_an_independent_hook_per_step(tiny_model_dir, tiny_directions_file, plain, mode):
-    """Left-padded batched KV-cache decoding vs full recomputation, logits compared at every step."""
+def test_generation_logits_match_an_independent_hook_per_step(tiny_model_dir, tiny_directions_file, plain, mode,
+                                                              setting):
+    """Left-padded batched KV-cache decoding vs full recomputation, logits compared at every step, for every
+    supported way transformers feeds the prompt (whole, in chunks, into a static cache)."""
     model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), gen_positions=mode, alpha=6)
     ids, mask = model.tok_batch_encode(PROMPTS, padding_side="left")
     steps = 6
     out = model._model_generate(ids, max_length=ids.shape[1] + steps, stop=[], attention_mask=mask, do_sample=False,
-                                output_logits=True, return_dict_in_generate=True)
+                                output_logits=True, return_dict_in_generate=True, **GENERATION_SETTINGS[setting])
     hf_model, tok = plain
     hook = ReferenceHook(hf_model, reference_vectors(tiny_directions_file, 6.0))
     try:
@@ -331,3 +342,154 @@ def test_bad_options_fail_before_loading(tiny_model_dir, tiny_directions_file, k
     args = {"directions": str(tiny_directions_file), **kwargs}
     with pytest.raises(ITIError, match=message):
         HFITI(pretrained="/model/never/loaded", device="cpu", **args)
+
+
+# ---- token id 0 as a real token, misses, and generation modes ----
+
+@pytest.fixture(scope="module")
+def bang_zero_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama with a word-level vocabulary whose id 0 is the real token "!" (as in GPT-2, Llama-3, Qwen)."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("bang_zero")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, folder / name)
+    words = ["!", "<s>", "</s>", "<unk>", "Q:", "A:", "the", "sky", "is", "blue", "green", "very", "yes", "no", "."]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+    fast.save_pretrained(str(folder))
+    assert fast.convert_tokens_to_ids("!") == 0
+    return folder
+
+
+def test_a_real_token_id_0_does_not_borrow_another_requests_span(bang_zero_dir, tiny_directions_file):
+    """A: input ctx+[blue], B: input ctx+[blue, !] with 3 answer tokens; once right-padded with zeros the rows are
+    alike. Each must get its own answer positions (checked against an independent hook at batch size 1)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    requests = [("Q: the sky is", " blue ."), ("Q: the sky is", " blue ! yes"), ("Q: the sky is", " blue ! !"),
+                ("Q: the sky", " is blue"), ("Q: the sky is", " green")]
+    tok = AutoTokenizer.from_pretrained(str(bang_zero_dir))
+    assert tok(" blue ! yes", add_special_tokens=False).input_ids[1] == 0
+    model = lm(HFITI, bang_zero_dir, directions=str(tiny_directions_file))
+    ours = ll(model, requests)
+    plain_model = AutoModelForCausalLM.from_pretrained(str(bang_zero_dir)).eval()
+    expected = reference_loglikelihood(plain_model, tok, requests, reference_vectors(tiny_directions_file, 3.0),
+                                       "answer")
+    assert ours == pytest.approx(expected, abs=1e-5)
+
+
+def test_rows_that_differ_only_in_trailing_zeros_go_to_separate_rounds(steered_answer, plain, tiny_directions_file):
+    ctx = [20, 21, 22]
+    requests = [(("a", "b"), ctx, [5, 7]), (("c", "d"), ctx, [5, 0, 9]), (("e", "f"), ctx, [5, 0, 0, 9])]
+    calls = []
+    original = HFLM._loglikelihood_tokens
+
+    def spy(self, reqs, **kw):
+        calls.append(len(reqs))
+        return original(self, reqs, **kw)
+
+    HFLM._loglikelihood_tokens = spy
+    try:
+        ours = [r[0] for r in steered_answer._loglikelihood_tokens(requests, disable_tqdm=True)]
+    finally:
+        HFLM._loglikelihood_tokens = original
+    assert calls == [1, 1, 1]
+    model, _ = plain
+    hook = ReferenceHook(model, reference_vectors(tiny_directions_file, 3.0))
+    expected = []
+    try:
+        for (_, c, cont) in requests:
+            hook.positions = set(range(len(c) - 1, len(c) + len(cont) - 1))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([(c + cont)[:-1]])).logits[0], -1)
+            expected.append(sum(float(logp[len(c) - 1 + i, t]) for i, t in enumerate(cont)))
+    finally:
+        hook.remove()
+    assert ours == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_row_missing_from_the_lookup_raises_instead_of_scoring_unedited(steered_answer):
+    known = [20, 21, 22]
+    from lm_eval_iti.model import _key
+
+    steered_answer._answer_lengths = {_key(known): (_key(known), 3, 1)}
+    try:
+        steered_answer._model_call(torch.tensor([known + [0]]))  # a known row, padded: edited, no error
+        with pytest.raises(ITIError, match="matches none of lm-eval's requests"):
+            steered_answer._model_call(torch.tensor([known + [0], [20, 21, 23, 24]]))
+    finally:
+        steered_answer._answer_lengths = None
+
+
+def test_auto_batch_size_probing_inside_a_round_still_passes_through(tiny_model_dir, tiny_directions_file,
+                                                                     steered_answer):
+    auto = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), batch_size="auto", max_batch_size=4)
+    assert ll(auto) == pytest.approx(ll(steered_answer), abs=1e-5)
+
+
+def test_compiled_decoding_is_never_used_while_steering(steered_answer, monkeypatch):
+    """A static cache makes transformers compile the decode forward (on GPU; forced here with _compile_all_devices):
+    the hooks' per-forward state would be frozen into the graph, so hf-iti decodes eagerly."""
+    from transformers import CompileConfig
+
+    compiled = []
+    model = steered_answer.model
+    monkeypatch.setattr(model, "get_compiled_call", lambda *a, **k: compiled.append(1) or model.__call__)
+    config = CompileConfig()
+    config._compile_all_devices = True
+    context = torch.randint(5, 200, (2, 4))
+    steered_answer._model_generate(context, max_length=8, stop=[], do_sample=False, cache_implementation="static",
+                                   compile_config=config)
+    assert compiled == []
+    HFLM._model_generate(steered_answer, context, max_length=8, stop=[], do_sample=False,
+                         cache_implementation="static", compile_config=config)
+    assert compiled, "the spy must see compilation when hf-iti does not prevent it"
+
+
+@pytest.mark.parametrize("kwargs, mode", [
+    ({"prompt_lookup_num_tokens": 2}, "assisted_generation"),
+    ({"assistant_model": "tiny"}, "assisted_generation"),
+    ({"penalty_alpha": 0.6, "top_k": 4}, "contrastive_search"),
+    ({"custom_generate": "some/repo"}, "custom_generate"),
+])
+def test_generation_modes_that_verify_candidates_are_refused(steered_answer, tiny_model_dir, kwargs, mode):
+    if kwargs.get("assistant_model") == "tiny":
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"assistant_model": AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()}
+    calls = []
+    handle = steered_answer.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with pytest.raises(ITIError, match=f"cannot steer {mode}"):
+            steered_answer._model_generate(torch.randint(5, 200, (1, 4)), max_length=8, stop=[], do_sample=False,
+                                           **kwargs)
+    finally:
+        handle.remove()
+    assert calls == []  # refused before any forward
+
+
+def test_prompt_lookup_through_generate_until_is_one_error(steered_answer):
+    reqs = [Instance("generate_until", None, (PROMPTS[0], {"until": ["Q:"], "max_gen_toks": 4,
+                                                            "prompt_lookup_num_tokens": 2}), 0)]
+    with pytest.raises(ITIError, match="cannot steer assisted_generation"):
+        steered_answer.generate_until(reqs, disable_tqdm=True)
+
+
+def test_beam_search_edits_the_last_prompt_position_then_every_step(steered_answer):
+    layer = next(iter(steered_answer.intervener.vectors))
+    record, handles = _edit_spy(steered_answer, layer)
+    try:
+        steered_answer._model_generate(torch.randint(5, 200, (2, 5)), max_length=9, stop=["never-stop"],
+                                       do_sample=False, num_beams=2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(record) >= 2
+    assert record[0] == [[False] * 4 + [True]] * 4  # 2 rows x 2 beams: the last prompt position only
+    assert all(all(all(row) for row in step) for step in record[1:])

@@ -9,9 +9,16 @@ from pathlib import Path
 import click
 
 from ..errors import ITIError
+from ..intervene import GEN_POSITIONS, MC_POSITIONS
+from ..loading import DTYPES
+from ..probes import PROBE_BACKENDS
+from ..prompts import PROMPT_FORMATS, SIGMA_DATA
+from ..select import METHODS
+from ..taskfns import INSTRUCTIONS
 
-METHOD_CHOICES = ("mass-mean", "probe", "random")
-INSTRUCTIONS = ("default", "informative", "none")
+# every choice list is the library's own constant, so the CLI offers exactly what the library accepts
+METHOD_CHOICES = METHODS
+INSTRUCTION_CHOICES = tuple(INSTRUCTIONS)
 
 
 def _parse_limit(text):
@@ -63,7 +70,7 @@ def common_options(func):
         click.option("--model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct)."),
         click.option("--gguf-file", default=None, help="GGUF file inside the --model folder."),
         click.option("--revision", default=None, help="Hub revision of --model."),
-        click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto"),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto"),
         click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)."),
         click.option("--batch-size", default=8, type=int, help="Evaluation and CE/KL batch size."),
         click.option("--fit-batch-size", default=16, type=int, help="Activation collection batch size."),
@@ -78,14 +85,16 @@ def common_options(func):
                      help="Evaluate only these held-out folds (comma list, e.g. 0); default: every fold."),
         click.option("--seed", default=42, type=int, help="Fold / probe split / random-baseline seed."),
         click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
-        click.option("--instruction", type=click.Choice(INSTRUCTIONS), default="default"),
+        click.option("--instruction", type=click.Choice(INSTRUCTION_CHOICES), default="default"),
         click.option("--method", type=click.Choice(METHOD_CHOICES), default="mass-mean"),
         click.option("--val-ratio", default=0.2, type=float),
-        click.option("--prompt-format", default="qa", help="Activation prompts: qa | chat."),
-        click.option("--sigma-data", default="gen_end_q", help="Prompts sigma is measured on."),
-        click.option("--probe-backend", default="torch", help="torch | sklearn."),
-        click.option("--mc-positions", type=click.Choice(("answer", "all")), default="answer"),
-        click.option("--gen-positions", type=click.Choice(("last", "generated", "all")), default="last"),
+        click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="qa", help="Activation prompts."),
+        click.option("--sigma-data", type=click.Choice(SIGMA_DATA), default="gen_end_q",
+                     help="Prompts sigma is measured on."),
+        click.option("--probe-backend", type=click.Choice(PROBE_BACKENDS), default="torch"),
+        click.option("--mc-positions", type=click.Choice(MC_POSITIONS), default="answer",
+                     help="hf-iti mc_positions (legacy: from the second answer token, as the reference)."),
+        click.option("--gen-positions", type=click.Choice(GEN_POSITIONS), default="last"),
         click.option("--limit", default=None, help="lm-eval --limit per task and fold (testing only)."),
         click.option("--metadata", default=None, help="Extra task metadata (JSON or k=v,...), e.g. judge settings."),
         click.option("--apply-chat-template", is_flag=True),
@@ -207,7 +216,7 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--seed", default=0, type=int, help="Document sampling seed.")
 @click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation.")
 @click.option("--batch-size", default=8, type=int)
-@click.option("--dtype", type=click.Choice(("auto", "float32", "float16", "bfloat16")), default="auto")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto")
 @click.option("--device", default=None)
 @click.option("--revision", default=None)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import click
 
+from ..export import EXPORT_FORMATS
+from ..loading import DTYPES
+
+WEIGHT_DTYPES = tuple(d for d in DTYPES if d != "auto")  # a file's dtype must be named
+
 
 def _load(model_id, directions_path, dtype, revision, gguf_file=None):
     from ..architectures import model_shape
@@ -27,12 +32,12 @@ def _alpha(alpha, directions):
 @click.option("--model", "model_id", required=True, help="Model the directions were fitted on: folder, hub id, .gguf or a named model.")
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
-@click.option("--to", "target", type=click.Choice(["steered"]), default="steered", show_default=True,
+@click.option("--to", "target", type=click.Choice(EXPORT_FORMATS), default="steered", show_default=True,
               help="Export format: the .pt that lm-eval's own `steered` model reads.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pt file.")
 @click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True)
 @click.option("--revision", default=None)
 def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype, revision):
     """Export W_o·(alpha·sigma·direction) per layer for `lm_eval --model steered` (edits every position)."""
@@ -51,7 +56,7 @@ def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder (new or empty).")
 @click.option("--alpha", default=None, help="Strength (default: the file's alpha).")
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True,
               help="Weights dtype of the saved model.")
 @click.option("--revision", default=None)
 def bake(model_id, gguf_file, directions, out, alpha, num_heads, dtype, revision):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from ..data import HUB_ID
+from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from ..select import METHODS
 
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+DTYPE_CHOICES = DTYPES
 
 
 @click.command("fit-directions", context_settings={"show_default": True})

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import click
 
+from ..judges.config import BACKENDS
+
+JUDGE_CHOICES = tuple(b for b in BACKENDS if b != "none")  # "none" (no judge) makes no sense for this command
+
 # option name -> metadata key of lm_eval_iti.judges.config (same names as --metadata, same env fallback)
 _OPTIONS = {
     "backend": "judge", "truth_judge": "truth_judge", "info_judge": "info_judge", "judge_model": "judge_model",
@@ -26,7 +30,7 @@ DEFAULT_CHECK_EXAMPLES = 100
               help="Report JSON (metrics, judge ids, request counts); required with SAMPLES.")
 @click.option("--samples-out", type=click.Path(), default=None, help="Per-answer judgments as JSON lines.")
 @click.option("--filter", "filter_name", default=None, help="lm-eval filter to judge when the file has several.")
-@click.option("--judge", "backend", type=click.Choice(["openai", "hf", "chat"]), default=None,
+@click.option("--judge", "backend", type=click.Choice(JUDGE_CHOICES), default=None,
               help="Backend (default: $LM_EVAL_ITI_JUDGE).")
 @click.option("--truth-judge", default=None, help="Truth judge: served model name, or hf id/path.")
 @click.option("--info-judge", default=None, help="Info judge: served model name, or hf id/path.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ITIError
+from ..intervene import GEN_POSITIONS, MC_POSITIONS
 
 KINDS = ("hf", "hf-iti", "baked", "steered")
 AUTO = "auto"  # alpha chosen per fold by the side-effect budget (side_effects.alpha_for_kl_budget)
@@ -63,11 +64,19 @@ class Variant:
 NO_EDIT = "no edit"
 
 
+MC_POSITION_TEXT = {"answer": "MC: the answer-scoring positions", "all": "MC: every position",
+                    "legacy": "MC: from the second answer token (the reference's legacy positions)"}
+GEN_POSITION_TEXT = {"last": "gen: last prompt token + every generated token",
+                     "generated": "gen: generated tokens only", "all": "gen: every prompt and generated token"}
+
+
 def hooked_positions(mc_positions: str = "answer", gen_positions: str = "last") -> str:
-    mc = {"answer": "MC: the answer-scoring positions", "all": "MC: every position"}[mc_positions]
-    gen = {"last": "gen: last prompt token + every generated token",
-           "generated": "gen: generated tokens only", "all": "gen: every prompt and generated token"}[gen_positions]
-    return f"hf-iti hooks; {mc}; {gen}; CE/KL: every position"
+    if mc_positions not in MC_POSITION_TEXT:
+        raise ITIError(f"mc_positions={mc_positions!r} is not one of {', '.join(MC_POSITIONS)}")
+    if gen_positions not in GEN_POSITION_TEXT:
+        raise ITIError(f"gen_positions={gen_positions!r} is not one of {', '.join(GEN_POSITIONS)}")
+    return (f"hf-iti hooks; {MC_POSITION_TEXT[mc_positions]}; {GEN_POSITION_TEXT[gen_positions]}; "
+            "CE/KL: every position")
 
 
 EVERY_POSITION_BIAS = "baked o_proj bias: every position (instruction, primer, question, answer; prompt and generated)"

@@ -1,0 +1,75 @@
+"""Every choice list of the CLI is built from the library's own constants, so the two cannot drift apart
+(``--mc-positions`` once lacked ``legacy``, which hf-iti and validate accept)."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from lm_eval_iti.cli import COMMANDS, LazyGroup, cli
+from lm_eval_iti.experiments.baselines import (GEN_POSITION_TEXT, MC_POSITION_TEXT, hooked_positions,
+                                               validate_variants)
+from lm_eval_iti.export import EXPORT_FORMATS
+from lm_eval_iti.intervene import GEN_POSITIONS, MC_POSITIONS
+from lm_eval_iti.judges.config import BACKENDS
+from lm_eval_iti.loading import DTYPES
+from lm_eval_iti.probes import PROBE_BACKENDS
+from lm_eval_iti.prompts import PROMPT_FORMATS, SIGMA_DATA
+from lm_eval_iti.select import METHODS
+from lm_eval_iti.taskfns import INSTRUCTIONS
+
+# option name -> what the library accepts (per command where they differ)
+EXPECTED = {
+    "mc_positions": set(MC_POSITIONS),
+    "gen_positions": set(GEN_POSITIONS),
+    "method": set(METHODS),
+    "instruction": set(INSTRUCTIONS),
+    "prompt_format": set(PROMPT_FORMATS),
+    "sigma_data": set(SIGMA_DATA),
+    "probe_backend": set(PROBE_BACKENDS),
+    "target": set(EXPORT_FORMATS),
+    "backend": set(BACKENDS) - {"none"},
+}
+WEIGHT_DTYPE_COMMANDS = {"export", "bake"}  # they write weights: a named dtype, not "auto"
+
+
+def _choice_options():
+    for name in LazyGroup().list_commands(None):
+        command = cli.get_command(None, name)
+        commands = command.commands.items() if isinstance(command, click.Group) else [(name, command)]
+        for sub_name, sub in commands:
+            for param in sub.params:
+                if isinstance(param.type, click.Choice):
+                    yield f"{name}" if sub is command else f"{name} {sub_name}", param
+
+
+def test_every_choice_list_equals_the_library_constant():
+    seen = set()
+    for command, param in _choice_options():
+        choices = set(param.type.choices)
+        if param.name == "dtype":
+            expected = set(DTYPES) - ({"auto"} if command in WEIGHT_DTYPE_COMMANDS else set())
+        else:
+            assert param.name in EXPECTED, f"{command} --{param.name}: add its library constant to EXPECTED"
+            expected = EXPECTED[param.name]
+        assert choices == expected, (command, param.name)
+        seen.add(param.name)
+    assert {"mc_positions", "gen_positions", "method", "dtype", "instruction"} <= seen
+    assert set(COMMANDS) >= {"validate", "sweep", "fit-directions"}
+
+
+@pytest.mark.parametrize("command", ["validate", "sweep"])
+def test_mc_positions_legacy_is_accepted_by_the_experiment_commands(command):
+    param = next(p for p in cli.get_command(None, command).params if p.name == "mc_positions")
+    assert param.type.convert("legacy", param, None) == "legacy"
+
+
+def test_every_position_mode_has_a_table_label_and_validate_accepts_legacy():
+    assert set(MC_POSITION_TEXT) == set(MC_POSITIONS) and set(GEN_POSITION_TEXT) == set(GEN_POSITIONS)
+    for mc in MC_POSITIONS:
+        for gen in GEN_POSITIONS:
+            text = hooked_positions(mc, gen)
+            assert MC_POSITION_TEXT[mc] in text and GEN_POSITION_TEXT[gen] in text
+    rows = validate_variants(mc_positions="legacy", baselines=("random-directions",))
+    iti = [r for r in rows if r.kind == "hf-iti"]
+    assert len(iti) == 2 and all(r.mc_positions == "legacy" and "second answer token" in r.positions for r in iti)
