@@ -168,8 +168,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     clock = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
-        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file,
-                                      cache_dir=cache_dir)
+        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file)
     else:
         if tokenizer is None:
             raise ITIError("fit_directions: pass tokenizer= along with an already-loaded model")

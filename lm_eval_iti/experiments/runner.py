@@ -172,7 +172,7 @@ class Experiment:
 
             c = self.config
             self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress,
-                                                        gguf_file=c.gguf_file, cache_dir=c.cache_dir)
+                                                        gguf_file=c.gguf_file)
         return self._model, self._tokenizer
 
     def fit(self, fold: int, spec) -> dict:

@@ -99,7 +99,8 @@ def load_corpus(source: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS, 
     pool = paragraphs(lines, min_words)
     allowed = [i for i in range(len(pool)) if i not in exclude]
     if len(allowed) < num_docs:
-        raise ITIError(f"--corpus {source}: only {len(allowed)} usable paragraphs of >= {min_words} words, fewer "
+        left = f" ({len(pool) - len(allowed)} set aside)" if exclude else ""
+        raise ITIError(f"--corpus {source}: only {len(allowed)} paragraphs of >= {min_words} words{left}, fewer "
                        f"than --num-docs {num_docs}")
     picked = [allowed[i] for i in np.random.default_rng(seed).choice(len(allowed), size=num_docs, replace=False)]
     texts = [pool[i] for i in picked]
