@@ -173,11 +173,15 @@ class Document:
     text: str
 
 
-def sample_document(world: World, rng: np.random.Generator) -> Document:
+def sample_document(world: World, rng: np.random.Generator, pool: list[int] | None = None) -> Document:
+    """One document by one speaker; its entities are drawn from ``pool`` (default: all entities)."""
     cfg = world.config
     reliable = bool(rng.random() < cfg.reliable_share)
     count = int(rng.integers(cfg.min_statements, cfg.max_statements + 1))
-    ents = rng.choice(len(world.entities), size=count, replace=False).tolist()
+    candidates = np.arange(len(world.entities)) if pool is None else np.asarray(sorted(pool))
+    if len(candidates) < count:
+        raise ITIError(f"a document of {count} statements needs at least {count} entities, the pool has {len(candidates)}")
+    ents = candidates[rng.choice(len(candidates), size=count, replace=False)].tolist()
     parts, colours, verdicts = [], [], []
     for e in ents:
         c = spoken_colour(world, e, reliable, rng)
@@ -193,6 +197,12 @@ def sample_document(world: World, rng: np.random.Generator) -> Document:
 def step_rng(seed: int, step: int) -> np.random.Generator:
     """Documents of training step ``step``: independent of how many steps ran before (exact resume)."""
     return np.random.default_rng([seed, 1, step])
+
+
+def fresh_documents(world: World, count: int, seed: int, pool: list[int] | None = None) -> list[Document]:
+    """Documents from a random stream no training step uses (training: ``[seed, 1, step]``; these: ``[seed, 5]``)."""
+    rng = np.random.default_rng([seed, 5])
+    return [sample_document(world, rng, pool) for _ in range(count)]
 
 
 # TruthfulQA export --------------------------------------------------------------------------------------------------
