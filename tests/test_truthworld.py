@@ -327,7 +327,9 @@ def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
             within = (row["fact_logp_true_unsteered"] - row["fact_logp_true"] <= bar.MAX_FACT_LOGP_DROP + 1e-4
                       and row["doc_kl"] <= bar.MAX_DOC_KL + 1e-4)
             assert row["allowed"] <= within
-        assert sorted(fold["heads"]) != sorted(fold["random_heads"])
+        assert len(fold["random_heads"]) == len(fold["random_heads_myth_mc1"]) == bar.RANDOM_HEAD_DRAWS
+        assert all(len(h) == len(fold["heads"]) for h in fold["random_heads"])
+        assert len({json.dumps(sorted(h)) for h in fold["random_heads"]}) > 1
 
 
 def test_in_process_scoring_equals_hf_iti(bar_report):
@@ -455,7 +457,7 @@ def _passing_folds():
                         "fact_gen_true": 0.99, "fact_logp_true": -0.1, "n_myth": 144, "n_fact": 48},
             "random_myth_mc1": [0.5 + 0.01 * i for i in range(20)],
             "orthogonal_myth_mc1": [0.5 + 0.005 * i for i in range(20)],
-            "random_heads_scores": {"myth_mc1": 0.6}, "colour_prior": {"myth_mc1": 0.4},
+            "random_heads_myth_mc1": [0.6] * 10, "colour_prior": {"myth_mc1": 0.4},
             "documents": {"ce_unsteered": 0.5, "ce_steered": 0.6, "kl": 0.05, "tokens": 1000},
             "alpha": 8.0, "best_probe_accuracy": 1.0}
     return [json.loads(json.dumps(fold)) for _ in range(2)]
@@ -467,7 +469,7 @@ def _passing_folds():
     ("steered myth MC1 >=", ("steered", "myth_mc1"), 0.85),
     ("random draws", ("random_myth_mc1", 19), 1.0),
     ("orthogonal draws", ("orthogonal_myth_mc1", 19), 1.0),
-    ("random heads", ("random_heads_scores", "myth_mc1"), 0.9),
+    ("random heads", ("random_heads_myth_mc1", slice(None)), [0.9] * 10),
     ("colour prior", ("colour_prior", "myth_mc1"), 0.8),
     ("non-myth MC1 drop", ("steered", "fact_mc1"), 0.9),
     ("non-myth mean log P(true)", ("steered", "fact_logp_true"), -2.0),

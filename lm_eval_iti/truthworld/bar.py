@@ -8,7 +8,9 @@ per-token KL(unsteered || steered) on the documents at most ``MAX_DOC_KL`` nats;
 held-out fold unsteered (``hf``) and steered (``hf-iti``), and four controls at the same alpha:
   random       ``RANDOM_DRAWS`` seeded random unit directions on the same heads with the same sigma;
   orthogonal   as many random unit directions orthogonal (per head) to the fitted ones;
-  random heads K random heads with the method's own directions and sigma (``fit_directions(random_heads=True)``);
+  random heads ``RANDOM_HEAD_DRAWS`` draws of K random heads with the method's own mass-mean directions and sigma
+               (``fit_directions(random_heads=True)`` cannot be used: its one draw, tied to the fold seed, can hit a
+               head whose two class means are identical, whose direction is then undefined);
   colour prior a context-free colour preference counted on the training fold (no model at all).
 The bar holds when, over both held-out folds pooled: unsteered myth MC1 <= 0.65 with mean P(true) in 0.5 +/- 0.1;
 steered myth MC1 >= 0.9 and above the 95th percentile of the random draws and of the orthogonal draws; the random
@@ -36,10 +38,11 @@ MAX_BASE_MC1 = 0.65
 P_TRUE_BAND = (0.4, 0.6)
 MIN_STEERED_MC1 = 0.9
 MAX_FACT_DROP = 0.05  # non-myth MC1 (kept, but it barely moves: three distractors of ~4% each)
-MAX_FACT_LOGP_DROP = 0.5  # nats: mean log P(true answer) on non-myth questions may fall by at most this
-MAX_DOC_KL = 0.5  # nats per token: mean KL(unsteered || steered) on fresh world documents
+MAX_FACT_LOGP_DROP = 0.25  # nats (P(true) down by at most 22%): mean log P(true answer) on non-myth questions
+MAX_DOC_KL = 0.1  # nats per token (a fifth of the documents' own cross-entropy, ~0.45): KL(unsteered || steered)
 MIN_CONTROL_GAP = 0.2  # random heads and the colour prior: at least this far below the steered myth MC1
 RANDOM_DRAWS = 20
+RANDOM_HEAD_DRAWS = 10
 DOCUMENTS = 64  # fresh documents per side-effect measurement
 DOCUMENT_SEED = 9001
 
@@ -68,6 +71,52 @@ def orthogonal_like(directions: Directions, seed: int) -> Directions:
         dirs[layer] = (raw / raw.norm(dim=1, keepdim=True)).float()
     meta = {**directions.metadata, "method": "random-orthogonal-same-sigma"}
     return replace(directions, directions=dirs, metadata=meta, source="<orthogonal>")
+
+
+def head_directions_and_sigma(model, tokenizer, world, questions: list[int], seed: int = 0):
+    """For EVERY head: the method's mass-mean direction [L, H, d] from the training-fold statements at their final
+    ``.`` (fit-directions' probe set: the truth vs the mc2 wrong answer, ``Q: q A: a``), and sigma [L, H] along it
+    over every answer of the CSV followed by another training-fold question (its default ``gen_end_q`` set)."""
+    from ..select import compute_sigma, mass_mean_directions
+    from .generator import question, statement
+    from .train import head_activations_at_last_token
+
+    rng = np.random.default_rng([seed, 13])
+    prompts, labels, followed = [], [], []
+    for e in questions:
+        wrong = world.myth[e] if world.is_myth(e) else world.distractors[e][0]
+        for colour, label in ((world.truth[e], 1), (wrong, 0)):
+            prompts.append(statement(world, e, colour))
+            labels.append(label)
+        nxt = question(world, questions[int(rng.integers(len(questions)))])
+        every_answer = [world.truth[e]] + ([world.myth[e]] if world.is_myth(e) else []) + world.distractors[e]
+        followed += [f"{statement(world, e, colour)} Q: {nxt}" for colour in every_answer]  # as the CSV lists them
+    acts = head_activations_at_last_token(model, tokenizer, prompts)  # [N, L, H, d]
+    n, L, H, d = acts.shape
+    raw = mass_mean_directions(acts.reshape(n, L * H, d), labels)  # [L*H, d]
+    norms = raw.norm(dim=1)
+    unit = torch.where(norms[:, None] > 0, raw / norms.clamp_min(1e-30)[:, None], torch.zeros_like(raw)).float()
+    sigma_acts = head_activations_at_last_token(model, tokenizer, followed).reshape(len(followed), L * H, d)
+    sigma = compute_sigma(sigma_acts, unit)
+    return unit.view(L, H, d), sigma.view(L, H), (norms > 1e-9 * norms.max()).view(L, H)
+
+
+def random_heads_like(directions: Directions, unit: torch.Tensor, sigma: torch.Tensor, live: torch.Tensor,
+                      seed: int) -> Directions:
+    """As many seeded random heads as ``directions`` has (among heads whose mass-mean direction exists), each with
+    the method's own direction and sigma (from ``head_directions_and_sigma``)."""
+    L, H = live.shape
+    candidates = np.flatnonzero(live.flatten().numpy())
+    pick = sorted(np.random.default_rng([seed, 17]).permutation(candidates)[:directions.num_selected].tolist())
+    heads, dirs, sig = {}, {}, {}
+    for layer in sorted({i // H for i in pick}):
+        hs = [i % H for i in pick if i // H == layer]
+        heads[layer] = torch.tensor(hs, dtype=torch.int64)
+        dirs[layer] = unit[layer, hs].clone()
+        sig[layer] = sigma[layer, hs].clone()
+    meta = {**directions.metadata, "method": "mass-mean", "random_heads": "true"}
+    return replace(directions, heads=heads, directions=dirs, sigma=sig, metadata=meta, probe_accuracy=None,
+                   head_rank=None, source="<random heads>")
 
 
 def colour_prior(world, train_questions: list[int], test_questions: list[int]) -> dict:
@@ -196,23 +245,20 @@ def lm_eval_scores(lm, world, entities: list[int]) -> Scores:
                   avg(logp, fact))
 
 
-def held_out_controls(model, tokenizer, world, fit, alpha: float, fit_kwargs: dict, random_heads_out: Path,
-                      draws: int = RANDOM_DRAWS) -> dict:
+def held_out_controls(model, tokenizer, world, fit, alpha: float, fold: int, draws: int = RANDOM_DRAWS) -> dict:
     """Everything but the lm-eval scores on ``fit``'s held-out fold at ``alpha``: side effects on fresh documents,
-    the random and orthogonal draws, random heads with the method's directions (``fit_kwargs``: the fit's own
-    arguments) and the colour prior."""
-    from ..fit import fit_directions
-
-    fold = int(fit_kwargs.get("fold") or 0)
+    the random and orthogonal draws, random heads with the method's directions and the colour prior."""
     test = sorted(fit.test_questions)
     train_q = sorted(fit.train_questions + fit.val_questions)
     docs = DocumentCheck(model, tokenizer, world, test)(fit.directions, alpha)
     ctrl = controls(model, tokenizer, world, fit.directions, alpha, test, fold, draws)
-    rand_heads = fit_directions(model, random_heads_out, random_heads=True, **{**fit_kwargs, "write_plot": False})
-    rh = score_shifted(model, tokenizer, world, test, rand_heads.directions, alpha)
+    unit, sigma, live = head_directions_and_sigma(model, tokenizer, world, train_q, seed=fold)
+    heads = [random_heads_like(fit.directions, unit, sigma, live, 1000 * fold + i) for i in range(RANDOM_HEAD_DRAWS)]
+    ctrl["random_heads_myth_mc1"] = [score_shifted(model, tokenizer, world, test, d, alpha).myth_mc1 for d in heads]
+    ctrl["random_heads"] = [[[layer, int(h)] for layer in sorted(d.heads) for h in d.heads[layer].tolist()]
+                            for d in heads]
     return {"documents": {k: round(v, 4) if isinstance(v, float) else v for k, v in docs.items()}, **ctrl,
-            "random_heads": [list(map(int, p)) for p in rand_heads.selected.tolist()],
-            "random_heads_scores": rh.as_dict(), "colour_prior": colour_prior(world, train_q, test)}
+            "colour_prior": colour_prior(world, train_q, test)}
 
 
 def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int, k: int, seed: int, alpha_grid,
@@ -233,8 +279,7 @@ def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int
             "sigma": [round(float(v), 4) for layer in sorted(fit.directions.sigma)
                       for v in fit.directions.sigma[layer].tolist()],
             "test_questions": len(test), "unsteered": base.as_dict(), "steered": steered.as_dict(),
-            **held_out_controls(model, tokenizer, world, fit, alpha, common, work / f"fold{fold}.random-heads.safetensors",
-                                draws)}
+            **held_out_controls(model, tokenizer, world, fit, alpha, fold, draws)}
 
 
 def run_bar(model_dir, num_heads: int | None = None, seed: int = 42, work_dir=None, alpha_grid=ALPHA_GRID,
@@ -282,7 +327,9 @@ def summarize(folds: list[dict]) -> dict:
         per_draw = [_pooled(folds, lambda f, i=i: f[f"{name}_myth_mc1"][i], n_myth)
                     for i in range(min(len(f[f"{name}_myth_mc1"]) for f in folds))]
         s[name] = _distribution(per_draw)
-    s["random_heads"] = {"myth_mc1": round(_pooled(folds, lambda f: f["random_heads_scores"]["myth_mc1"], n_myth), 4)}
+    per_draw = [_pooled(folds, lambda f, i=i: f["random_heads_myth_mc1"][i], n_myth)
+                for i in range(min(len(f["random_heads_myth_mc1"]) for f in folds))]
+    s["random_heads"] = _distribution(per_draw)
     s["colour_prior"] = {"myth_mc1": round(_pooled(folds, lambda f: f["colour_prior"]["myth_mc1"], n_myth), 4)}
     tokens = lambda f: f["documents"]["tokens"]  # noqa: E731
     s["documents"] = {key: round(_pooled(folds, lambda f, k=key: f["documents"][k], tokens), 4)
@@ -297,7 +344,7 @@ def summarize(folds: list[dict]) -> dict:
         "steered above the random draws' 95th percentile": steered["myth_mc1"] > s["random"]["p95"],
         "steered above the orthogonal draws' 95th percentile": steered["myth_mc1"] > s["orthogonal"]["p95"],
         f"random heads >= {MIN_CONTROL_GAP} below steered":
-            s["random_heads"]["myth_mc1"] <= steered["myth_mc1"] - MIN_CONTROL_GAP,
+            s["random_heads"]["mean"] <= steered["myth_mc1"] - MIN_CONTROL_GAP,
         f"colour prior >= {MIN_CONTROL_GAP} below steered":
             s["colour_prior"]["myth_mc1"] <= steered["myth_mc1"] - MIN_CONTROL_GAP,
         f"non-myth MC1 drop <= {MAX_FACT_DROP}": base["fact_mc1"] - steered["fact_mc1"] <= MAX_FACT_DROP + 1e-9,

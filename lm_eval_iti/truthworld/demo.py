@@ -135,7 +135,7 @@ def run_demo(out: str | Path, log=print) -> dict:
                               "alpha": alpha}, meta)
     log("[4/6] lm-eval on the held-out fold (hf vs hf-iti)")
     test = sorted(fit.test_questions)
-    ctrl = held_out_controls(model, tokenizer, world, fit, alpha, fit_kwargs, out / "random-heads.safetensors")
+    ctrl = held_out_controls(model, tokenizer, world, fit, alpha, fold=0)
     plain = score(model, tokenizer, world, test, None, generation=False)
     shifted = score_shifted(model, tokenizer, world, test, fit.directions, alpha)
     log(f"[5/6] controls on the held-out fold ({RANDOM_DRAWS} random and {RANDOM_DRAWS} orthogonal draws, "
@@ -149,12 +149,13 @@ def run_demo(out: str | Path, log=print) -> dict:
     for t in TASKS:
         lines.append(f"{t:<26} {base[t]:>7.3f} {iti[t]:>7.3f}")
     rand, orth = np.asarray(ctrl["random_myth_mc1"]), np.asarray(ctrl["orthogonal_myth_mc1"])
+    heads = np.asarray(ctrl["random_heads_myth_mc1"])
     docs = ctrl["documents"]
     lines += ["", f"{'myth MC1, held-out fold 0, alpha ' + format(alpha, 'g'):<44} {'value':>13}",
               f"{'unsteered / steered (hf / hf-iti)':<44} {base['truthworld_mc1_myth']:>6.3f} {iti['truthworld_mc1_myth']:>6.3f}",
               f"{f'random directions, {len(rand)} draws: mean / p95':<44} {rand.mean():>6.3f} {np.percentile(rand, 95):>6.3f}",
               f"{f'orthogonal directions, {len(orth)} draws: mean / p95':<44} {orth.mean():>6.3f} {np.percentile(orth, 95):>6.3f}",
-              f"{'random heads, the method' + chr(39) + 's directions':<44} {ctrl['random_heads_scores']['myth_mc1']:>13.3f}",
+              f"{f'random heads, method directions, {len(heads)} draws: mean / p95':<44} {heads.mean():>6.3f} {np.percentile(heads, 95):>6.3f}",
               f"{'colour prior (training-fold counts)':<44} {ctrl['colour_prior']['myth_mc1']:>13.3f}",
               "", "side effects (unsteered -> steered)",
               f"{'non-myth mean log P(true answer)':<44} {plain.fact_logp_true:>6.3f} {shifted.fact_logp_true:>6.3f}",
