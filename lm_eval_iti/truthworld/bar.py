@@ -186,7 +186,8 @@ def choose_alpha(model, tokenizer, world, directions: Directions, questions: lis
         within = side_effects_ok(base, s, eff)
         ok = all(within.values())
         rows.append({"alpha": alpha, "myth_mc1": s.myth_mc1, "fact_mc1": s.fact_mc1,
-                     "fact_logp_true": round(s.fact_logp_true, 4), "fact_logp_true_unsteered": round(base.fact_logp_true, 4),
+                     "fact_logp_true": round(s.fact_logp_true, 4),
+                     "fact_logp_true_unsteered": round(base.fact_logp_true, 4),
                      "doc_kl": round(eff["kl"], 4), "allowed": ok})
         if ok and (best is None or s.myth_mc1 > best[1]):
             best = (alpha, s.myth_mc1)
@@ -241,8 +242,8 @@ def lm_eval_scores(lm, world, entities: list[int]) -> Scores:
     myth = [e for e in entities if world.is_myth(e)]
     fact = [e for e in entities if not world.is_myth(e)]
     avg = lambda d, es: float(np.mean([d[e] for e in es])) if es else float("nan")  # noqa: E731
-    return Scores(avg(mc1, myth), avg(mc1, fact), avg(ptrue, myth), avg(gen, myth), avg(gen, fact), len(myth), len(fact),
-                  avg(logp, fact))
+    return Scores(avg(mc1, myth), avg(mc1, fact), avg(ptrue, myth), avg(gen, myth), avg(gen, fact), len(myth),
+                  len(fact), avg(logp, fact))
 
 
 def held_out_controls(model, tokenizer, world, fit, alpha: float, fold: int, draws: int = RANDOM_DRAWS) -> dict:
@@ -296,8 +297,8 @@ def run_bar(model_dir, num_heads: int | None = None, seed: int = 42, work_dir=No
     work = Path(work_dir or tmp_ctx.name)
     try:
         data_dir = export_truthfulqa(world, work / "data")
-        folds = [run_fold(model, tokenizer, world, model_dir, data_dir, work, fold, k, seed, alpha_grid, progress, draws)
-                 for fold in (0, 1)]
+        folds = [run_fold(model, tokenizer, world, model_dir, data_dir, work, fold, k, seed, alpha_grid, progress,
+                          draws) for fold in (0, 1)]
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
@@ -320,7 +321,8 @@ def summarize(folds: list[dict]) -> dict:
     """Both held-out folds pooled (weighted by their question counts) and the bar's checks."""
     n_myth = lambda f: f["unsteered"]["n_myth"]  # noqa: E731
     n_fact = lambda f: f["unsteered"]["n_fact"]  # noqa: E731
-    s = {cond: {key: round(_pooled(folds, lambda f, c=cond, k=key: f[c][k], n_fact if key.startswith("fact") else n_myth), 4)
+    weight = lambda key: n_fact if key.startswith("fact") else n_myth  # noqa: E731
+    s = {cond: {key: round(_pooled(folds, lambda f, c=cond, k=key: f[c][k], weight(key)), 4)
                 for key in ("myth_mc1", "fact_mc1", "myth_p_true", "myth_gen_true", "fact_gen_true", "fact_logp_true")}
          for cond in ("unsteered", "steered")}
     for name in ("random", "orthogonal"):  # draw i of fold 0 pooled with draw i of fold 1

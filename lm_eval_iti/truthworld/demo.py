@@ -151,16 +151,18 @@ def run_demo(out: str | Path, log=print) -> dict:
     rand, orth = np.asarray(ctrl["random_myth_mc1"]), np.asarray(ctrl["orthogonal_myth_mc1"])
     heads = np.asarray(ctrl["random_heads_myth_mc1"])
     docs = ctrl["documents"]
-    lines += ["", f"{'myth MC1, held-out fold 0, alpha ' + format(alpha, 'g'):<56} {'value':>13}",
-              f"{'unsteered / steered (hf / hf-iti)':<56} {base['truthworld_mc1_myth']:>6.3f} {iti['truthworld_mc1_myth']:>6.3f}",
-              f"{f'random directions, {len(rand)} draws: mean / p95':<56} {rand.mean():>6.3f} {np.percentile(rand, 95):>6.3f}",
-              f"{f'orthogonal directions, {len(orth)} draws: mean / p95':<56} {orth.mean():>6.3f} {np.percentile(orth, 95):>6.3f}",
-              f"{f'random heads, method directions, {len(heads)} draws: mean / p95':<56} {heads.mean():>6.3f} {np.percentile(heads, 95):>6.3f}",
-              f"{'colour prior (training-fold counts)':<56} {ctrl['colour_prior']['myth_mc1']:>13.3f}",
+    row = lambda label, *vals: f"{label:<56} " + " ".join(f"{v:>6.3f}" for v in vals)  # noqa: E731
+    lines += ["", f"{'myth MC1, held-out fold 0, alpha ' + format(alpha, 'g'):<56} value",
+              row("unsteered / steered (hf / hf-iti)", base["truthworld_mc1_myth"], iti["truthworld_mc1_myth"]),
+              row(f"random directions, {len(rand)} draws: mean / p95", rand.mean(), np.percentile(rand, 95)),
+              row(f"orthogonal directions, {len(orth)} draws: mean / p95", orth.mean(), np.percentile(orth, 95)),
+              row(f"random heads, method directions, {len(heads)} draws: mean / p95", heads.mean(),
+                  np.percentile(heads, 95)),
+              row("colour prior (training-fold counts)", ctrl["colour_prior"]["myth_mc1"]),
               "", "side effects (unsteered -> steered)",
-              f"{'non-myth mean log P(true answer)':<56} {plain.fact_logp_true:>6.3f} {shifted.fact_logp_true:>6.3f}",
-              f"{'fresh documents: cross-entropy (nats/token)':<56} {docs['ce_unsteered']:>6.3f} {docs['ce_steered']:>6.3f}",
-              f"{'fresh documents: KL(unsteered || steered)':<56} {docs['kl']:>13.4f}"]
+              row("non-myth mean log P(true answer)", plain.fact_logp_true, shifted.fact_logp_true),
+              row("fresh documents: cross-entropy (nats/token)", docs["ce_unsteered"], docs["ce_steered"]),
+              row("fresh documents: KL(unsteered || steered)", docs["kl"])]
     table = "\n".join(lines)
     summary = {"model": str(model_dir), "fallback_random_model": fallback, "num_heads": NUM_HEADS, "alpha": alpha,
                "alpha_search_on_training_fold": search, "hf": base, "hf-iti": iti, "controls": ctrl,
