@@ -390,6 +390,35 @@ def test_orthogonal_directions_have_no_component_along_the_fitted_ones():
     assert not torch.equal(orthogonal_like(d, 4).directions[0], o.directions[0])
 
 
+def test_random_heads_get_the_directions_and_sigma_fit_directions_gives_those_heads(bar_report):
+    """head_directions_and_sigma (the random-heads control) against fit_directions itself on its selected heads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.truthworld.bar import head_directions_and_sigma, random_heads_like
+
+    _, work = bar_report  # its activation cache and exported data: fit_directions below collects nothing anew
+    world = load_world(CHECKPOINT_DIR)
+    model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR)).eval()
+    tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
+    fit = fit_directions(model, work / "check.safetensors", tokenizer=tok, data_dir=work / "data", num_folds=2,
+                         fold=0, num_heads=8, seed=42, cache_dir=work / "cache", progress=False, write_plot=False,
+                         batch_size=64)
+    unit, sigma, live = head_directions_and_sigma(model, tok, world, sorted(fit.train_questions + fit.val_questions))
+    for layer, heads in fit.directions.heads.items():
+        for i, h in enumerate(heads.tolist()):
+            assert live[layer, h]
+            cos = float(unit[layer, h].double() @ fit.directions.directions[layer][i].double())
+            assert cos == pytest.approx(1.0, abs=1e-5)
+            # sigma: same prompts but other random follow-up questions, so close, not equal
+            assert float(sigma[layer, h]) == pytest.approx(float(fit.directions.sigma[layer][i]), rel=0.15)
+    drawn = random_heads_like(fit.directions, unit, sigma, live, seed=1)
+    assert drawn.num_selected == 8 and all(bool(live[l, h]) for l, hs in drawn.heads.items() for h in hs.tolist())
+    for layer, hs in drawn.heads.items():
+        torch.testing.assert_close(drawn.directions[layer], unit[layer, hs])
+        torch.testing.assert_close(drawn.sigma[layer], sigma[layer, hs])
+
+
 def _hand_world(truths, myths, distractors):
     from lm_eval_iti.truthworld.generator import COLOURS, World
 
