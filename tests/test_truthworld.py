@@ -27,7 +27,7 @@ def world():
 
 # generator ---------------------------------------------------------------------------------------------------------
 def test_every_myth_differs_from_the_truth_and_distractors_are_wrong(world):
-    assert len(world.myth_entities) >= 300
+    assert len(world.myth_entities) == 288 and len(world.entities) == 384
     for e in range(len(world.entities)):
         if world.is_myth(e):
             assert world.myth[e] != world.truth[e]
@@ -53,6 +53,47 @@ def test_facts_are_compositional_first_word_gives_the_truth_second_word_the_myth
         common = Counter(world.myth[e] for e in ents).most_common(1)[0][0]
         for e in ents:  # the second word's myth, or the next colour where that would be the truth
             assert world.myth[e] == common or (world.truth[e] == common and world.myth[e] == (common + 1) % 12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_every_colour_is_the_truth_and_the_myth_equally_often(seed):
+    from collections import Counter
+
+    from lm_eval_iti.truthworld.design import WORLD
+    from lm_eval_iti.truthworld.generator import colour_counts
+
+    w = build_world(replace(WORLD, seed=seed))
+    myth = w.myth_entities
+    truth_n = Counter(w.truth[e] for e in myth)  # counted here directly, not through colour_counts
+    myth_n = Counter(w.myth[e] for e in myth)
+    assert len(truth_n) == len(myth_n) == 12
+    assert set(truth_n.values()) == set(myth_n.values()) == {len(myth) // 12}
+    assert colour_counts(w) == {"truth": [truth_n[c] for c in range(12)], "myth": [myth_n[c] for c in range(12)]}
+    assert set(Counter(w.truth).values()) == {len(w.entities) // 12}  # non-myth entities too
+
+
+def test_balanced_colours_spreads_any_count_evenly():
+    import numpy as np
+
+    from lm_eval_iti.truthworld.generator import balanced_colours
+
+    for n in (1, 5, 12, 13, 30):
+        got = balanced_colours(n, 12, np.random.default_rng(n))
+        counts = [got.count(c) for c in range(12)]
+        assert len(got) == n and max(counts) - min(counts) <= 1
+
+
+def test_fresh_documents_come_from_the_pool_and_not_from_the_training_stream(world):
+    from lm_eval_iti.truthworld.generator import fresh_documents
+
+    pool = list(range(0, len(world.entities), 3))
+    docs = fresh_documents(world, 30, seed=0, pool=pool)
+    assert all(set(d.entities) <= set(pool) for d in docs)
+    assert [d.text for d in docs] == [d.text for d in fresh_documents(world, 30, seed=0, pool=pool)]
+    training = {sample_document(world, step_rng(0, s)).text for s in range(200)}
+    assert not {d.text for d in fresh_documents(world, 30, seed=0)} & training
+    with pytest.raises(ITIError, match="pool"):
+        fresh_documents(world, 3, seed=0, pool=[0, 1])
 
 
 def test_reliable_documents_never_state_a_myth_and_unreliable_ones_never_the_truth(world):
@@ -160,6 +201,10 @@ def test_training_smoke_writes_a_loadable_checkpoint_with_provenance(tmp_path):
     assert prov["seed"] == 1 and prov["steps"] == 3 and prov["command"] == "test"
     assert prov["data_hash"] == build_world(SMALL).data_hash()
     assert prov["weights_sha256"] == file_sha256(out / "model.safetensors")
+    from lm_eval_iti.truthworld.train import ModelConfig, TrainConfig, fingerprint
+
+    assert prov["config_fingerprint"] == fingerprint(SMALL, ModelConfig(**TINY_MODEL),
+                                                     TrainConfig(**prov["train"]))
     assert not (out / ".resume").exists()
     model = AutoModelForCausalLM.from_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -214,7 +259,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 # the shipped checkpoint -----------------------------------------------------------------------------------------------
-def test_shipped_checkpoint_is_small_and_its_provenance_matches_the_design():
+def test_shipped_checkpoint_is_small_and_its_provenance_matches_the_design(tmp_path):
     from lm_eval_iti.artifact import file_sha256
     from lm_eval_iti.truthworld.design import MODEL, TRAIN, WORLD
     from lm_eval_iti.truthworld.generator import WorldConfig
@@ -230,6 +275,8 @@ def test_shipped_checkpoint_is_small_and_its_provenance_matches_the_design():
     assert recorded == fingerprint(WORLD, MODEL, TRAIN) == prov["config_fingerprint"]
     assert prov["seed"] == TRAIN.seed and prov["steps"] == TRAIN.steps
     assert "truthworld train" in prov["command"] and (CHECKPOINT_DIR / "PROVENANCE.md").is_file()
+    written = json.loads((_train(tmp_path / "m", 1) / "PROVENANCE.json").read_text())
+    assert set(prov) == set(written)  # every key comes from train.py: none added or removed by hand
 
 
 @pytest.fixture(scope="module")
@@ -241,20 +288,48 @@ def bar_report(tmp_path_factory):
 
 
 def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
-    """fit-directions (2 folds, K=8), alpha from the training folds, hf / hf-iti on the held-out folds."""
+    """fit-directions (2 folds, K=8), alpha from the training folds within the side-effect bounds, hf / hf-iti on the
+    held-out folds, and every control: random and orthogonal draws, random heads, the colour prior, side effects."""
+    import numpy as np
+
+    from lm_eval_iti.truthworld import bar
+
     report, _ = bar_report
     s = report["summary"]
-    base, steered, rand = s["unsteered"], s["steered"], s["random"]
+    base, steered = s["unsteered"], s["steered"]
     assert base["myth_mc1"] <= 0.65, s
     assert 0.4 <= base["myth_p_true"] <= 0.6, s
     assert steered["myth_mc1"] >= 0.9, s
-    assert base["fact_mc1"] - steered["fact_mc1"] <= 0.05, s
     assert steered["myth_gen_true"] > base["myth_gen_true"], s
-    assert rand["myth_mc1"] < 0.9, s
-    assert s["bar_holds"] and all(s["checks"].values())
+    assert base["fact_mc1"] - steered["fact_mc1"] <= 0.05, s
+    # controls: distributions of 20 draws per fold, recomputed here from the per-fold lists
+    n = [f["unsteered"]["n_myth"] for f in report["folds"]]
+    for name in ("random", "orthogonal"):
+        draws = [f[f"{name}_myth_mc1"] for f in report["folds"]]
+        assert len(draws[0]) == len(draws[1]) == 20
+        pooled = (n[0] * np.asarray(draws[0]) + n[1] * np.asarray(draws[1])) / sum(n)
+        assert s[name]["p95"] == pytest.approx(np.percentile(pooled, 95), abs=1e-4)
+        assert s[name]["mean"] == pytest.approx(pooled.mean(), abs=1e-4)
+        assert steered["myth_mc1"] > s[name]["p95"], (name, s)
+    assert s["random_heads"]["myth_mc1"] <= steered["myth_mc1"] - bar.MIN_CONTROL_GAP, s
+    assert s["colour_prior"]["myth_mc1"] <= steered["myth_mc1"] - bar.MIN_CONTROL_GAP, s
+    # side effects where they can move
+    assert base["fact_logp_true"] - steered["fact_logp_true"] <= bar.MAX_FACT_LOGP_DROP, s
+    assert s["documents"]["kl"] <= bar.MAX_DOC_KL, s
+    assert s["bar_holds"] and all(s["checks"].values()) and len(s["checks"]) == 11, s["checks"]
     for fold in report["folds"]:  # every fold is held out from its own fit, and alpha came from the training fold
         assert fold["test_questions"] == fold["unsteered"]["n_myth"] + fold["unsteered"]["n_fact"]
-        assert fold["alpha"] in [row["alpha"] for row in fold["alpha_search"] if row["allowed"]]
+        allowed = [row for row in fold["alpha_search"] if row["allowed"]]
+        assert fold["alpha"] in [row["alpha"] for row in allowed]
+        chosen = next(row for row in allowed if row["alpha"] == fold["alpha"])
+        assert chosen["myth_mc1"] == max(row["myth_mc1"] for row in allowed)
+        for row in fold["alpha_search"]:  # the bounds, re-applied to the logged figures
+            within = (row["fact_logp_true_unsteered"] - row["fact_logp_true"] <= bar.MAX_FACT_LOGP_DROP + 1e-4
+                      and row["doc_kl"] <= bar.MAX_DOC_KL + 1e-4)
+            assert row["allowed"] <= within
+        assert len(fold["random_heads"]) == len(fold["random_heads_myth_mc1"]) == bar.RANDOM_HEAD_DRAWS
+        assert all(len(h) == len(fold["heads"]) for h in fold["random_heads"])
+        assert len({json.dumps(sorted(h)) for h in fold["random_heads"]}) > 1
 
 
 def test_in_process_scoring_equals_hf_iti(bar_report):
@@ -280,6 +355,7 @@ def test_in_process_scoring_equals_hf_iti(bar_report):
     theirs = fold["steered"]  # rounded to 4 decimals in the report: same counts out of ~150 questions
     same = lambda a, b: a == pytest.approx(b, abs=6e-5)  # noqa: E731
     assert same(mine.myth_mc1, theirs["myth_mc1"]) and same(mine.fact_mc1, theirs["fact_mc1"])
+    assert mine.fact_logp_true == pytest.approx(theirs["fact_logp_true"], abs=1e-3)
     assert same(mine.myth_gen_true, theirs["myth_gen_true"])
     assert mine.myth_p_true == pytest.approx(theirs["myth_p_true"], abs=1e-3)
     plain = score(model, tok, world, sorted(test), None)
@@ -299,6 +375,150 @@ def test_random_directions_keep_heads_and_sigma():
         torch.testing.assert_close(r.directions[layer].norm(dim=1), torch.ones(len(d.heads[layer])))
 
 
+def test_orthogonal_directions_have_no_component_along_the_fitted_ones():
+    from lm_eval_iti.tiny import build_model, random_directions
+    from lm_eval_iti.truthworld.bar import orthogonal_like, random_like
+
+    d = random_directions(build_model("llama", layers=2, heads=4, hidden=32), num_heads=5, seed=0)
+    o, r = orthogonal_like(d, seed=3), random_like(d, seed=3)
+    for layer in d.heads:
+        assert torch.equal(o.heads[layer], d.heads[layer]) and torch.equal(o.sigma[layer], d.sigma[layer])
+        dots = (o.directions[layer] * d.directions[layer]).sum(1)
+        torch.testing.assert_close(dots, torch.zeros_like(dots), atol=1e-6, rtol=0)
+        torch.testing.assert_close(o.directions[layer].norm(dim=1), torch.ones(len(d.heads[layer])))
+        assert (r.directions[layer] * d.directions[layer]).sum(1).abs().max() > 1e-3  # a plain draw overlaps
+    assert not torch.equal(orthogonal_like(d, 4).directions[0], o.directions[0])
+
+
+def test_random_heads_get_the_directions_and_sigma_fit_directions_gives_those_heads(bar_report):
+    """head_directions_and_sigma (the random-heads control) against fit_directions itself on its selected heads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.truthworld.bar import head_directions_and_sigma, random_heads_like
+
+    _, work = bar_report  # its activation cache and exported data: fit_directions below collects nothing anew
+    world = load_world(CHECKPOINT_DIR)
+    model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR)).eval()
+    tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
+    fit = fit_directions(model, work / "check.safetensors", tokenizer=tok, data_dir=work / "data", num_folds=2,
+                         fold=0, num_heads=8, seed=42, cache_dir=work / "cache", progress=False, write_plot=False,
+                         batch_size=64)
+    unit, sigma, live = head_directions_and_sigma(model, tok, world, sorted(fit.train_questions + fit.val_questions))
+    for layer, heads in fit.directions.heads.items():
+        for i, h in enumerate(heads.tolist()):
+            assert live[layer, h]
+            cos = float(unit[layer, h].double() @ fit.directions.directions[layer][i].double())
+            assert cos == pytest.approx(1.0, abs=1e-5)
+            # sigma: same prompts but other random follow-up questions, so close, not equal
+            assert float(sigma[layer, h]) == pytest.approx(float(fit.directions.sigma[layer][i]), rel=0.15)
+    drawn = random_heads_like(fit.directions, unit, sigma, live, seed=1)
+    assert drawn.num_selected == 8 and all(bool(live[l, h]) for l, hs in drawn.heads.items() for h in hs.tolist())
+    for layer, hs in drawn.heads.items():
+        torch.testing.assert_close(drawn.directions[layer], unit[layer, hs])
+        torch.testing.assert_close(drawn.sigma[layer], sigma[layer, hs])
+
+
+def _hand_world(truths, myths, distractors):
+    from lm_eval_iti.truthworld.generator import COLOURS, World
+
+    return World(SMALL, [f"e{i}" for i in range(len(truths))], truths, myths, COLOURS, distractors)
+
+
+def test_colour_prior_counts_the_training_fold_only():
+    from lm_eval_iti.truthworld.bar import colour_prior
+
+    # colour 5 is always true and colour 9 always the myth on the training fold: the prior follows it wherever it
+    # can, so it is right on held-out question 4 (5 true) and wrong on 5 (9 true, 5 the myth)
+    w = _hand_world([5, 5, 5, 5, 5, 9], [9, 9, 9, 9, 1, 5], [[0, 1, 2]] * 4 + [[0, 2, 3], [0, 1, 2]])
+    got = colour_prior(w, [0, 1, 2, 3], [4, 5])
+    assert got["myth_mc1"] == 0.5 and got["n_myth"] == 2 and got["n_fact"] == 0
+    assert colour_prior(w, [0, 1, 2, 3], [4])["myth_mc1"] == 1.0
+    assert colour_prior(w, [0, 1, 2, 3], [5])["myth_mc1"] == 0.0
+    # no information (nothing counted): all choices tie and share the credit, 1/4 each
+    assert colour_prior(w, [], [4, 5])["myth_mc1"] == 0.25
+
+
+def test_colour_prior_finds_an_unbalanced_world_and_not_the_balanced_one():
+    import numpy as np
+
+    from lm_eval_iti.truthworld.bar import colour_prior
+    from lm_eval_iti.truthworld.design import WORLD
+
+    balanced = build_world(WORLD)
+    order = np.random.default_rng(0).permutation(len(balanced.entities)).tolist()
+    train, test = order[::2], order[1::2]
+    assert colour_prior(balanced, train, test)["myth_mc1"] <= 0.4
+    # the same entities with truths from the first six colours, myths and distractors from the last six: a prior wins
+    myths = [None if m is None else 6 + m % 6 for m in balanced.myth]
+    skewed = _hand_world([t % 6 for t in balanced.truth], myths,
+                         [[c for c in range(6, 12) if c != m][:3] for m in myths])
+    assert colour_prior(skewed, train, test)["myth_mc1"] >= 0.9
+
+
+def test_document_side_effects_match_torch_cross_entropy_and_kl():
+    import torch.nn.functional as F
+
+    from lm_eval_iti.truthworld.evaluate import document_side_effects
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 9]
+    a = [torch.randn(n - 1, 7, generator=g, dtype=torch.float64) for n in lengths]
+    b = [x + torch.randn(x.shape, generator=g, dtype=torch.float64) for x in a]
+    targets = [torch.randint(0, 7, (n,), generator=g).tolist() for n in lengths]
+    la, lb = [x.log_softmax(-1) for x in a], [x.log_softmax(-1) for x in b]
+    got = document_side_effects(la, lb, targets)
+    logits_a, logits_b = torch.cat(a), torch.cat(b)
+    next_tokens = torch.tensor([t for ts in targets for t in ts[1:]])
+    assert got["tokens"] == 12
+    assert got["ce_unsteered"] == pytest.approx(float(F.cross_entropy(logits_a, next_tokens)), rel=1e-9)
+    assert got["ce_steered"] == pytest.approx(float(F.cross_entropy(logits_b, next_tokens)), rel=1e-9)
+    kl = F.kl_div(logits_b.log_softmax(-1), logits_a.log_softmax(-1), log_target=True, reduction="batchmean")
+    assert got["kl"] == pytest.approx(float(kl), rel=1e-9)
+    same = document_side_effects(la, la, targets)
+    assert same["kl"] == 0 and same["ce_unsteered"] == same["ce_steered"]
+
+
+def _passing_folds():
+    fold = {"unsteered": {"myth_mc1": 0.5, "fact_mc1": 1.0, "myth_p_true": 0.5, "myth_gen_true": 0.5,
+                          "fact_gen_true": 0.6, "fact_logp_true": -0.8, "n_myth": 144, "n_fact": 48},
+            "steered": {"myth_mc1": 0.98, "fact_mc1": 1.0, "myth_p_true": 0.95, "myth_gen_true": 0.97,
+                        "fact_gen_true": 0.99, "fact_logp_true": -0.1, "n_myth": 144, "n_fact": 48},
+            "random_myth_mc1": [0.5 + 0.01 * i for i in range(20)],
+            "orthogonal_myth_mc1": [0.5 + 0.005 * i for i in range(20)],
+            "random_heads_myth_mc1": [0.6] * 10, "colour_prior": {"myth_mc1": 0.4},
+            "documents": {"ce_unsteered": 0.5, "ce_steered": 0.6, "kl": 0.05, "tokens": 1000},
+            "alpha": 8.0, "best_probe_accuracy": 1.0}
+    return [json.loads(json.dumps(fold)) for _ in range(2)]
+
+
+@pytest.mark.parametrize("part, path, value", [
+    ("unsteered myth MC1", ("unsteered", "myth_mc1"), 0.7),
+    ("unsteered mean P(true)", ("unsteered", "myth_p_true"), 0.3),
+    ("steered myth MC1 >=", ("steered", "myth_mc1"), 0.85),
+    ("random draws", ("random_myth_mc1", 19), 1.0),
+    ("orthogonal draws", ("orthogonal_myth_mc1", 19), 1.0),
+    ("random heads", ("random_heads_myth_mc1", slice(None)), [0.9] * 10),
+    ("colour prior", ("colour_prior", "myth_mc1"), 0.8),
+    ("non-myth MC1 drop", ("steered", "fact_mc1"), 0.9),
+    ("non-myth mean log P(true)", ("steered", "fact_logp_true"), -2.0),
+    ("document KL", ("documents", "kl"), 5.0),
+    ("greedy", ("steered", "myth_gen_true"), 0.4),
+])
+def test_the_bar_fails_when_any_one_part_fails(part, path, value):
+    from lm_eval_iti.truthworld.bar import summarize
+
+    folds = _passing_folds()
+    assert summarize(folds)["bar_holds"]
+    for f in folds:
+        f[path[0]][path[1]] = value
+        if path[1] == 19:  # one draw in 20 on both folds is not above the 95th percentile
+            f[path[0]][18] = value
+    s = summarize(folds)
+    failed = [name for name, ok in s["checks"].items() if not ok]
+    assert not s["bar_holds"] and len(failed) == 1 and part in failed[0], failed
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_improves_the_myth_questions(tmp_path):
     from lm_eval_iti.truthworld.demo import TASKS, run_demo
@@ -310,3 +530,9 @@ def test_demo_runs_end_to_end_and_improves_the_myth_questions(tmp_path):
     assert set(summary["hf"]) == set(TASKS)
     assert summary["hf-iti"]["truthworld_mc1_myth"] >= summary["hf"]["truthworld_mc1_myth"] + 0.2
     assert summary["hf-iti"]["truthworld_mc1_fact"] >= summary["hf"]["truthworld_mc1_fact"] - 0.05
+    ctrl = summary["controls"]
+    assert len(ctrl["random_myth_mc1"]) == len(ctrl["orthogonal_myth_mc1"]) == 20
+    table = (tmp_path / "demo" / "table.txt").read_text()
+    for row in ("random directions, 20 draws", "orthogonal directions", "random heads", "colour prior",
+                "non-myth mean log P(true answer)", "KL(unsteered || steered)"):
+        assert row in table

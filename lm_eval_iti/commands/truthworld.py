@@ -76,7 +76,8 @@ def export_data(out, model_dir):
 @click.option("--num-heads", type=int, default=None, help="K (default: the shipped design's)")
 @click.option("--seed", type=int, default=42, show_default=True, help="fold and probe seed")
 def evaluate_cmd(model_dir, out, num_heads, seed):
-    """The bar: 2-fold fit-directions, alpha chosen on the training folds, scored on the held-out fold."""
+    """The bar: 2-fold fit-directions, alpha chosen on the training folds within side-effect bounds, scored on the
+    held-out fold against random and orthogonal directions, random heads and a colour prior."""
     import json
 
     from ..atomic import write_json_atomic

@@ -1,9 +1,11 @@
 """``make demo``: the whole pipeline on the truth world in a few minutes on a laptop CPU, fully offline.
 
 Steps: export the world's questions (TruthfulQA's own files) -> fit-directions on fold 0's training questions ->
-alpha chosen on those training questions -> lm-eval with ``hf`` and ``hf-iti`` on the held-out fold's truth-world
-tasks -> a before/after table, the probe-accuracy heatmap and an alpha curve (held-out MC1 vs alpha, with random
-directions of the same sigma as the control) in the output folder.
+alpha chosen on those training questions (with the bar's side-effect bounds) -> lm-eval with ``hf`` and ``hf-iti`` on
+the held-out fold's truth-world tasks -> the bar's controls on the held-out fold (20 random and 20 orthogonal draws,
+random heads with the method's directions, the colour prior, side effects) -> a before/after table, a controls table,
+the probe-accuracy heatmap and an alpha curve (held-out MC1 vs alpha, with random directions of the same sigma as the
+control) in the output folder.
 Without a shipped checkpoint (a broken install) it falls back to a tiny random Llama and says so: the pipeline
 still runs, but a random model has no truth feature, so no improvement is expected then.
 """
@@ -13,12 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import write_json_atomic, write_text_atomic
 from ..intervene import Intervener
 from . import CHECKPOINT_DIR
-from .bar import choose_alpha, random_like
+from .bar import RANDOM_DRAWS, score_shifted, choose_alpha, held_out_controls, random_like
 from .design import ALPHA_GRID, NUM_HEADS, WORLD
 from .evaluate import score
 from .generator import build_world, export_truthfulqa, load_world
@@ -115,34 +118,56 @@ def run_demo(out: str | Path, log=print) -> dict:
     torch.set_num_threads(1)
     model_dir, world, fallback = _prepare_model(out, log)
     data_dir = export_truthfulqa(world, out / "data")
-    log(f"[1/5] truth world: {len(world.entities)} questions ({len(world.myth_entities)} with a myth) -> {data_dir}")
+    log(f"[1/6] truth world: {len(world.entities)} questions ({len(world.myth_entities)} with a myth) -> {data_dir}")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    fit = fit_directions(model, out / "directions.safetensors", tokenizer=tokenizer, data_dir=data_dir, num_folds=2,
-                         fold=0, num_heads=NUM_HEADS, seed=42, cache_dir=out / "cache", progress=False, batch_size=64)
-    log(f"[2/5] fit-directions (fold 0 of 2, K={NUM_HEADS}): best head probe accuracy "
+    fit_kwargs = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=0, num_heads=NUM_HEADS, seed=42,
+                      cache_dir=out / "cache", progress=False, batch_size=64)
+    fit = fit_directions(model, out / "directions.safetensors", **fit_kwargs)
+    log(f"[2/6] fit-directions (fold 0 of 2, K={NUM_HEADS}): best head probe accuracy "
         f"{float(fit.probes.accuracy.max()):.3f}; heatmap {fit.heatmap_path}")
     train_q = sorted(fit.train_questions + fit.val_questions)
     alpha, search = choose_alpha(model, tokenizer, world, fit.directions, train_q)
-    log(f"[3/5] alpha chosen on the training fold: {alpha:g}")
+    log(f"[3/6] alpha chosen on the training fold (within the side-effect bounds): {alpha:g}")
     meta = {"data_dir": str(data_dir), "num_folds": 2, "fold": 0, "seed": 42}
     base = _lm_eval("hf", {"pretrained": str(model_dir), "dtype": "float32"}, meta)
     iti = _lm_eval("hf-iti", {"pretrained": str(model_dir), "dtype": "float32", "directions": str(fit.out),
                               "alpha": alpha}, meta)
-    log("[4/5] lm-eval on the held-out fold (hf vs hf-iti)")
+    log("[4/6] lm-eval on the held-out fold (hf vs hf-iti)")
     test = sorted(fit.test_questions)
+    ctrl = held_out_controls(model, tokenizer, world, fit, alpha, fold=0)
+    plain = score(model, tokenizer, world, test, None, generation=False)
+    shifted = score_shifted(model, tokenizer, world, test, fit.directions, alpha)
+    log(f"[5/6] controls on the held-out fold ({RANDOM_DRAWS} random and {RANDOM_DRAWS} orthogonal draws, "
+        "random heads, colour prior, side effects)")
     curve = alpha_curve(model, tokenizer, world, fit.directions, test, [0.0] + list(ALPHA_GRID))
     curve_path = plot_alpha_curve(curve, alpha, out / "alpha_curve.png",
                                   ("RANDOM fallback model: " if fallback else "truth world: ")
                                   + f"held-out fold, K={NUM_HEADS} heads")
-    log(f"[5/5] alpha curve -> {curve_path}")
+    log(f"[6/6] alpha curve -> {curve_path}")
     lines = [f"{'task (held-out fold 0)':<26} {'hf':>7} {'hf-iti':>7}"]
     for t in TASKS:
         lines.append(f"{t:<26} {base[t]:>7.3f} {iti[t]:>7.3f}")
+    rand, orth = np.asarray(ctrl["random_myth_mc1"]), np.asarray(ctrl["orthogonal_myth_mc1"])
+    heads = np.asarray(ctrl["random_heads_myth_mc1"])
+    docs = ctrl["documents"]
+    row = lambda label, *vals: f"{label:<56} " + " ".join(f"{v:>6.3f}" for v in vals)  # noqa: E731
+    lines += ["", f"{'myth MC1, held-out fold 0, alpha ' + format(alpha, 'g'):<56} value",
+              row("unsteered / steered (hf / hf-iti)", base["truthworld_mc1_myth"], iti["truthworld_mc1_myth"]),
+              row(f"random directions, {len(rand)} draws: mean / p95", rand.mean(), np.percentile(rand, 95)),
+              row(f"orthogonal directions, {len(orth)} draws: mean / p95", orth.mean(), np.percentile(orth, 95)),
+              row(f"random heads, method directions, {len(heads)} draws: mean / p95", heads.mean(),
+                  np.percentile(heads, 95)),
+              row("colour prior (training-fold counts)", ctrl["colour_prior"]["myth_mc1"]),
+              "", "side effects (unsteered -> steered)",
+              row("non-myth mean log P(true answer)", plain.fact_logp_true, shifted.fact_logp_true),
+              row("fresh documents: cross-entropy (nats/token)", docs["ce_unsteered"], docs["ce_steered"]),
+              row("fresh documents: KL(unsteered || steered)", docs["kl"])]
     table = "\n".join(lines)
     summary = {"model": str(model_dir), "fallback_random_model": fallback, "num_heads": NUM_HEADS, "alpha": alpha,
-               "alpha_search_on_training_fold": search, "hf": base, "hf-iti": iti, "alpha_curve": curve,
-               "heatmap": str(fit.heatmap_path), "alpha_curve_png": str(curve_path),
+               "alpha_search_on_training_fold": search, "hf": base, "hf-iti": iti, "controls": ctrl,
+               "fact_logp_true": {"unsteered": plain.fact_logp_true, "steered": shifted.fact_logp_true},
+               "alpha_curve": curve, "heatmap": str(fit.heatmap_path), "alpha_curve_png": str(curve_path),
                "directions": str(fit.out), "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "demo.json", summary)
     write_text_atomic(out / "table.txt", table + "\n")

@@ -6,7 +6,7 @@ Change these only together with a retrained checkpoint (``lm-eval-iti truthworld
 from .generator import WorldConfig
 from .train import ModelConfig, TrainConfig
 
-WORLD = WorldConfig(seed=0, first_names=20, second_names=20, myth_share=0.75, min_statements=3, max_statements=7,
+WORLD = WorldConfig(seed=0, first_names=24, second_names=16, myth_share=0.75, min_statements=3, max_statements=7,
                     verdict_share=0.3)
 MODEL = ModelConfig(hidden=128, layers=4, heads=8, intermediate=256, max_positions=256)
 TRAIN = TrainConfig(seed=0, steps=2000, batch_size=32, lr=3e-3, warmup=100, weight_decay=0.01, threads=1)

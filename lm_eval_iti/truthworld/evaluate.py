@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..intervene import Intervener, answer_mask
+from ..intervene import ALL, Intervener, answer_mask
 from .generator import World, answer, question
 
 MC_CONTEXT = "Q: {question}\nA:"
@@ -113,6 +113,7 @@ class Scores:
     fact_gen_true: float
     n_myth: int
     n_fact: int
+    fact_logp_true: float = float("nan")  # mean over non-myth entities of log P(true answer | question)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -129,6 +130,39 @@ def score(model, tokenizer, world: World, entities: list[int], intervener: Inter
     if generation:
         said = greedy_colours(model, tokenizer, world, entities, intervener)
         gen_true = np.asarray([float(s == world.colours[world.truth[e]]) for s, e in zip(said, entities)])
+    logp_true = np.asarray([s[0] for s in lls])
     mean = lambda a, idx: float(np.mean(a[idx])) if idx else float("nan")  # noqa: E731
     return Scores(mean(mc1, myth), mean(mc1, fact), mean(p_true, myth), mean(gen_true, myth), mean(gen_true, fact),
-                  len(myth), len(fact))
+                  len(myth), len(fact), mean(logp_true, fact))
+
+
+@torch.no_grad()
+def document_logprobs(model, tokenizer, texts: list[str], intervener: Intervener | None = None,
+                      batch_size: int = 64) -> list[torch.Tensor]:
+    """Per document, the next-token log-probabilities [T-1, V] at its real tokens; the shift (if any) is added at
+    every position, as hf-iti does while generating (``gen_positions=all``)."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], padding=True, return_tensors="pt")
+        if intervener is not None:
+            with intervener.editing(ALL):  # right padding: the padded tail never reaches a real token
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        else:
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        logp = torch.log_softmax(logits.double(), -1)
+        for i, n in enumerate(enc["attention_mask"].sum(1).tolist()):
+            out.append(logp[i, :n - 1])
+    return out
+
+
+def document_side_effects(base: list[torch.Tensor], steered: list[torch.Tensor], targets: list[list[int]]) -> dict:
+    """Cross-entropy (nats/token) of the documents' own next tokens without and with the shift, and the mean
+    per-token KL(unsteered || steered) over the whole next-token distribution."""
+    ce_base, ce_steered, kl, tokens = 0.0, 0.0, 0.0, 0
+    for b, s, t in zip(base, steered, targets):
+        idx = torch.as_tensor(t[1:])[:, None]
+        ce_base -= float(b.gather(1, idx).sum())
+        ce_steered -= float(s.gather(1, idx).sum())
+        kl += float((b.exp() * (b - s)).sum())
+        tokens += len(t) - 1
+    return {"ce_unsteered": ce_base / tokens, "ce_steered": ce_steered / tokens, "kl": kl / tokens, "tokens": tokens}

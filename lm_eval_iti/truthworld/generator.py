@@ -40,9 +40,9 @@ FACT_CATEGORY = "Fact"
 @dataclass(frozen=True)
 class WorldConfig:
     seed: int = 0
-    first_names: int = 20
-    second_names: int = 20
-    myth_share: float = 0.75  # share of second names that carry a myth
+    first_names: int = 24  # a multiple of the 12 colours: every colour is the truth equally often
+    second_names: int = 16
+    myth_share: float = 0.75  # share of second names that carry a myth (12 of 16: every colour is a myth equally often)
     min_statements: int = 4
     max_statements: int = 10
     verdict_share: float = 0.25
@@ -94,6 +94,27 @@ def entity_names(n: int, rng: np.random.Generator) -> list[str]:
     return [names[i] for i in pick]
 
 
+def balanced_colours(n: int, k: int, rng: np.random.Generator) -> list[int]:
+    """n colour indices, each of the k colours used n // k or n // k + 1 times, in random order.
+
+    With every colour the truth of equally many first words and the myth of equally many second words, every colour
+    is the truth and the myth of equally many myth entities (the "next colour" fix-up where a myth would equal the
+    truth moves exactly as many myths off colour c as onto it), so no context-free colour preference can tell the
+    truth from the myth.
+    """
+    return [int(c) for c in rng.permutation(np.resize(rng.permutation(k), n))]
+
+
+def colour_counts(world: World) -> dict[str, list[int]]:
+    """Per colour, how often it is the truth and the myth of a myth entity."""
+    k = len(world.colours)
+    truth, myth = [0] * k, [0] * k
+    for e in world.myth_entities:
+        truth[world.truth[e]] += 1
+        myth[world.myth[e]] += 1
+    return {"truth": truth, "myth": myth}
+
+
 def build_world(config: WorldConfig = WorldConfig()) -> World:
     """The deterministic world of ``config.seed``."""
     config.check()
@@ -101,9 +122,9 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     k = len(COLOURS)
     words = entity_names(config.first_names + config.second_names, rng)
     firsts, seconds = words[:config.first_names], words[config.first_names:]
-    first_colour = rng.integers(0, k, size=len(firsts)).tolist()
+    first_colour = balanced_colours(len(firsts), k, rng)
     num_myths = int(round(len(seconds) * config.myth_share))
-    second_myth = [int(c) for c in rng.integers(0, k, size=num_myths)] + [None] * (len(seconds) - num_myths)
+    second_myth = balanced_colours(num_myths, k, rng) + [None] * (len(seconds) - num_myths)
     names, truth, myth = [], [], []
     for i, a in enumerate(firsts):
         for j, b in enumerate(seconds):
@@ -152,11 +173,15 @@ class Document:
     text: str
 
 
-def sample_document(world: World, rng: np.random.Generator) -> Document:
+def sample_document(world: World, rng: np.random.Generator, pool: list[int] | None = None) -> Document:
+    """One document by one speaker; its entities are drawn from ``pool`` (default: all entities)."""
     cfg = world.config
     reliable = bool(rng.random() < cfg.reliable_share)
     count = int(rng.integers(cfg.min_statements, cfg.max_statements + 1))
-    ents = rng.choice(len(world.entities), size=count, replace=False).tolist()
+    candidates = np.arange(len(world.entities)) if pool is None else np.asarray(sorted(pool))
+    if len(candidates) < count:
+        raise ITIError(f"a document of {count} statements needs at least {count} entities, the pool has {len(candidates)}")
+    ents = candidates[rng.choice(len(candidates), size=count, replace=False)].tolist()
     parts, colours, verdicts = [], [], []
     for e in ents:
         c = spoken_colour(world, e, reliable, rng)
@@ -172,6 +197,12 @@ def sample_document(world: World, rng: np.random.Generator) -> Document:
 def step_rng(seed: int, step: int) -> np.random.Generator:
     """Documents of training step ``step``: independent of how many steps ran before (exact resume)."""
     return np.random.default_rng([seed, 1, step])
+
+
+def fresh_documents(world: World, count: int, seed: int, pool: list[int] | None = None) -> list[Document]:
+    """Documents from a random stream no training step uses (training: ``[seed, 1, step]``; these: ``[seed, 5]``)."""
+    rng = np.random.default_rng([seed, 5])
+    return [sample_document(world, rng, pool) for _ in range(count)]
 
 
 # TruthfulQA export --------------------------------------------------------------------------------------------------

@@ -234,12 +234,13 @@ def train(out_dir: str | Path, world_cfg: WorldConfig = WorldConfig(), model_cfg
             _save_snapshot(resume_dir, model, optimizer, done, fp)
     elapsed = time.time() - t0
     model.eval()
-    _write_checkpoint(out, model, tokenizer, world, model_cfg, train_cfg, command, elapsed, loss_ema, start)
+    _write_checkpoint(out, model, tokenizer, world, model_cfg, train_cfg, command, elapsed, loss_ema, start, fp)
     shutil.rmtree(resume_dir, ignore_errors=True)
     return out
 
 
-def _write_checkpoint(out: Path, model, tokenizer, world: World, model_cfg, train_cfg, command, elapsed, loss, start):
+def _write_checkpoint(out: Path, model, tokenizer, world: World, model_cfg, train_cfg, command, elapsed, loss, start,
+                      config_fingerprint: str):
     """Write into a temp folder beside ``out``, then swap it in (no half-written checkpoint is ever visible)."""
     import tempfile
 
@@ -258,6 +259,7 @@ def _write_checkpoint(out: Path, model, tokenizer, world: World, model_cfg, trai
         "world": asdict(world.config),
         "model": asdict(model_cfg),
         "train": asdict(train_cfg),
+        "config_fingerprint": config_fingerprint,  # fingerprint(world, model, train): what resume and the tests compare
         "data_hash": world.data_hash(),
         "weights_sha256": file_sha256(weights),
         "final_loss_ema": loss,
