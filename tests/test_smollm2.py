@@ -155,13 +155,36 @@ def test_stock_lm_eval_cli_runs_hf_iti_on_the_gguf(gguf_source, dirs_file, tmp_p
     assert 0.0 <= results["results"]["truthfulqa_iti_mc1"]["acc,none"] <= 1.0
 
 
-def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2_dir, tmp_path):
+def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2_dir, plain, tmp_path):
     from lm_eval_iti.fit import fit_directions
 
     result = fit_directions(NAME, tmp_path / "d.safetensors", data_dir=str(tqa_v0()), max_questions=80,
                             num_heads=16, sigma_data="mc", dtype="float32", batch_size=16, device="cpu",
                             cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
-    assert float(result.probes.accuracy.max()) > 0.6
+    best = float(result.probes.accuracy.max())
+    assert best > 0.6
+    # control: the same activations (from the cache, no forward pass) with the true/false labels shuffled within
+    # each question; the best of 270 probes is then chance plus selection noise, and must stay below the real one
+    import numpy as np
+
+    from lm_eval_iti.collect import collect_activations
+    from lm_eval_iti.data import load_mc
+    from lm_eval_iti.probes import fit_probes
+    from lm_eval_iti.prompts import mc_prompt_set
+
+    model, tokenizer = plain
+    mc_set = mc_prompt_set(load_mc(str(tqa_v0()))[:80], "qa", tokenizer)
+    acts = collect_activations(model, tokenizer, mc_set.prompts, add_special_tokens=mc_set.add_special_tokens,
+                               cache_dir=tmp_path / "cache", identity=result.directions.metadata["model_identity"],
+                               progress=False)
+    labels = np.asarray(mc_set.labels)
+    rng = np.random.default_rng(0)
+    for q in range(80):
+        rows = mc_set.rows_of_questions([q])
+        labels[rows] = rng.permutation(labels[rows])
+    shuffled = fit_probes(acts, labels, mc_set.rows_of_questions(result.train_questions),
+                          mc_set.rows_of_questions(result.val_questions))
+    assert float(shuffled.accuracy.max()) < best
     meta = result.directions.metadata
     assert meta["model_identity"] == gguf_identity(packaged_model_path(NAME))
     assert len(json.loads(meta["train_question_ids"])) == 80
