@@ -97,14 +97,21 @@ def spread(timings: dict[str, Timing], num: str, den: str) -> float:
     return (max(per_repeat) - min(per_repeat)) / min(per_repeat)
 
 
+NOISY_SPREAD = 0.25  # per-repeat ratios that moved more than this: the machine was too busy to judge a target
+
+
 def figure(name: str, ratio: float | None, target: str, passed: bool | None, spread: float | None = None,
            note: str = "") -> dict:
     """One row of the bench table; ``passed=None`` means the target does not apply here (shown as n/a); ``ratio=None``
-    with a ``note``: the figure was not measured (shown as "not run: <note>")."""
+    with a ``note``: the figure was not measured (shown as "not run: <note>"); a spread above ``NOISY_SPREAD``: the
+    target is not judged (shown as "noisy ...")."""
     row = {"figure": name, "ratio": None if ratio is None else round(float(ratio), 4), "target": target,
            "pass": None if passed is None else bool(passed)}
     if spread is not None:
         row["spread"] = round(float(spread), 4)
+        if spread > NOISY_SPREAD and passed is not None:  # neither a pass nor a fail can be read off such a run
+            row["pass"] = None
+            note = note or f"noisy (spread > {NOISY_SPREAD}): rerun on a quiet machine"
     if note:
         row["note"] = note
     return row

@@ -49,6 +49,9 @@ def test_interleaved_ratios_use_the_minimum_and_report_the_spread_of_the_per_rep
     out = common.interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, repeats=3, warmup=1)
     assert calls == ["x", "y", "x", "y", "y", "x", "x", "y"]  # warm-up, then alternating order
     assert [len(t.times) for t in out.values()] == [3, 3]
+    assert common.figure("f", 1.01, "<= 1.03", True, spread=0.05)["pass"] is True
+    noisy = common.figure("f", 1.01, "<= 1.03", True, spread=0.5)
+    assert noisy["pass"] is None and noisy["note"].startswith("noisy")
 
 
 def test_real_model_bench_prints_a_not_run_row_per_figure_when_the_model_is_missing(monkeypatch, capsys):
