@@ -3,7 +3,8 @@
 ``fit_directions(model=..., out=...)`` is what the CLI and the experiment commands call; pass an already-loaded model
 and tokenizer to fit many folds/K/methods in one process: activations come from the cache after the first call
 (``FitResult.forward_passes`` is then 0). A fit collects only its training fold's prompts; ``collect_all_folds``
-collects every fold's, so that the other folds' fits need no forward pass (the experiment commands do this). Outputs, all written atomically and only after every check passed:
+collects every fold's, so that the other folds' fits need no forward pass (the experiment commands do this).
+Outputs, all written atomically and only after every check passed:
 ``out`` (the directions file), ``<out stem>.heads.png`` (probe-accuracy heatmap) and ``<out stem>.summary.json``.
 """
 
