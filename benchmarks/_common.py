@@ -8,6 +8,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,8 +54,24 @@ def directions_file(model_dir: Path, num_heads=48, alpha=15.0, seed=0) -> Path:
     return path
 
 
-def interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per callable, run alternately (A B A B ...) so machine drift hits both alike."""
+@dataclass
+class Timing:
+    """Seconds of each repeat of one callable."""
+
+    times: list[float]
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict[str, Timing]:
+    """Seconds per repeat of each callable, run alternately (A B A B ..., the order reversed every other repeat) so
+    machine drift hits all alike. Compare them with ``ratio`` (minimum over minimum) and ``spread``."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -65,13 +82,44 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict[str, float
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: Timing(ts) for name, ts in times.items()}
 
 
-def figure(name: str, ratio: float, target: str, passed: bool | None) -> dict:
-    """One row of the bench table; ``passed=None`` means the target does not apply here (shown as n/a)."""
-    return {"figure": name, "ratio": round(float(ratio), 4), "target": target,
-            "pass": None if passed is None else bool(passed)}
+def ratio(timings: dict[str, Timing], num: str, den: str) -> float:
+    """min(num) / min(den): the least-disturbed run of each (noise on a shared machine only ever adds time)."""
+    return timings[num].min / timings[den].min
+
+
+def spread(timings: dict[str, Timing], num: str, den: str) -> float:
+    """(max - min) / min of the per-repeat ratios num/den (each repeat's pair ran back to back): how much the ratio
+    moved from repeat to repeat on this machine."""
+    per_repeat = [a / b for a, b in zip(timings[num].times, timings[den].times)]
+    return (max(per_repeat) - min(per_repeat)) / min(per_repeat)
+
+
+NOISY_SPREAD = 0.25  # per-repeat ratios that moved more than this: the machine was too busy to judge a target
+
+
+def figure(name: str, ratio: float | None, target: str, passed: bool | None, spread: float | None = None,
+           note: str = "") -> dict:
+    """One row of the bench table; ``passed=None`` means the target does not apply here (shown as n/a); ``ratio=None``
+    with a ``note``: the figure was not measured (shown as "not run: <note>"); a spread above ``NOISY_SPREAD``: the
+    target is not judged (shown as "noisy ...")."""
+    row = {"figure": name, "ratio": None if ratio is None else round(float(ratio), 4), "target": target,
+           "pass": None if passed is None else bool(passed)}
+    if spread is not None:
+        row["spread"] = round(float(spread), 4)
+        if spread > NOISY_SPREAD and passed is not None:  # neither a pass nor a fail can be read off such a run
+            row["pass"] = None
+            note = note or f"noisy (spread > {NOISY_SPREAD}): rerun on a quiet machine"
+    if note:
+        row["note"] = note
+    return row
+
+
+def not_run(name: str, target: str, reason: str) -> dict:
+    """A figure that could not be measured here, with the reason (e.g. the real model is not installed)."""
+    return figure(name, None, target, None, note=f"not run: {reason}")
 
 
 def emit(figures: list[dict]) -> None:

@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import emit, figure, interleaved, machine  # noqa: E402
+from _common import emit, figure, interleaved, machine, ratio as min_ratio, spread  # noqa: E402
 
 
 def sync():
@@ -108,20 +108,35 @@ def main() -> int:
         hf = HFLM(batch_size=bs, **common)
         iti = HFITI(batch_size=bs, directions=str(dirs_file), **common)
         try:
-            gen_reqs = [Instance("generate_until", None, (r[0], {"until": ["never-stop"], "max_gen_toks": sizes["gen_tokens"]}), i)
+            # min_new_tokens: both decode the same number of steps whatever the steering does to an early EOS
+            gen_reqs = [Instance("generate_until", None, (r[0], {"until": ["never-stop"], "max_gen_toks": sizes["gen_tokens"],
+                                                                 "min_new_tokens": sizes["gen_tokens"]}), i)
                         for i, r in enumerate(requests(sizes["gen"] if bs > 1 else max(2, sizes["gen"] // 4), 30, 1))]
-            ll = interleaved({"hf": lambda: (hf.loglikelihood(ll_reqs, disable_tqdm=True), sync()),
+
+            def unhooked(fn):  # hf shares the model object: it runs without hf-iti's hooks, as stock hf would
+                def run():
+                    iti.intervener.remove()
+                    try:
+                        fn()
+                    finally:
+                        iti.intervener.install()
+                    sync()
+                return run
+
+            ll = interleaved({"hf": unhooked(lambda: hf.loglikelihood(ll_reqs, disable_tqdm=True)),
                               "iti": lambda: (iti.loglikelihood(ll_reqs, disable_tqdm=True), sync())}, args.repeats)
-            gen = interleaved({"hf": lambda: (hf.generate_until(gen_reqs, disable_tqdm=True), sync()),
+            gen = interleaved({"hf": unhooked(lambda: hf.generate_until(gen_reqs, disable_tqdm=True)),
                                "iti": lambda: (iti.generate_until(gen_reqs, disable_tqdm=True), sync())}, args.repeats)
         finally:
             iti.intervener.remove()  # the model object is shared: take the hooks off again
         for kind, t, target in (("loglikelihood", ll, 1.02), ("generation", gen, 1.03)):
-            ratio = t["iti"] / t["hf"]
-            print(f"(a) hf-iti/hf {kind} batch {bs}: {t['iti']:.3f}s / {t['hf']:.3f}s = {ratio:.3f}")
+            ratio, moved = min_ratio(t, "iti", "hf"), spread(t, "iti", "hf")
+            print(f"(a) hf-iti/hf {kind} batch {bs}: {t['iti'].min:.3f}s / {t['hf'].min:.3f}s = {ratio:.3f} "
+                  f"(spread {moved:.3f})")
             at16 = bs == 16
             figures.append(figure(f"gpu_check (a) hf-iti/hf {kind} bs{bs}", ratio,
-                                  f"<= {target} (GPU)" if at16 else "info", timing(ratio <= target) if at16 else None))
+                                  f"<= {target} (GPU)" if at16 else "info", timing(ratio <= target) if at16 else None,
+                                  moved))
 
     # (b) collection ---------------------------------------------------------------------------------------------
     prompts = [f"Q: {q[0][3:-3]} A:{q[1]}" for q in requests(sizes["collect"], 30, 2)]

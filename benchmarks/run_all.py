@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark script here, one after another, and print one table of their figures.
 
-Each script prints, as its last stdout line, {"figures": [{"figure", "ratio", "target", "pass"}, ...]}.
+Each script prints, as its last stdout line, {"figures": [{"figure", "ratio", "target", "pass"[, "spread"][, "note"]},
+...]}. Timed ratios are min/min over interleaved repeats; spread is (max - min) / min of the per-repeat ratios.
 gpu_check.py runs with --small when no CUDA device is present (correctness only on CPU).
 """
 
@@ -39,11 +40,13 @@ def main() -> int:
             failures.append(f"{script.name}: exit {proc.returncode}, no figures ({proc.stderr.strip().splitlines()[-1:] })")
             continue
         for f in figures:
-            rows.append((script.name, f["figure"], f["ratio"], f["target"], "n/a" if f["pass"] is None else "pass" if f["pass"] else "FAIL"))
+            result = f.get("note") or ("n/a" if f["pass"] is None else "pass" if f["pass"] else "FAIL")
+            spread = "" if f.get("spread") is None else f"{f['spread']:.3f}"
+            rows.append((script.name, f["figure"], "-" if f["ratio"] is None else f["ratio"], spread, f["target"], result))
         print(f"   ({elapsed:.0f} s)", flush=True)
     print(f"\nmachine: {machine()}\n")
-    widths = [max(len(str(r[i])) for r in rows + [("script", "figure", "ratio", "target", "result")]) for i in range(5)]
-    header = ("script", "figure", "ratio", "target", "result")
+    header = ("script", "figure", "ratio", "spread", "target", "result")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("-|-".join("-" * w for w in widths))
     for row in rows:

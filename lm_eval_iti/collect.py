@@ -278,28 +278,67 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
                         batch_size: int = 16, chunk_size: int = 512, cache_dir: str | os.PathLike | None = None,
                         use_cache: bool = True, model_name: str | None = None, revision: str | None = None,
                         identity: str | None = None, progress: bool = True, desc: str = "activations",
-                        stats: CollectStats | None = None, token_lists: list[list[int]] | None = None) -> torch.Tensor:
+                        stats: CollectStats | None = None, token_lists: list[list[int]] | None = None,
+                        rows: list[int] | None = None, collect_all: bool = False) -> torch.Tensor:
     """fp16 [N, layers, heads, head_dim]: out-projection inputs at each prompt's last token, from the cache if there.
 
+    ``rows`` (optional): the only prompts the caller will use; the result then holds those rows, in that order. They
+    are collected as a prompt set of their own (their own cache entry), unless a complete cache entry of the whole
+    set exists (then it is read) or ``collect_all`` asks for the whole set to be collected and cached anyway (for
+    callers that will need the other rows later, e.g. the other folds of ``validate``).
     ``stats`` (optional) is filled in: ``forward_passes`` counts the model calls made now (0 when all chunks were cached).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or chunk_size < 1:
         raise ITIError(f"batch_size={batch_size} and chunk_size={chunk_size} must be positive")
-    started = time.perf_counter()
     stats = stats if stats is not None else CollectStats()
-    shape = model_shape(model)
-    projections = out_projections(model)
     if not (token_lists if token_lists is not None else prompts):
         raise ITIError("no prompts to collect activations for")
     tokens = token_lists if token_lists is not None else tokenize_prompts(tokenizer, prompts, add_special_tokens)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    ident = identity or model_identity(model, model_name, revision, root if use_cache else None)
+    common = dict(batch_size=batch_size, chunk_size=chunk_size, root=root, use_cache=use_cache, identity=ident,
+                  progress=progress, desc=desc, stats=stats)
+    rows = None if rows is None else [int(r) for r in rows]
+    if rows is None or rows == list(range(len(tokens))):
+        return _collect(model, tokenizer, tokens, **common)
+    if not rows:
+        raise ITIError("no prompts to collect activations for")
+    if collect_all:
+        return _collect(model, tokenizer, tokens, **common)[rows]
+    whole = _complete_entry(model, tokens, chunk_size, root, ident) if use_cache else None
+    if whole is not None:
+        started = time.perf_counter()
+        acts = whole.load()
+        stats.prompts += len(rows)
+        stats.chunks_cached += whole.num_chunks
+        stats.model_identity, stats.cache_path = ident, str(whole.path)
+        stats.seconds += time.perf_counter() - started
+        return acts[rows]
+    return _collect(model, tokenizer, [tokens[r] for r in rows], **common)
+
+
+def _complete_entry(model: nn.Module, tokens: list[list[int]], chunk_size: int, root: Path,
+                    identity: str) -> "ActivationCache | None":
+    """The cache entry of exactly these prompts if it exists with every chunk written; never creates one."""
+    meta = cache_meta(model, tokens, chunk_size, identity)
+    if not (ActivationCache.entry_path(root, meta) / "meta.json").is_file():
+        return None
+    cache = ActivationCache.open(root, meta)
+    return cache if all(cache.has_chunk(i) for i in range(cache.num_chunks)) else None
+
+
+def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size: int, chunk_size: int, root: Path,
+             use_cache: bool, identity: str, progress: bool, desc: str, stats: CollectStats) -> torch.Tensor:
+    """Every prompt of ``tokens``: cached chunks are read, the others computed (and written when ``use_cache``)."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    shape = model_shape(model)
+    projections = out_projections(model)
     n = len(tokens)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = int(pad_id if pad_id is not None else (getattr(tokenizer, "eos_token_id", None) or 0))
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    meta = cache_meta(model, tokens, chunk_size, identity or model_identity(model, model_name, revision,
-                                                                             root if use_cache else None))
+    meta = cache_meta(model, tokens, chunk_size, identity)
     ident = meta["model_identity"]
     cache = ActivationCache.open(root, meta) if use_cache else None
     chunking = cache.chunk_size if cache else chunk_size

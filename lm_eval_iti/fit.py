@@ -2,7 +2,9 @@
 
 ``fit_directions(model=..., out=...)`` is what the CLI and the experiment commands call; pass an already-loaded model
 and tokenizer to fit many folds/K/methods in one process: activations come from the cache after the first call
-(``FitResult.forward_passes`` is then 0). Outputs, all written atomically and only after every check passed:
+(``FitResult.forward_passes`` is then 0). A fit collects only its training fold's prompts; ``collect_all_folds``
+collects every fold's, so that the other folds' fits need no forward pass (the experiment commands do this).
+Outputs, all written atomically and only after every check passed:
 ``out`` (the directions file), ``<out stem>.heads.png`` (probe-accuracy heatmap) and ``<out stem>.summary.json``.
 """
 
@@ -143,8 +145,14 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
                    use_cache: bool = True, probe_backend: str = "torch", max_questions: int | None = None,
                    revision: str | None = None, chunk_size: int = 512, progress: bool = True,
                    write_plot: bool = True, gguf_file: str | None = None, kl_budget: float = 0.2,
-                   kl_corpus: str = "wikitext") -> FitResult:
-    """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model."""
+                   kl_corpus: str = "wikitext", collect_all_folds: bool = False) -> FitResult:
+    """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model.
+
+    Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
+    prompts are collected and cached, so that fits of the other folds (``validate``, ``sweep``) read them back with
+    no forward pass. A complete cache of every fold, when there, is read either way. ``alpha="auto"``: the largest
+    alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget`` (experiments.side_effects).
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_data, num_folds, fold, val_ratio, alpha,
@@ -180,8 +188,10 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     model_revision = revision or getattr(model.config, "_commit_hash", None) or ""
     timings["load model"] = time.perf_counter() - clock
 
-    # prompts and labels
-    mc_set = mc_prompt_set(mc_docs, prompt_format, tokenizer)
+    # prompts and labels: the full sets (one activation cache for every fold), and the rows of the training fold
+    mc_all = mc_prompt_set(mc_docs, prompt_format, tokenizer)
+    probe_rows = mc_all.rows_of_questions(fit_questions)
+    mc_set = mc_all.subset(probe_rows)
     train_rows = mc_set.rows_of_questions(train_q)
     val_rows = mc_set.rows_of_questions(val_q)
     labels = np.asarray(mc_set.labels)
@@ -192,23 +202,27 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
             raise ITIError(f"the {what} questions have no {missing} answer (a class with no examples); "
                            "check the labels of the data or use more questions")
     groups = fold_assignment(questions, num_folds, seed, contiguous_folds) if num_folds is not None else None
-    sigma_set = (gen_end_q_prompt_set(mc_docs, gen_docs, seed, prompt_format, tokenizer, groups=groups)
-                 if sigma_data == "gen_end_q" else mc_set)
+    sigma_all = (gen_end_q_prompt_set(mc_docs, gen_docs, seed, prompt_format, tokenizer, groups=groups)
+                 if sigma_data == "gen_end_q" else mc_all)
+    sigma_needed = sigma_all.rows_of_questions(fit_questions)
+    if not sigma_needed:
+        raise ITIError(f"--sigma-data {sigma_data}: no prompt belongs to a training question")
+    sigma_set = mc_set if sigma_all is mc_all else sigma_all.subset(sigma_needed)
 
     # activations
     clock = time.perf_counter()
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stats = {"probe set": CollectStats()}
     common = dict(batch_size=batch_size, chunk_size=chunk_size, cache_dir=cache_root, use_cache=use_cache,
-                  model_name=model_name, revision=revision, progress=progress)
-    acts = collect_activations(model, tokenizer, mc_set.prompts, add_special_tokens=mc_set.add_special_tokens,
-                               desc="activations (probe set)", stats=stats["probe set"], **common)
+                  model_name=model_name, revision=revision, progress=progress, collect_all=collect_all_folds)
+    acts = collect_activations(model, tokenizer, mc_all.prompts, add_special_tokens=mc_all.add_special_tokens,
+                               rows=probe_rows, desc="activations (probe set)", stats=stats["probe set"], **common)
     if sigma_set is mc_set:
         sigma_acts = acts
     else:
         stats["sigma set"] = CollectStats()
-        sigma_acts = collect_activations(model, tokenizer, sigma_set.prompts,
-                                         add_special_tokens=sigma_set.add_special_tokens,
+        sigma_acts = collect_activations(model, tokenizer, sigma_all.prompts, rows=sigma_needed,
+                                         add_special_tokens=sigma_all.add_special_tokens,
                                          desc="activations (sigma set)", stats=stats["sigma set"], **common)
     timings["collect activations"] = time.perf_counter() - clock
 
@@ -232,8 +246,6 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     dirs = compute_directions(method, selected, x=head_activations(acts, selected, fit_rows),
                               labels=labels[fit_rows], probe_coef=probes.coef, seed=seed)
     sigma_rows = sigma_set.rows_of_questions(fit_questions)
-    if not sigma_rows:
-        raise ITIError(f"--sigma-data {sigma_data}: no prompt belongs to a training question")
     sigma = compute_sigma(head_activations(sigma_acts, selected, sigma_rows), dirs, sigma_ddof)
     if not bool((sigma > 0).all()):
         bad = selected[int((sigma <= 0).nonzero()[0])].tolist()
@@ -287,10 +299,12 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
             "sigma_ddof": sigma_ddof, "alpha": alpha, "probe_backend": probe_backend, "max_questions": max_questions},
         "counts": {"questions": len(questions), "fit_questions": len(fit_questions), "probe_train_questions": len(train_q),
                    "probe_val_questions": len(val_q), "test_questions": len(test_questions),
-                   "probe_prompts": len(mc_set), "probe_train_rows": len(train_rows), "probe_val_rows": len(val_rows),
-                   "sigma_prompts": len(sigma_set), "sigma_rows": len(sigma_rows),
+                   "probe_prompts": len(mc_all), "probe_rows": len(mc_set), "probe_train_rows": len(train_rows),
+                   "probe_val_rows": len(val_rows), "sigma_prompts": len(sigma_all), "sigma_rows": len(sigma_rows),
                    "probes": shape.num_layers * shape.num_heads, "heads_selected": num_heads},
         "activations": {k: vars(v) for k, v in stats.items()},
+        "collected": "every fold (a cache for the other folds' fits)" if collect_all_folds and test_questions
+                     else "the training fold's prompts only",
         "probe_iterations": probes.iterations,
         "top_heads": [{"rank": i + 1, "layer": int(l), "head": int(h), "val_accuracy": round(float(probes.accuracy[l, h]), 4),
                        "sigma": round(float(sigma[i]), 6)} for i, (l, h) in enumerate(selected.tolist())],
@@ -326,8 +340,11 @@ def format_summary(summary: dict, top: int = 10) -> str:
         lines.append(f"  ... {len(summary['top_heads']) - top} more selected heads in the summary JSON")
     lines += ["", f"questions: {c['questions']} (fit on {c['fit_questions']}: {c['probe_train_questions']} probe-train + "
               f"{c['probe_val_questions']} probe-val; {c['test_questions']} held out)",
-              f"prompts: {c['probe_prompts']} probe, {c['sigma_prompts']} sigma ({c['sigma_rows']} used); "
-              f"{c['probes']} probes, {c['heads_selected']} heads selected"]
+              f"prompts: {c['probe_prompts']} probe ({c.get('probe_rows', c['probe_prompts'])} used), "
+              f"{c['sigma_prompts']} sigma ({c['sigma_rows']} used); {c['probes']} probes, {c['heads_selected']} heads "
+              "selected"]
+    if summary.get("collected"):
+        lines.append(f"collected: {summary['collected']}")
     for name, s in summary["activations"].items():
         lines.append(f"activations ({name}): {s['forward_passes']} forward passes, {s['chunks_cached']} cached + "
                      f"{s['chunks_computed']} computed chunks")

@@ -47,6 +47,11 @@ class PromptSet:
         wanted = set(questions)
         return [i for i, q in enumerate(self.question_index) if q in wanted]
 
+    def subset(self, rows: list[int]) -> "PromptSet":
+        """The prompt set of ``rows`` only (in that order), e.g. the rows of the training questions."""
+        return PromptSet(self.name, [self.prompts[r] for r in rows], [self.labels[r] for r in rows],
+                         [self.question_index[r] for r in rows], self.add_special_tokens, dict(self.info))
+
     def template_sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.info.get("template", ""), sort_keys=True).encode()).hexdigest()
 

@@ -27,3 +27,43 @@ def test_gpu_check_small_runs_and_its_correctness_figures_hold(tmp_path):
     assert figures["gpu_check (c) probes mean |acc diff|"]["pass"]
     assert figures["gpu_check (d) bf16 hf-iti(all) vs steered: max rel diff"]["pass"]
     assert figures["gpu_check (d) bf16 hf-iti(all) vs baked: max rel diff"]["pass"]
+
+
+def _bench_module(name):
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_interleaved_ratios_use_the_minimum_and_report_the_spread_of_the_per_repeat_ratios():
+    common = _bench_module("_common")
+    timings = {"a": common.Timing([2.0, 3.0, 2.4]), "b": common.Timing([1.0, 2.0, 2.0])}
+    assert common.ratio(timings, "a", "b") == 2.0 / 1.0
+    per_repeat = [2.0, 1.5, 1.2]
+    assert common.spread(timings, "a", "b") == (max(per_repeat) - min(per_repeat)) / min(per_repeat)
+    calls = []
+    out = common.interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, repeats=3, warmup=1)
+    assert calls == ["x", "y", "x", "y", "y", "x", "x", "y"]  # warm-up, then alternating order
+    assert [len(t.times) for t in out.values()] == [3, 3]
+    assert common.figure("f", 1.01, "<= 1.03", True, spread=0.05)["pass"] is True
+    noisy = common.figure("f", 1.01, "<= 1.03", True, spread=0.5)
+    assert noisy["pass"] is None and noisy["note"].startswith("noisy")
+
+
+def test_real_model_bench_prints_a_not_run_row_per_figure_when_the_model_is_missing(monkeypatch, capsys):
+    import lm_eval_iti.gguf as gguf
+    from lm_eval_iti.errors import ITIError
+
+    def missing(name, gguf_file=None):
+        raise ITIError(f"model {name!r} is not installed; install it with: make smollm2")
+
+    monkeypatch.setattr(gguf, "resolve_model", missing)
+    monkeypatch.setattr(sys, "argv", ["real_model.py"])
+    _bench_module("real_model").main()
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["figures"]
+    assert len(figures) == 6 and all(f["ratio"] is None and f["pass"] is None for f in figures)
+    assert all(f["note"].startswith("not run: model 'smollm2-135m-instruct' is not installed") for f in figures)

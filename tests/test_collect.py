@@ -76,6 +76,32 @@ def test_second_call_reads_the_cache_with_no_forward_pass(tmp_path, tok, llama):
     assert other.forward_passes > 0 and other.cache_path != first.cache_path
 
 
+def test_rows_collect_only_those_prompts_unless_the_whole_set_is_cached_or_asked_for(tmp_path, tok, llama):
+    rows = [1, 4, 5, 9, 16]
+    full = collect_activations(llama, tok, PROMPTS, batch_size=4, use_cache=False, progress=False)
+    only = CollectStats()
+    sub = collect_activations(llama, tok, PROMPTS, rows=rows, batch_size=4, cache_dir=tmp_path, progress=False,
+                              stats=only)
+    assert only.prompts_forwarded == len(rows) and only.forward_passes == 2
+    assert torch.allclose(sub.float(), full[rows].float(), atol=2e-3, rtol=1e-2)
+    # the subset is its own cache entry (another prompt set), read back on a second call
+    again = CollectStats()
+    assert torch.equal(collect_activations(llama, tok, PROMPTS, rows=rows, cache_dir=tmp_path, progress=False,
+                                           stats=again), sub)
+    assert again.forward_passes == 0 and again.cache_path == only.cache_path
+    # collect_all collects and caches every prompt, and returns the rows asked for
+    whole = CollectStats()
+    picked = collect_activations(llama, tok, PROMPTS, rows=rows, collect_all=True, batch_size=4, cache_dir=tmp_path,
+                                 progress=False, stats=whole)
+    assert whole.prompts_forwarded == len(PROMPTS) and whole.cache_path != only.cache_path
+    # ... after which any subset is read from that complete entry
+    other = CollectStats()
+    read = collect_activations(llama, tok, PROMPTS, rows=[0, 2, 3], cache_dir=tmp_path, progress=False, stats=other)
+    assert other.forward_passes == 0 and other.cache_path == whole.cache_path
+    everything = collect_activations(llama, tok, PROMPTS, cache_dir=tmp_path, progress=False)
+    assert torch.equal(read, everything[[0, 2, 3]]) and torch.equal(picked, everything[rows])
+
+
 def test_killed_collection_resumes_and_gives_identical_activations(tmp_path, tok, llama, monkeypatch):
     fresh = collect_activations(llama, tok, PROMPTS, batch_size=4, chunk_size=5, cache_dir=tmp_path / "fresh",
                                 progress=False)

@@ -111,7 +111,9 @@ def test_second_fit_with_other_k_method_or_fold_makes_no_forward_pass(first_fit,
     assert other_k.forward_passes == 0
     assert torch.equal(other_k.selected, first.selected[:2])
     other_fold = fit_directions(model, root / "f1.safetensors", num_heads=3, num_folds=2, fold=1, **common)
-    assert other_fold.forward_passes == 0
+    assert other_fold.forward_passes > 0  # fold 0's fit collected only its own training prompts
+    again = fit_directions(model, root / "f1b.safetensors", num_heads=2, num_folds=2, fold=1, **common)
+    assert again.forward_passes == 0
     assert set(other_fold.train_question_ids) == {question_id(q) for q in
                                                   [r["question"] for r in __import__("lm_eval_iti.data").data.load_mc(v0)[:NQ]]
                                                   } - set(first.train_question_ids)
@@ -119,6 +121,80 @@ def test_second_fit_with_other_k_method_or_fold_makes_no_forward_pass(first_fit,
                         **common)
     assert sk.forward_passes == 0
     assert float((sk.probes.accuracy - first.probes.accuracy).abs().mean()) <= 0.01
+
+
+def _needed_rows(v0, fold):
+    """(probe rows, sigma rows) of the training questions of ``fold`` of 2, counted independently of fit.py."""
+    from lm_eval_iti.data import load_generation, load_mc
+
+    docs = load_mc(v0)[:NQ]
+    fit_q = {docs[i]["question"].strip() for i in fold_indices([r["question"] for r in docs], 2, fold, 42)[0]}
+    probe = sum(len(d["mc2_targets"]["choices"]) for d in docs if d["question"].strip() in fit_q)
+    sigma = sum(1 for g in load_generation(v0) if str(g["question"]).strip() in fit_q
+                for a in (g.get("correct_answers") or []) + (g.get("incorrect_answers") or []) if str(a).strip())
+    total = sum(len(d["mc2_targets"]["choices"]) for d in docs)
+    return probe, sigma, total
+
+
+def _counting_forwards(model):
+    """A pre-hook on the model: (forward calls, rows forwarded) seen during a fit, independently of CollectStats."""
+    seen = {"calls": 0, "rows": 0}
+
+    def hook(module, args, kwargs):
+        seen["calls"] += 1
+        seen["rows"] += int(kwargs["input_ids"].shape[0])
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_a_single_fold_fit_forwards_only_the_prompts_of_its_training_questions(tmp_path, loaded, v0):
+    from lm_eval_iti.fit import fit_directions
+
+    model, tok = loaded
+    probe_rows, sigma_rows, total = _needed_rows(v0, 0)
+    seen, handle = _counting_forwards(model)
+    try:
+        result = fit_directions(model, tmp_path / "d.safetensors", tokenizer=tok, data_dir=v0, max_questions=NQ,
+                                num_heads=3, num_folds=2, fold=0, cache_dir=tmp_path / "cache", progress=False,
+                                write_plot=False, batch_size=8)
+    finally:
+        handle.remove()
+    probe, sigma = result.collect_stats["probe set"], result.collect_stats["sigma set"]
+    assert probe_rows < total  # the held-out fold has prompts that are not collected
+    assert probe.prompts_forwarded == probe_rows and sigma.prompts_forwarded == sigma_rows
+    assert seen["rows"] == probe_rows + sigma_rows and seen["calls"] == result.forward_passes
+    assert result.forward_passes == -(-probe_rows // 8) + -(-sigma_rows // 8)  # one chunk each: ceil(rows / batch)
+    c = result.summary["counts"]
+    assert (c["probe_rows"], c["sigma_rows"], c["probe_prompts"]) == (probe_rows, sigma_rows, total)
+    assert c["sigma_prompts"] > sigma_rows and result.summary["collected"] == "the training fold's prompts only"
+
+
+def test_collect_all_folds_fills_one_cache_that_the_other_fold_reads_with_the_same_result(tmp_path, loaded, v0):
+    from lm_eval_iti.fit import fit_directions
+
+    model, tok = loaded
+    common = dict(tokenizer=tok, data_dir=v0, max_questions=NQ, num_heads=3, num_folds=2, progress=False,
+                  write_plot=False, batch_size=8)
+    probe_rows, sigma_rows, total = _needed_rows(v0, 1)
+    filling = fit_directions(model, tmp_path / "f0.safetensors", fold=0, cache_dir=tmp_path / "all",
+                             collect_all_folds=True, **common)
+    assert filling.collect_stats["probe set"].prompts_forwarded == total
+    assert filling.summary["collected"].startswith("every fold")
+    seen, handle = _counting_forwards(model)
+    try:
+        reading = fit_directions(model, tmp_path / "f1.safetensors", fold=1, cache_dir=tmp_path / "all", **common)
+    finally:
+        handle.remove()
+    assert reading.forward_passes == 0 and seen["calls"] == 0
+    alone = fit_directions(model, tmp_path / "f1_alone.safetensors", fold=1, cache_dir=tmp_path / "own", **common)
+    assert alone.forward_passes > 0
+    assert alone.collect_stats["probe set"].prompts_forwarded == probe_rows
+    assert alone.collect_stats["sigma set"].prompts_forwarded == sigma_rows
+    assert alone.collect_stats["probe set"].cache_path != reading.collect_stats["probe set"].cache_path
+    assert torch.equal(alone.selected, reading.selected)
+    for layer in alone.directions.heads:
+        assert torch.allclose(alone.directions.directions[layer], reading.directions.directions[layer], atol=1e-3)
+        assert torch.allclose(alone.directions.sigma[layer], reading.directions.sigma[layer], rtol=1e-3)
 
 
 def test_direction_and_sigma_match_an_independent_computation(first_fit, loaded, v0):

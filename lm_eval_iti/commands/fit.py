@@ -49,11 +49,14 @@ DTYPE_CHOICES = DTYPES
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Activation cache (default: $LM_EVAL_ITI_CACHE or ~/.cache/lm_eval_iti).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the activation cache.")
+@click.option("--collect-all-folds", is_flag=True,
+              help="With --fold: also collect (and cache) the held-out fold's prompts, so fits of the other folds "
+                   "read everything from the cache (validate and sweep do this). Default: the training fold's only.")
 @click.option("--no-plot", is_flag=True, help="Do not write the FILE.heads.png heatmap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, kl_budget, kl_corpus, val_ratio, seed,
                    num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
-                   batch_size, device, cache_dir, no_cache, no_plot, quiet):
+                   batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
     from ..experiments.side_effects import parse_alpha_option
     from ..fit import fit_directions as run_fit, format_summary
@@ -66,5 +69,6 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
                      alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
                      use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
                      revision=revision, progress=not quiet, write_plot=not no_plot,
-                     gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus)
+                     gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
+                     collect_all_folds=collect_all_folds)
     click.echo(format_summary(result.summary))

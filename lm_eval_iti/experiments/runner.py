@@ -192,7 +192,9 @@ class Experiment:
                                 seed=c.seed, num_folds=c.num_folds, fold=fold, contiguous_folds=c.contiguous_folds,
                                 prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,
                                 cache_dir=c.cache_dir, probe_backend=c.probe_backend, revision=c.revision,
-                                progress=c.progress)
+                                progress=c.progress,
+                                # one cache that every evaluated fold's fit reads (a single-fold run needs only its own)
+                                collect_all_folds=c.folds is None or len(c.folds) > 1)
         directions = load_directions(path)
         recorded = json.loads(directions.metadata["train_question_ids"])
         record = {"fold": fold, "fit": spec.name, "path": str(path), "sha256": file_sha256(path),
