@@ -6,8 +6,9 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
-from safetensors.torch import load_file
 
+from _reference.iti_hook import ReferenceHook, reference_generate, reference_loglikelihood
+from _reference.iti_hook import reference_vectors as _reference_vectors
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.model import HFITI
 
@@ -47,82 +48,10 @@ def steered_answer(tiny_model_dir, tiny_directions_file):
     return lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file))
 
 
-# ---- an independent reference: its own pre-hook from the file's raw tensors, batch 1, explicit positions ----
+# ---- an independent reference (tests/_reference): its own pre-hook from the file's raw tensors, batch 1 ----
 
 def reference_vectors(path, alpha):
-    raw = load_file(str(path))
-    vectors = {}
-    for key in raw:
-        if key.endswith(".heads"):
-            layer = int(key.split(".")[1])
-            vec = torch.zeros(4, 16)  # tiny Llama: 4 heads x head_dim 16
-            for i, h in enumerate(raw[key].tolist()):
-                vec[h] = alpha * raw[f"layers.{layer}.sigma"][i] * raw[f"layers.{layer}.directions"][i]
-            vectors[layer] = vec.reshape(-1)
-    return vectors
-
-
-class ReferenceHook:
-    """Adds the layer vector to the o_proj input at ``self.positions`` (a set of absolute indices, or 'all')."""
-
-    def __init__(self, model, vectors):
-        self.positions = set()
-        self.handles = [model.model.layers[l].self_attn.o_proj.register_forward_pre_hook(self._hook(v))
-                        for l, v in vectors.items()]
-
-    def _hook(self, vec):
-        def hook(module, args):
-            x = args[0].clone()
-            for t in range(x.shape[1]):
-                if self.positions == "all" or t in self.positions:
-                    x[:, t] += vec
-            return (x,)
-        return hook
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-def reference_loglikelihood(model, tokenizer, requests, vectors, mode):
-    hook = ReferenceHook(model, vectors)
-    out = []
-    try:
-        for ctx, cont in requests:
-            whole = tokenizer(ctx + cont, add_special_tokens=False).input_ids
-            c = len(tokenizer(ctx, add_special_tokens=False).input_ids)
-            x = len(whole) - c
-            first = {"answer": c - 1, "legacy": c + 1}.get(mode)
-            hook.positions = "all" if mode == "all" else set(range(first, c + x - 1))
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
-            out.append(sum(float(logp[c - 1 + i, whole[c + i]]) for i in range(x)))
-    finally:
-        hook.remove()
-    return out
-
-
-def reference_generate(model, tokenizer, prompt, vectors, mode, max_new=12):
-    """Greedy decoding by full recomputation: the KV-cache semantics expressed as absolute positions."""
-    hook = ReferenceHook(model, vectors)
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    p = len(ids)
-    try:
-        for _ in range(max_new):
-            if mode == "all":
-                hook.positions = "all"
-            else:
-                first = p - 1 if mode == "last" else p
-                hook.positions = set(range(first, len(ids)))
-            with torch.no_grad():
-                nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
-            ids.append(nxt)
-            if nxt == tokenizer.eos_token_id:
-                break
-    finally:
-        hook.remove()
-    text = tokenizer.decode(ids[p:], skip_special_tokens=True)
-    return text.split("Q:")[0]
+    return _reference_vectors(path, alpha, num_heads=4, head_dim=16)  # tiny Llama: 4 heads x head_dim 16
 
 
 @pytest.fixture(scope="module")
