@@ -37,6 +37,7 @@ def test_only_the_requested_fold_is_evaluated(auto_run):
         "fold_0_alpha_auto.json", "fold_0_baseline.json", "fold_0_iti.json", "fold_0_random-matched-0.json",
         "fold_0_random-matched-1.json"]
     assert {f["fold"] for fs in results["folds"].values() for f in fs} == {0}
+    assert "2 folds (seed 42), evaluated on held-out fold 0 only" in (out / "table.md").read_text()
 
 
 def test_the_chosen_alpha_is_within_budget_and_the_next_one_is_not(auto_run):

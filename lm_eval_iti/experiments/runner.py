@@ -389,6 +389,8 @@ def table_markdown(results: dict) -> str:
     rows = results["rows"]
     s = results["settings"]
     limit = f", limit {s['limit']}" if s.get("limit") else ""
+    evaluated = sorted({f["fold"] for fs in results["folds"].values() for f in fs})
+    only = f", evaluated on held-out fold {', '.join(map(str, evaluated))} only" if len(evaluated) < s["num_folds"] else ""
     head = (f"{results['kind']} of {s['model']}: {s['num_folds']} folds (seed {s['seed']}"
-            f"{', contiguous' if s['contiguous_folds'] else ''}), tasks {', '.join(s['tasks'])}{limit}\n\n")
+            f"{', contiguous' if s['contiguous_folds'] else ''}){only}, tasks {', '.join(s['tasks'])}{limit}\n\n")
     return head + agg.markdown_table(rows) + "\nPositions edited:\n" + agg.positions_legend(rows)
