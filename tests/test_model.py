@@ -7,7 +7,8 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from _reference.iti_hook import ReferenceHook, reference_generate, reference_loglikelihood
+from _reference.iti_hook import (ReferenceHook, reference_generate, reference_loglikelihood,
+                                 reference_token_loglikelihood)
 from _reference.iti_hook import reference_vectors as _reference_vectors
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.model import HFITI
@@ -219,17 +220,7 @@ def test_same_input_with_different_splits_gets_each_its_own_positions(steered_an
     tokens = list(range(20, 32))
     requests = [(("a", "b"), tokens[:6], tokens[6:]), (("c", "d"), tokens[:9], tokens[9:])]
     ours = [r[0] for r in steered_answer._loglikelihood_tokens(requests, disable_tqdm=True)]
-    model, _ = plain
-    hook = ReferenceHook(model, reference_vectors(tiny_directions_file, 3.0))
-    expected = []
-    try:
-        for (_, ctx, cont) in requests:
-            hook.positions = set(range(len(ctx) - 1, len(ctx) + len(cont) - 1))
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([(ctx + cont)[:-1]])).logits[0], -1)
-            expected.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
-    finally:
-        hook.remove()
+    expected = reference_token_loglikelihood(plain[0], requests, reference_vectors(tiny_directions_file, 3.0))
     assert ours == pytest.approx(expected, abs=1e-5)
 
 
@@ -329,17 +320,7 @@ def test_rows_that_differ_only_in_trailing_zeros_go_to_separate_rounds(steered_a
     finally:
         HFLM._loglikelihood_tokens = original
     assert calls == [1, 1, 1]
-    model, _ = plain
-    hook = ReferenceHook(model, reference_vectors(tiny_directions_file, 3.0))
-    expected = []
-    try:
-        for (_, c, cont) in requests:
-            hook.positions = set(range(len(c) - 1, len(c) + len(cont) - 1))
-            with torch.no_grad():
-                logp = torch.log_softmax(model(torch.tensor([(c + cont)[:-1]])).logits[0], -1)
-            expected.append(sum(float(logp[len(c) - 1 + i, t]) for i, t in enumerate(cont)))
-    finally:
-        hook.remove()
+    expected = reference_token_loglikelihood(plain[0], requests, reference_vectors(tiny_directions_file, 3.0))
     assert ours == pytest.approx(expected, abs=1e-5)
 
 

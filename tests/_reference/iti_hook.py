@@ -85,3 +85,19 @@ def reference_generate(model, tokenizer, prompt, vectors, mode, max_new=12, stop
         hook.remove()
     text = tokenizer.decode(ids[p:], skip_special_tokens=True)
     return text.split(stop)[0]
+
+
+def reference_token_loglikelihood(model, requests, vectors):
+    """lm-eval token requests ``(key, context_ids, continuation_ids)`` scored one at a time, edited at the
+    answer-scoring positions C-1 .. C+X-2."""
+    hook = ReferenceHook(model, vectors)
+    out = []
+    try:
+        for (_, ctx, cont) in requests:
+            hook.positions = set(range(len(ctx) - 1, len(ctx) + len(cont) - 1))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([(ctx + cont)[:-1]])).logits[0].float(), -1)
+            out.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
+    finally:
+        hook.remove()
+    return out
