@@ -232,8 +232,8 @@ class Experiment:
         """The fold's alpha by the KL budget, measured on the main ITI fit of the fold (saved, reused on resume)."""
         from .side_effects import alpha_for_kl_budget
 
-        main = next((v for v in self.variants if v.kind == "hf-iti" and v.alpha == AUTO), None)
-        main = next((v for v in self.variants if v.name == "iti"), main)
+        # the main ITI row ("iti") when there is one, else the first hooked row with alpha auto
+        main = min((v for v in self.variants if v.kind == "hf-iti" and v.alpha == AUTO), key=lambda v: v.name != "iti")
         key = {"settings": self.settings(), "fit": main.fit.name, "heads": main.heads, "fold": fold}
         path = self.out / "folds" / f"fold_{fold}_alpha_auto.json"
         previous = _read_json(path)

@@ -158,6 +158,17 @@ def doc_kl(base_logits: torch.Tensor, steered_logits: torch.Tensor, lengths: tor
 
 
 # one pass over the documents ---------------------------------------------------------------------------------------
+def right_padded(batch: list[list[int]], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids [B, T] right-padded with 0, lengths [B]) of token documents, on ``device`` if given."""
+    ids = torch.zeros(len(batch), max(len(d) for d in batch), dtype=torch.long)
+    for row, d in enumerate(batch):
+        ids[row, :len(d)] = torch.tensor(d, dtype=torch.long)
+    lengths = torch.tensor([len(d) for d in batch])
+    if device is not None:
+        ids, lengths = ids.to(device), lengths.to(device)
+    return ids, lengths
+
+
 @torch.no_grad()
 def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int]], batch_size: int = 8,
             device=None, progress: bool = False, desc: str = "CE/KL") -> dict:
@@ -171,14 +182,7 @@ def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int
     ce_base, ce_steered, kl = [], [], []
     starts = range(0, len(docs), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        batch = docs[start:start + batch_size]
-        width = max(len(d) for d in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, d in enumerate(batch):
-            ids[row, :len(d)] = torch.tensor(d, dtype=torch.long)
-        lengths = torch.tensor([len(d) for d in batch])
-        if device is not None:
-            ids, lengths = ids.to(device), lengths.to(device)
+        ids, lengths = right_padded(docs[start:start + batch_size], device)
         base = base_logits(ids)
         steered = steered_logits(ids)
         ce_base += doc_cross_entropy(base, ids, lengths).tolist()
@@ -343,12 +347,7 @@ def alpha_for_kl_budget(model, tokenizer, directions, kl_budget: float = DEFAULT
         try:
             kls = []
             for i, batch in enumerate(batches):
-                width = max(len(d) for d in batch)
-                ids = torch.zeros(len(batch), width, dtype=torch.long)
-                for row, d in enumerate(batch):
-                    ids[row, :len(d)] = torch.tensor(d, dtype=torch.long)
-                lengths = torch.tensor([len(d) for d in batch])
-                ids, lengths = ids.to(device), lengths.to(device)
+                ids, lengths = right_padded(batch, device)
                 kls += doc_kl(base_logits(i, ids), steered_fn(ids), lengths).tolist()
         finally:
             intervener.remove()
