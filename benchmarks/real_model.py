@@ -1,6 +1,6 @@
 """Real-model figures on SmolLM2-135M-Instruct (the packaged GGUF, dequantized to fp32), on this machine's CPU/GPU.
 
-(a) fit-directions wall time / its floor. The fit: ``fit_directions`` on the first --questions TruthfulQA v0 questions,
+(a) fit-directions wall time / its floor. The fit: ``fit_and_save`` on the first --questions TruthfulQA v0 questions,
     --num-folds 2 --fold 0, batch 16, a fresh activation cache each run (so it collects and writes it), probes,
     heatmap and files included. The floor: the forward passes of the prompts that fit needs (the probe and sigma prompts
     of its training questions, one pass per prompt), in the same length-sorted batches and padding, up to the last
@@ -102,7 +102,7 @@ def measure_fit(model, tok, v0: Path, questions: int, repeats: int, work: Path) 
     import torch
 
     from lm_eval_iti.architectures import out_projections
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     device = model.get_input_embeddings().weight.device
     batches = fit_floor_batches(tok, v0, questions, 16)
@@ -111,7 +111,7 @@ def measure_fit(model, tok, v0: Path, questions: int, repeats: int, work: Path) 
 
     def fit():
         runs["n"] += 1
-        runs["result"] = fit_directions(model, work / "dirs.safetensors", tokenizer=tok, data_dir=v0,
+        runs["result"] = fit_and_save(model, work / "dirs.safetensors", tokenizer=tok, data_dir=v0,
                                         max_questions=questions, num_folds=2, fold=0, batch_size=16,
                                         cache_dir=work / f"cache{runs['n']}", progress=False)
 

@@ -1,10 +1,49 @@
-"""lm-eval-iti: Inference-Time Intervention for lm-evaluation-harness."""
+"""lm-eval-iti: Inference-Time Intervention for lm-evaluation-harness.
+
+The public API (imported lazily: ``import lm_eval_iti`` loads neither torch nor lm_eval)::
+
+    import lm_eval_iti as iti
+    dirs = iti.fit_directions(model, tokenizer, data_dir="…/truthfulqa/v0", num_folds=2, fold=0, num_heads=48)
+    dirs.save("dirs.safetensors")
+    dirs = iti.Directions.load("dirs.safetensors")
+    with dirs.apply(model, alpha=15):                        # every position
+        model(**batch)
+    with dirs.apply(model, alpha=15, gen_positions="last"):  # ITI's generation convention
+        model.generate(**prompt)
+    lm = iti.HFITI(pretrained=model, tokenizer=tokenizer, directions=dirs, alpha=15)  # for lm_eval.simple_evaluate
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .artifact import Directions, ModelShape, load_directions, save_directions  # noqa: E402
-from .errors import ITIError  # noqa: E402
-from .folds import fold_assignment, fold_indices, question_id  # noqa: E402
+# public name -> module that defines it (imported on first use)
+_API = {
+    "fit_directions": "lm_eval_iti.fit",
+    "FitConfig": "lm_eval_iti.fit",
+    "Directions": "lm_eval_iti.artifact",
+    "ModelShape": "lm_eval_iti.artifact",
+    "load_directions": "lm_eval_iti.artifact",
+    "save_directions": "lm_eval_iti.artifact",
+    "HFITI": "lm_eval_iti.model",
+    "load_model": "lm_eval_iti.loading",
+    "ITIError": "lm_eval_iti.errors",
+    "fold_assignment": "lm_eval_iti.folds",
+    "fold_indices": "lm_eval_iti.folds",
+    "question_id": "lm_eval_iti.folds",
+}
+__all__ = sorted(_API) + ["__version__"]
 
-__all__ = ["Directions", "ModelShape", "load_directions", "save_directions", "ITIError", "fold_assignment",
-           "fold_indices", "question_id", "__version__"]
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'lm_eval_iti' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

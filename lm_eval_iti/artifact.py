@@ -104,6 +104,36 @@ class Directions:
         return Directions(self.num_layers, self.num_heads, self.head_dim, heads, dirs, sig, dict(self.metadata),
                           self.probe_accuracy, self.head_rank, self.source)
 
+    # the public API: save, load, check against a model, apply -----------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Validate, then write the safetensors file atomically."""
+        return save_directions(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model=None) -> "Directions":
+        """Read and validate a directions file; with ``model``, also check it fits that model's attention geometry."""
+        d = load_directions(path)
+        return d.check(model) if model is not None else d
+
+    def check(self, model) -> "Directions":
+        """Raise one ITIError line unless these directions fit ``model`` (layers, heads, head_dim)."""
+        from .architectures import model_shape
+
+        return validate(self, model_shape(model))
+
+    def apply(self, model, alpha: float | None = None, *, positions: str = "all", gen_positions: str = "all"):
+        """Context manager that steers ``model``: ``alpha * sigma * direction`` added to each selected head.
+
+        ``positions``: what a plain forward edits (``all`` or ``last``); ``gen_positions``: what each
+        ``model.generate`` call edits (``all``; ``last``: ITI's convention, the last prompt position and every
+        generated token; ``generated``). ``alpha`` defaults to the file's. The hooks are removed on exit, also after
+        an exception; applying to a model that is already steered raises.
+        """
+        from .intervene import steer
+
+        return steer(model, self, self.alpha if alpha is None else alpha, positions=positions,
+                     gen_positions=gen_positions)
+
     def shift_vectors(self, alpha: float) -> dict[int, torch.Tensor]:
         """Per intervened layer, the float32 vector [num_heads*head_dim] added to the out-projection input."""
         out = {}

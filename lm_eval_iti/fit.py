@@ -1,15 +1,21 @@
-"""fit-directions as a Python API: data -> folds -> activations (cached) -> probes -> heads -> directions, sigma -> files.
+"""fit-directions as stages: data and folds -> prompt sets -> activations (cached) -> probes -> heads -> directions and
+sigma -> provenance -> a ``Directions`` object; writing files is a separate last step.
 
-``fit_directions(model=..., out=...)`` is what the CLI and the experiment commands call; pass an already-loaded model
-and tokenizer to fit many folds/K/methods in one process: activations come from the cache after the first call
-(``FitResult.forward_passes`` is then 0). A fit collects only its training fold's prompts; ``collect_all_folds``
-collects every fold's, so that the other folds' fits need no forward pass (the experiment commands do this).
-Outputs, all written atomically and only after every check passed:
-``out`` (the directions file), ``<out stem>.heads.png`` (probe-accuracy heatmap) and ``<out stem>.summary.json``.
+``fit_directions(model, tokenizer, **options)`` is the public API: it returns the ``Directions`` in memory and writes
+nothing (unless ``cache_dir`` names an activation cache). ``fit_and_save(model, out, **options)`` is what the CLI and
+the experiment commands call: the same fit, then ``out`` (the directions file), ``<out stem>.heads.png`` (probe-accuracy
+heatmap) and ``<out stem>.summary.json``, all written atomically and only after every check passed.
+
+Each stage is a function of the config (``FitConfig``) and the previous stages' outputs, so it can be called and
+tested alone. Pass an already-loaded model and tokenizer to fit many folds/K/methods in one process: with a cache,
+activations come from it after the first call (``FitResult.forward_passes`` is then 0). A fit collects only its
+training fold's prompts; ``collect_all_folds`` collects every fold's, so that the other folds' fits need no forward
+pass (the experiment commands do this).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,77 +29,100 @@ import torch
 
 from . import __version__
 from .architectures import model_shape
-from .artifact import Directions, validate
+from .artifact import FORMAT, FORMAT_VERSION, SITE, Directions, ModelShape, save_directions, validate
 from .atomic import write_json_atomic
 from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
 from .folds import fold_assignment, fold_indices, question_id
-from .loading import DTYPES, load_model  # noqa: F401  (load_model: part of this module's API)
+from .loading import DTYPES, load_model
 from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
-from .prompts import PROMPT_FORMATS, SIGMA_DATA, gen_end_q_prompt_set, mc_prompt_set
+from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
 
 
-
 @dataclass
-class FitResult:
-    out: Path
-    directions: Directions
-    probes: ProbeResult
-    selected: torch.Tensor  # [K, 2] (layer, head) in selection order
-    head_rank: torch.Tensor  # [L*H, 2]
-    train_questions: list[int]  # probe-train questions (indices into the MC data)
-    val_questions: list[int]
-    test_questions: list[int]  # the held-out fold (empty without folds)
-    train_question_ids: list[str]  # question ids of train + val: every question the fit saw
-    collect_stats: dict[str, CollectStats]
-    timings: dict[str, float]
-    summary: dict
-    heatmap_path: Path | None = None
-    summary_path: Path | None = None
-    extra: dict = field(default_factory=dict)
+class FitConfig:
+    """Every choice that decides the fitted directions (not where files go, nor progress bars)."""
+
+    dataset: str = HUB_ID
+    data_dir: str | os.PathLike | None = None
+    num_heads: int = 48
+    method: str = "mass-mean"
+    random_heads: bool = False
+    val_ratio: float = 0.2
+    seed: int = 42
+    num_folds: int | None = None
+    fold: int | None = None
+    contiguous_folds: bool = False
+    prompt_format: str = "qa"
+    sigma_data: str = "gen_end_q"
+    sigma_ddof: int = 1
+    alpha: float | str = 15.0
+    kl_budget: float = 0.2
+    kl_corpus: str = "wikitext"
+    probe_backend: str = "torch"
+    max_questions: int | None = None
+    batch_size: int = 16
+    chunk_size: int = 512
 
     @property
-    def forward_passes(self) -> int:
-        return sum(s.forward_passes for s in self.collect_stats.values())
+    def source(self) -> str:
+        """Where the multiple-choice data comes from: ``data_dir`` when given, else the hub ``dataset``."""
+        return str(self.data_dir) if self.data_dir is not None else self.dataset
+
+    def check(self) -> "FitConfig":
+        """Raise one ITIError line naming the first bad parameter."""
+        for name, value, allowed in (("method", self.method, METHODS), ("probe_backend", self.probe_backend, PROBE_BACKENDS),
+                                     ("prompt_format", self.prompt_format, PROMPT_FORMATS),
+                                     ("sigma_data", self.sigma_data, SIGMA_DATA)):
+            if value not in allowed:
+                raise ITIError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
+            raise ITIError(f"num_heads={self.num_heads!r} must be a whole number, at least 1")
+        if (self.num_folds is None) != (self.fold is None):
+            raise ITIError("num_folds= and fold= go together (fit on every fold but fold)")
+        if not 0.0 < self.val_ratio < 1.0:
+            raise ITIError(f"val_ratio={self.val_ratio} must be between 0 and 1 (exclusive)")
+        if self.alpha != "auto":
+            try:
+                finite = math.isfinite(float(self.alpha))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
+                raise ITIError(f"alpha={self.alpha!r} must be a finite number or 'auto'")
+        if not self.kl_budget > 0:
+            raise ITIError(f"kl_budget={self.kl_budget} must be positive (nats per token)")
+        if self.batch_size < 1:
+            raise ITIError(f"batch_size={self.batch_size} must be at least 1")
+        if self.chunk_size < 1:
+            raise ITIError(f"chunk_size={self.chunk_size} must be at least 1")
+        if self.max_questions is not None and self.max_questions < 2:
+            raise ITIError(f"max_questions={self.max_questions} must be at least 2")
+        if self.sigma_ddof not in (0, 1):
+            raise ITIError(f"sigma_ddof={self.sigma_ddof} must be 0 or 1")
+        return self
 
 
-def companion_paths(out: str | os.PathLike) -> tuple[Path, Path]:
-    """(heatmap, summary) paths beside a directions file: ``dirs.safetensors`` -> ``dirs.heads.png``, ``dirs.summary.json``."""
-    out = Path(out)
-    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
-    return stem.with_name(stem.name + ".heads.png"), stem.with_name(stem.name + ".summary.json")
+def make_config(**options) -> FitConfig:
+    """A checked FitConfig from keyword options; an unknown option is one line naming it."""
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ITIError(f"unknown fit option {unknown[0]}= (known: {', '.join(sorted(known))})")
+    return FitConfig(**options).check()
 
 
-def _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_data, num_folds, fold, val_ratio, alpha,
-                   dtype, batch_size, max_questions, sigma_ddof) -> None:
-    if Path(out).is_dir():
-        raise ITIError(f"--out {out}: is a folder; give a file name such as dirs.safetensors")
-    if method not in METHODS:
-        raise ITIError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if probe_backend not in PROBE_BACKENDS:
-        raise ITIError(f"--probe-backend {probe_backend!r} is not one of {', '.join(PROBE_BACKENDS)}")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ITIError(f"--prompt-format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
-    if sigma_data not in SIGMA_DATA:
-        raise ITIError(f"--sigma-data {sigma_data!r} is not one of {', '.join(SIGMA_DATA)}")
-    if str(dtype) not in DTYPES:
-        raise ITIError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if num_heads < 1:
-        raise ITIError(f"--num-heads {num_heads} must be at least 1")
-    if (num_folds is None) != (fold is None):
-        raise ITIError("--num-folds and --fold go together (fit on every fold but --fold)")
-    if not 0.0 < val_ratio < 1.0:
-        raise ITIError(f"--val-ratio {val_ratio} must be between 0 and 1 (exclusive)")
-    if alpha != "auto" and not math.isfinite(float(alpha)):
-        raise ITIError(f"--alpha {alpha} must be finite")
-    if batch_size < 1:
-        raise ITIError(f"--batch-size {batch_size} must be at least 1")
-    if max_questions is not None and max_questions < 2:
-        raise ITIError(f"--max-questions {max_questions} must be at least 2")
-    if sigma_ddof not in (0, 1):
-        raise ITIError(f"sigma ddof {sigma_ddof} must be 0 or 1")
+# stage 1: data and folds ------------------------------------------------------------------------------------------
+@dataclass
+class FitData:
+    mc_docs: list[dict]
+    questions: list[str]
+    fit_questions: list[int]  # train + val: every question the fit sees
+    test_questions: list[int]  # the held-out fold (empty without folds)
+    train_questions: list[int]  # probe-train
+    val_questions: list[int]  # probe-validation
+    gen_docs: list[dict] | None  # the generation rows of the gen_end_q sigma set
 
 
 def fit_split(questions: list[str], num_folds: int | None = None, fold: int | None = None, seed: int = 42,
@@ -108,20 +137,166 @@ def fit_split(questions: list[str], num_folds: int | None = None, fold: int | No
 
 
 def _sigma_generation_docs(source: str) -> list[dict]:
-    """The generation CSV for the gen_end_q sigma set: beside mc_task.json when --data-dir names that file."""
+    """The generation CSV for the gen_end_q sigma set: beside mc_task.json when data_dir names that file."""
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".json":
         csv_path = path.parent / "TruthfulQA.csv"
         if not csv_path.is_file():
-            raise ITIError(f"{source}: --sigma-data gen_end_q needs TruthfulQA.csv next to it "
-                           "(pass the folder holding both, or use --sigma-data mc)")
+            raise ITIError(f"{source}: sigma_data='gen_end_q' needs TruthfulQA.csv next to it "
+                           "(pass the folder holding both, or use sigma_data='mc')")
         return load_generation(csv_path)
     return load_generation(source)
+
+
+def load_and_split(cfg: FitConfig) -> FitData:
+    """Stage 1: the multiple-choice (and, for gen_end_q, generation) data, the folds and the probe train/val split."""
+    source = cfg.source
+    mc_docs = load_mc(source)
+    if cfg.max_questions is not None:
+        mc_docs = mc_docs[:cfg.max_questions]
+    questions = [d["question"] for d in mc_docs]
+    if len(set(question_id(q) for q in questions)) != len(questions):
+        raise ITIError(f"{source}: the multiple-choice data repeats a question (fold membership would be ambiguous)")
+    fit_q, test_q, train_q, val_q = fit_split(questions, cfg.num_folds, cfg.fold, cfg.seed, cfg.contiguous_folds,
+                                              cfg.val_ratio)
+    gen_docs = _sigma_generation_docs(source) if cfg.sigma_data == "gen_end_q" else None
+    return FitData(mc_docs, questions, fit_q, test_q, train_q, val_q, gen_docs)
 
 
 def data_sha256(docs: list[dict]) -> str:
     """The sha256 of the loaded multiple-choice data (recorded by fits and experiments)."""
     return hashlib.sha256(json.dumps(docs, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+# stage 2: prompt sets ---------------------------------------------------------------------------------------------
+@dataclass
+class FitPrompts:
+    mc_all: PromptSet  # every question's probe prompts (one activation cache serves every fold)
+    probe_rows: list[int]  # rows of mc_all that belong to the training fold
+    mc_set: PromptSet  # mc_all restricted to probe_rows
+    train_rows: list[int]  # rows of mc_set
+    val_rows: list[int]
+    labels: np.ndarray  # of mc_set
+    sigma_all: PromptSet
+    sigma_needed: list[int]  # rows of sigma_all that belong to the training fold
+    sigma_set: PromptSet
+
+
+def build_prompt_sets(cfg: FitConfig, data: FitData, tokenizer) -> FitPrompts:
+    """Stage 2: the probe prompts (every mc2 choice) and the sigma prompts, and the training fold's rows of each."""
+    mc_all = mc_prompt_set(data.mc_docs, cfg.prompt_format, tokenizer)
+    probe_rows = mc_all.rows_of_questions(data.fit_questions)
+    mc_set = mc_all.subset(probe_rows)
+    train_rows = mc_set.rows_of_questions(data.train_questions)
+    val_rows = mc_set.rows_of_questions(data.val_questions)
+    labels = np.asarray(mc_set.labels)
+    for what, rows in (("probe-training", train_rows), ("probe-validation", val_rows)):
+        present = set(labels[rows].tolist())
+        if present != {0, 1}:
+            missing = "true" if 1 not in present else "false"
+            raise ITIError(f"the {what} questions have no {missing} answer (a class with no examples); "
+                           "check the labels of the data or use more questions")
+    groups = (fold_assignment(data.questions, cfg.num_folds, cfg.seed, cfg.contiguous_folds)
+              if cfg.num_folds is not None else None)
+    sigma_all = (gen_end_q_prompt_set(data.mc_docs, data.gen_docs, cfg.seed, cfg.prompt_format, tokenizer, groups=groups)
+                 if cfg.sigma_data == "gen_end_q" else mc_all)
+    sigma_needed = sigma_all.rows_of_questions(data.fit_questions)
+    if not sigma_needed:
+        raise ITIError(f"sigma_data={cfg.sigma_data!r}: no prompt belongs to a training question")
+    sigma_set = mc_set if sigma_all is mc_all else sigma_all.subset(sigma_needed)
+    return FitPrompts(mc_all, probe_rows, mc_set, train_rows, val_rows, labels, sigma_all, sigma_needed, sigma_set)
+
+
+# stage 3: activations ---------------------------------------------------------------------------------------------
+@dataclass
+class FitActivations:
+    probe: torch.Tensor  # [rows of mc_set, layers, heads, head_dim]
+    sigma: torch.Tensor  # [rows of sigma_set, ...] (the same tensor when the sigma set is the probe set)
+    stats: dict[str, CollectStats]
+
+
+def collect_stage(model, tokenizer, cfg: FitConfig, prompts: FitPrompts, *, model_name: str,
+                  revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                  collect_all_folds: bool = False, progress: bool = True) -> FitActivations:
+    """Stage 3: last-token activations of every head for the training fold's prompts (``cache_dir``: read/fill the
+    activation cache there; None: no cache)."""
+    stats = {"probe set": CollectStats()}
+    common = dict(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+                  cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
+                  use_cache=cache_dir is not None, model_name=model_name, revision=revision, progress=progress,
+                  collect_all=collect_all_folds)
+    acts = collect_activations(model, tokenizer, prompts.mc_all.prompts, add_special_tokens=prompts.mc_all.add_special_tokens,
+                               rows=prompts.probe_rows, desc="activations (probe set)", stats=stats["probe set"], **common)
+    if prompts.sigma_set is prompts.mc_set:
+        return FitActivations(acts, acts, stats)
+    stats["sigma set"] = CollectStats()
+    sigma_acts = collect_activations(model, tokenizer, prompts.sigma_all.prompts, rows=prompts.sigma_needed,
+                                     add_special_tokens=prompts.sigma_all.add_special_tokens,
+                                     desc="activations (sigma set)", stats=stats["sigma set"], **common)
+    return FitActivations(acts, sigma_acts, stats)
+
+
+# stage 4: probes --------------------------------------------------------------------------------------------------
+def probe_stage(cfg: FitConfig, acts: torch.Tensor, prompts: FitPrompts, *, device=None,
+                progress: bool = True) -> ProbeResult:
+    """Stage 4: one logistic probe per head, trained on the probe-train rows, scored on the probe-val rows."""
+    if cfg.probe_backend == "torch":
+        return fit_probes(acts, prompts.labels, prompts.train_rows, prompts.val_rows, device=device, progress=progress)
+    return fit_probes_sklearn(acts, prompts.labels, prompts.train_rows, prompts.val_rows, seed=cfg.seed,
+                              progress=progress)
+
+
+# stage 5: heads ---------------------------------------------------------------------------------------------------
+def select_stage(cfg: FitConfig, probes: ProbeResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 5: (selected [K, 2], head_rank [L*H, 2]): the K heads (best validation accuracy, or random with
+    ``random_heads``), then every other head by rank."""
+    selected = select_heads(probes.accuracy, cfg.num_heads, cfg.seed, cfg.random_heads)
+    chosen = {tuple(p) for p in selected.tolist()}
+    rest = [p for p in rank_heads(probes.accuracy).tolist() if tuple(p) not in chosen]
+    return selected, torch.cat([selected, torch.tensor(rest, dtype=torch.int64).reshape(-1, 2)])
+
+
+# stage 6: directions and sigma ------------------------------------------------------------------------------------
+def directions_stage(cfg: FitConfig, acts: FitActivations, prompts: FitPrompts, data: FitData, probes: ProbeResult,
+                     selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 6: (directions [K, head_dim] unit rows, sigma [K]) of the selected heads, from training-fold rows only."""
+    fit_rows = prompts.mc_set.rows_of_questions(data.fit_questions)
+    dirs = compute_directions(cfg.method, selected, x=head_activations(acts.probe, selected, fit_rows),
+                              labels=prompts.labels[fit_rows], probe_coef=probes.coef, seed=cfg.seed)
+    sigma_rows = prompts.sigma_set.rows_of_questions(data.fit_questions)
+    sigma = compute_sigma(head_activations(acts.sigma, selected, sigma_rows), dirs, cfg.sigma_ddof)
+    if not bool((sigma > 0).all()):
+        bad = selected[int((sigma <= 0).nonzero()[0])].tolist()
+        raise ITIError(f"sigma of head (layer {bad[0]}, head {bad[1]}) is 0: its activations do not vary along the direction")
+    return dirs, sigma
+
+
+# stage 7: provenance and the Directions object --------------------------------------------------------------------
+def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelShape, *, model_name: str,
+               model_revision: str, model_identity: str | None, dtype: str) -> dict[str, str]:
+    """Stage 7: the string metadata a directions file carries: model, options, templates, training question ids."""
+    train_ids = [question_id(data.questions[i]) for i in sorted(data.fit_questions)]
+    ids_json = json.dumps(train_ids)
+    return {
+        "model": model_name, "model_revision": model_revision, "model_identity": model_identity or "",
+        "architecture": shape.architecture, "alpha": "" if cfg.alpha == "auto" else repr(float(cfg.alpha)),
+        "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
+        "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
+        "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
+        "dataset": cfg.source, "dataset_sha256": data_sha256(data.mc_docs),
+        "max_questions": "" if cfg.max_questions is None else str(cfg.max_questions),
+        "num_questions": str(len(data.questions)), "prompt_format": cfg.prompt_format,
+        "prompt_template": prompts.mc_set.info["template"], "sigma_data": cfg.sigma_data,
+        "sigma_template": prompts.sigma_set.info["template"],
+        "sigma_followup_pool": prompts.sigma_set.info.get("random_question_pool", ""),
+        "sigma_ddof": str(cfg.sigma_ddof), "sigma_questions": "train+val of the training fold",
+        "num_heads_selected": str(cfg.num_heads), "probe_backend": cfg.probe_backend,
+        "probe_objective": "L2, C=1.0, intercept", "dtype": dtype,
+        "package": "lm-eval-iti", "package_version": __version__, "train_question_ids": ids_json,
+        "train_question_ids_sha256": hashlib.sha256(ids_json.encode()).hexdigest(),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "site": SITE, "num_layers": str(shape.num_layers),
+        "num_heads": str(shape.num_heads), "head_dim": str(shape.head_dim),
+    }
 
 
 def _group_by_layer(selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Tensor):
@@ -136,174 +311,135 @@ def _group_by_layer(selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Ten
     return heads, directions, sigmas
 
 
-def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: str = HUB_ID,
-                   data_dir: str | os.PathLike | None = None, num_heads: int = 48, method: str = "mass-mean",
-                   random_heads: bool = False, val_ratio: float = 0.2, seed: int = 42, num_folds: int | None = None,
-                   fold: int | None = None, contiguous_folds: bool = False, prompt_format: str = "qa",
-                   sigma_data: str = "gen_end_q", sigma_ddof: int = 1, alpha: float = 15.0, dtype: str = "auto",
-                   batch_size: int = 16, device: str | None = None, cache_dir: str | os.PathLike | None = None,
-                   use_cache: bool = True, probe_backend: str = "torch", max_questions: int | None = None,
-                   revision: str | None = None, chunk_size: int = 512, progress: bool = True,
-                   write_plot: bool = True, gguf_file: str | None = None, kl_budget: float = 0.2,
-                   kl_corpus: str = "wikitext", collect_all_folds: bool = False) -> FitResult:
-    """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model.
+def assemble(shape: ModelShape, selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Tensor, meta: dict[str, str],
+             probes: ProbeResult, head_rank: torch.Tensor, source: str = "<memory>") -> Directions:
+    """The Directions object: selected heads grouped by layer, with the probe accuracies and the head ranking."""
+    heads, directions, sigmas = _group_by_layer(selected, dirs, sigma)
+    return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, directions, sigmas, meta,
+                      probes.accuracy.float(), head_rank, source)
 
-    Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
-    prompts are collected and cached, so that fits of the other folds (``validate``, ``sweep``) read them back with
-    no forward pass. A complete cache of every fold, when there, is read either way. ``alpha="auto"``: the largest
-    alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget`` (experiments.side_effects).
-    """
+
+def choose_alpha_auto(model, tokenizer, directions: Directions, cfg: FitConfig, progress: bool = True) -> dict:
+    """``alpha='auto'``: the largest alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget``; the
+    choice is written into the directions' metadata."""
+    from .experiments.side_effects import alpha_for_kl_budget
+
+    choice = alpha_for_kl_budget(model, tokenizer, directions, kl_budget=cfg.kl_budget, corpus=cfg.kl_corpus,
+                                 progress=progress)
+    directions.metadata.update(alpha=repr(float(choice["alpha"])), kl_budget=repr(float(cfg.kl_budget)),
+                               alpha_auto=json.dumps(choice))
+    return choice
+
+
+# the whole fit ----------------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    directions: Directions
+    probes: ProbeResult
+    selected: torch.Tensor  # [K, 2] (layer, head) in selection order
+    head_rank: torch.Tensor  # [L*H, 2]
+    train_questions: list[int]  # probe-train questions (indices into the MC data)
+    val_questions: list[int]
+    test_questions: list[int]  # the held-out fold (empty without folds)
+    train_question_ids: list[str]  # question ids of train + val: every question the fit saw
+    collect_stats: dict[str, CollectStats]
+    timings: dict[str, float]
+    summary: dict
+    out: Path | None = None
+    heatmap_path: Path | None = None
+    summary_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(s.forward_passes for s in self.collect_stats.values())
+
+
+def _model_and_tokenizer(model, tokenizer, *, revision, dtype, device, progress, gguf_file):
+    if isinstance(model, (str, os.PathLike)):
+        name = str(model)
+        model, tokenizer = load_model(name, revision, dtype, device, progress, gguf_file=gguf_file)
+        return model, tokenizer, name
+    if dtype not in DTYPES:
+        raise ITIError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if tokenizer is None:
+        raise ITIError("fit_directions: pass tokenizer= along with an already-loaded model")
+    return model, tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+
+def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dtype: str = "auto",
+            device: str | None = None, gguf_file: str | None = None, cache_dir: str | os.PathLike | None = None,
+            collect_all_folds: bool = False, progress: bool = True, source: str = "<memory>") -> FitResult:
+    """Every stage in order, in memory: ``model`` is a path/hub id/.gguf or a loaded model (then pass ``tokenizer``).
+    ``cache_dir``: the activation cache to read and fill (None: none)."""
+    cfg.check()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_data, num_folds, fold, val_ratio, alpha,
-                   dtype, batch_size, max_questions, sigma_ddof)
-    out = Path(out)
-
-    # data and folds (before the model: bad data fails fast)
-    source = str(data_dir) if data_dir is not None else dataset
-    mc_docs = load_mc(source)
-    if max_questions is not None:
-        mc_docs = mc_docs[:max_questions]
-    questions = [d["question"] for d in mc_docs]
-    if len(set(question_id(q) for q in questions)) != len(questions):
-        raise ITIError(f"{source}: the multiple-choice data repeats a question (fold membership would be ambiguous)")
-    fit_questions, test_questions, train_q, val_q = fit_split(questions, num_folds, fold, seed, contiguous_folds,
-                                                              val_ratio)
-    gen_docs = _sigma_generation_docs(source) if sigma_data == "gen_end_q" else None
+    data = load_and_split(cfg)  # before the model: bad data fails fast
     timings["load data"] = time.perf_counter() - clock
 
-    # model
     clock = time.perf_counter()
-    if isinstance(model, (str, os.PathLike)):
-        model_name = str(model)
-        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file)
-    else:
-        if tokenizer is None:
-            raise ITIError("fit_directions: pass tokenizer= along with an already-loaded model")
-        model_name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    model, tokenizer, model_name = _model_and_tokenizer(model, tokenizer, revision=revision, dtype=dtype, device=device,
+                                                        progress=progress, gguf_file=gguf_file)
     shape = model_shape(model)
-    if num_heads > shape.num_layers * shape.num_heads:
-        raise ITIError(f"--num-heads {num_heads} is larger than layers x heads = {shape.num_layers} x "
+    if cfg.num_heads > shape.num_layers * shape.num_heads:
+        raise ITIError(f"num_heads={cfg.num_heads} is larger than layers x heads = {shape.num_layers} x "
                        f"{shape.num_heads} = {shape.num_layers * shape.num_heads} of {model_name}")
     model_revision = revision or getattr(model.config, "_commit_hash", None) or ""
     timings["load model"] = time.perf_counter() - clock
 
-    # prompts and labels: the full sets (one activation cache for every fold), and the rows of the training fold
-    mc_all = mc_prompt_set(mc_docs, prompt_format, tokenizer)
-    probe_rows = mc_all.rows_of_questions(fit_questions)
-    mc_set = mc_all.subset(probe_rows)
-    train_rows = mc_set.rows_of_questions(train_q)
-    val_rows = mc_set.rows_of_questions(val_q)
-    labels = np.asarray(mc_set.labels)
-    for what, rows in (("probe-training", train_rows), ("probe-validation", val_rows)):
-        present = set(labels[rows].tolist())
-        if present != {0, 1}:
-            missing = "true" if 1 not in present else "false"
-            raise ITIError(f"the {what} questions have no {missing} answer (a class with no examples); "
-                           "check the labels of the data or use more questions")
-    groups = fold_assignment(questions, num_folds, seed, contiguous_folds) if num_folds is not None else None
-    sigma_all = (gen_end_q_prompt_set(mc_docs, gen_docs, seed, prompt_format, tokenizer, groups=groups)
-                 if sigma_data == "gen_end_q" else mc_all)
-    sigma_needed = sigma_all.rows_of_questions(fit_questions)
-    if not sigma_needed:
-        raise ITIError(f"--sigma-data {sigma_data}: no prompt belongs to a training question")
-    sigma_set = mc_set if sigma_all is mc_all else sigma_all.subset(sigma_needed)
-
-    # activations
+    prompts = build_prompt_sets(cfg, data, tokenizer)
     clock = time.perf_counter()
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    stats = {"probe set": CollectStats()}
-    common = dict(batch_size=batch_size, chunk_size=chunk_size, cache_dir=cache_root, use_cache=use_cache,
-                  model_name=model_name, revision=revision, progress=progress, collect_all=collect_all_folds)
-    acts = collect_activations(model, tokenizer, mc_all.prompts, add_special_tokens=mc_all.add_special_tokens,
-                               rows=probe_rows, desc="activations (probe set)", stats=stats["probe set"], **common)
-    if sigma_set is mc_set:
-        sigma_acts = acts
-    else:
-        stats["sigma set"] = CollectStats()
-        sigma_acts = collect_activations(model, tokenizer, sigma_all.prompts, rows=sigma_needed,
-                                         add_special_tokens=sigma_all.add_special_tokens,
-                                         desc="activations (sigma set)", stats=stats["sigma set"], **common)
+    acts = collect_stage(model, tokenizer, cfg, prompts, model_name=model_name, revision=revision, cache_dir=cache_dir,
+                         collect_all_folds=collect_all_folds, progress=progress)
     timings["collect activations"] = time.perf_counter() - clock
 
-    # probes
     clock = time.perf_counter()
-    if probe_backend == "torch":
-        probe_device = model.get_input_embeddings().weight.device
-        probes = fit_probes(acts, labels, train_rows, val_rows, device=probe_device, progress=progress)
-    else:
-        probes = fit_probes_sklearn(acts, labels, train_rows, val_rows, seed=seed, progress=progress)
+    probes = probe_stage(cfg, acts.probe, prompts, device=model.get_input_embeddings().weight.device, progress=progress)
     timings["probes"] = time.perf_counter() - clock
 
-    # heads, directions, sigma
     clock = time.perf_counter()
-    selected = select_heads(probes.accuracy, num_heads, seed, random_heads)
-    ranked = rank_heads(probes.accuracy)
-    chosen = {tuple(p) for p in selected.tolist()}
-    head_rank = torch.cat([selected, torch.tensor([p for p in ranked.tolist() if tuple(p) not in chosen],
-                                                  dtype=torch.int64).reshape(-1, 2)])
-    fit_rows = mc_set.rows_of_questions(fit_questions)
-    dirs = compute_directions(method, selected, x=head_activations(acts, selected, fit_rows),
-                              labels=labels[fit_rows], probe_coef=probes.coef, seed=seed)
-    sigma_rows = sigma_set.rows_of_questions(fit_questions)
-    sigma = compute_sigma(head_activations(sigma_acts, selected, sigma_rows), dirs, sigma_ddof)
-    if not bool((sigma > 0).all()):
-        bad = selected[int((sigma <= 0).nonzero()[0])].tolist()
-        raise ITIError(f"sigma of head (layer {bad[0]}, head {bad[1]}) is 0: its activations do not vary along the direction")
+    selected, head_rank = select_stage(cfg, probes)
+    dirs, sigma = directions_stage(cfg, acts, prompts, data, probes, selected)
     timings["select + directions + sigma"] = time.perf_counter() - clock
 
-    # provenance
-    train_ids = [question_id(questions[i]) for i in sorted(fit_questions)]
-    ids_json = json.dumps(train_ids)
-    meta = {
-        "model": model_name, "model_revision": model_revision, "model_identity": stats["probe set"].model_identity,
-        "architecture": shape.architecture, "alpha": "" if alpha == "auto" else repr(float(alpha)), "method": method,
-        "random_heads": str(bool(random_heads)).lower(), "seed": str(seed),
-        "num_folds": "" if num_folds is None else str(num_folds), "fold": "" if fold is None else str(fold),
-        "contiguous_folds": str(bool(contiguous_folds)).lower(), "val_ratio": repr(float(val_ratio)),
-        "dataset": source, "dataset_sha256": data_sha256(mc_docs), "max_questions": "" if max_questions is None else str(max_questions),
-        "num_questions": str(len(questions)), "prompt_format": prompt_format,
-        "prompt_template": mc_set.info["template"], "sigma_data": sigma_data, "sigma_template": sigma_set.info["template"],
-        "sigma_followup_pool": sigma_set.info.get("random_question_pool", ""),
-        "sigma_ddof": str(sigma_ddof), "sigma_questions": "train+val of the training fold",
-        "num_heads_selected": str(num_heads), "probe_backend": probe_backend, "probe_objective": "L2, C=1.0, intercept",
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "package": "lm-eval-iti", "package_version": __version__, "train_question_ids": ids_json,
-        "train_question_ids_sha256": hashlib.sha256(ids_json.encode()).hexdigest(),
-    }
-    heads, directions, sigmas = _group_by_layer(selected, dirs, sigma)
-    result_dirs = Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, directions, sigmas, meta,
-                             probes.accuracy.float(), head_rank, str(out))
-    # save_directions adds these; set them now so validation runs before any file is written
-    from .artifact import FORMAT, FORMAT_VERSION, SITE
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(shape.num_layers),
-                num_heads=str(shape.num_heads), head_dim=str(shape.head_dim))
-    if alpha == "auto":  # the largest alpha within the KL budget, on held-out text (not on any question)
-        from .experiments.side_effects import alpha_for_kl_budget
+    meta = provenance(cfg, data, prompts, shape, model_name=model_name, model_revision=model_revision,
+                      model_identity=acts.stats["probe set"].model_identity,
+                      dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+    directions = assemble(shape, selected, dirs, sigma, meta, probes, head_rank, source)
+    if cfg.alpha == "auto":  # on held-out text, never on a question
+        clock = time.perf_counter()
+        choose_alpha_auto(model, tokenizer, directions, cfg, progress)
+        timings["alpha auto"] = time.perf_counter() - clock
+    validate(directions, shape)
+    summary = fit_summary(cfg, data, prompts, acts, probes, selected, sigma, directions, shape, model_name, timings,
+                          collect_all_folds)
+    train_ids = json.loads(meta["train_question_ids"])
+    return FitResult(directions, probes, selected, head_rank, data.train_questions, data.val_questions,
+                     data.test_questions, train_ids, acts.stats, timings, summary)
 
-        clock_auto = time.perf_counter()
-        choice = alpha_for_kl_budget(model, tokenizer, result_dirs, kl_budget=kl_budget, corpus=kl_corpus,
-                                     progress=progress)
-        meta.update(alpha=repr(float(choice["alpha"])), kl_budget=repr(float(kl_budget)),
-                    alpha_auto=json.dumps(choice))
-        timings["alpha auto"] = time.perf_counter() - clock_auto
-    validate(result_dirs, shape)
 
-    heatmap_path, summary_path = companion_paths(out)
-    summary = {
-        "out": str(out), "heatmap": str(heatmap_path) if write_plot else None, "model": model_name,
-        "model_identity": meta["model_identity"], "options": {
-            "dataset": source, "num_heads": num_heads, "method": method, "random_heads": random_heads,
-            "val_ratio": val_ratio, "seed": seed, "num_folds": num_folds, "fold": fold,
-            "contiguous_folds": contiguous_folds, "prompt_format": prompt_format, "sigma_data": sigma_data,
-            "sigma_ddof": sigma_ddof, "alpha": alpha, "probe_backend": probe_backend, "max_questions": max_questions},
-        "counts": {"questions": len(questions), "fit_questions": len(fit_questions), "probe_train_questions": len(train_q),
-                   "probe_val_questions": len(val_q), "test_questions": len(test_questions),
-                   "probe_prompts": len(mc_all), "probe_rows": len(mc_set), "probe_train_rows": len(train_rows),
-                   "probe_val_rows": len(val_rows), "sigma_prompts": len(sigma_all), "sigma_rows": len(sigma_rows),
-                   "probes": shape.num_layers * shape.num_heads, "heads_selected": num_heads},
-        "activations": {k: vars(v) for k, v in stats.items()},
-        "collected": "every fold (a cache for the other folds' fits)" if collect_all_folds and test_questions
+def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitActivations, probes: ProbeResult,
+                selected: torch.Tensor, sigma: torch.Tensor, directions: Directions, shape: ModelShape,
+                model_name: str, timings: dict, collect_all_folds: bool) -> dict:
+    """The JSON summary: options, counts, cache use, the selected heads and the time of each stage."""
+    meta = directions.metadata
+    return {
+        "model": model_name, "model_identity": meta["model_identity"],
+        "options": {"dataset": cfg.source, "num_heads": cfg.num_heads, "method": cfg.method,
+                    "random_heads": cfg.random_heads, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
+                    "num_folds": cfg.num_folds, "fold": cfg.fold, "contiguous_folds": cfg.contiguous_folds,
+                    "prompt_format": cfg.prompt_format, "sigma_data": cfg.sigma_data, "sigma_ddof": cfg.sigma_ddof,
+                    "alpha": cfg.alpha, "probe_backend": cfg.probe_backend, "max_questions": cfg.max_questions},
+        "counts": {"questions": len(data.questions), "fit_questions": len(data.fit_questions),
+                   "probe_train_questions": len(data.train_questions), "probe_val_questions": len(data.val_questions),
+                   "test_questions": len(data.test_questions), "probe_prompts": len(prompts.mc_all),
+                   "probe_rows": len(prompts.mc_set), "probe_train_rows": len(prompts.train_rows),
+                   "probe_val_rows": len(prompts.val_rows), "sigma_prompts": len(prompts.sigma_all),
+                   "sigma_rows": len(prompts.sigma_set.rows_of_questions(data.fit_questions)),
+                   "probes": shape.num_layers * shape.num_heads, "heads_selected": cfg.num_heads},
+        "activations": {k: vars(v) for k, v in acts.stats.items()},
+        "collected": "every fold (a cache for the other folds' fits)" if collect_all_folds and data.test_questions
                      else "the training fold's prompts only",
         "probe_iterations": probes.iterations,
         "top_heads": [{"rank": i + 1, "layer": int(l), "head": int(h), "val_accuracy": round(float(probes.accuracy[l, h]), 4),
@@ -313,20 +449,71 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
         "timings_s": timings, "package_version": __version__,
     }
 
+
+def fit_directions(model, tokenizer=None, *, revision: str | None = None, dtype: str = "auto",
+                   device: str | None = None, gguf_file: str | None = None,
+                   cache_dir: str | os.PathLike | None = None, progress: bool = True, **options) -> Directions:
+    """Fit ITI directions in memory and return them; nothing is written (``cache_dir``: an activation cache to read
+    and fill, off by default).
+
+    ``model``: a loaded ``PreTrainedModel`` (with ``tokenizer``), or a folder, hub id, ``.gguf`` file or named model.
+    ``options``: the fields of ``FitConfig`` (``data_dir``, ``num_folds``, ``fold``, ``num_heads``, ``method``,
+    ``alpha`` (a number or ``"auto"``), ...). Save with ``Directions.save``; steer with ``Directions.apply``.
+    """
+    cfg = make_config(**options)
+    return run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
+                   cache_dir=cache_dir, progress=progress).directions
+
+
+def companion_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """(heatmap, summary) paths beside a directions file: ``dirs.safetensors`` -> ``dirs.heads.png``, ``dirs.summary.json``."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
+    return stem.with_name(stem.name + ".heads.png"), stem.with_name(stem.name + ".summary.json")
+
+
+def write_fit(result: FitResult, out: str | os.PathLike, model_name: str | None = None,
+              write_plot: bool = True) -> FitResult:
+    """Write the directions file, its heatmap (``write_plot``) and its JSON summary, each atomically."""
+    out = Path(out)
     clock = time.perf_counter()
+    heatmap_path, summary_path = companion_paths(out)
+    result.directions.source = str(out)
+    result.summary = {"out": str(out), "heatmap": str(heatmap_path) if write_plot else None, **result.summary}
     if write_plot:
         from .plots import heads_heatmap
 
-        heads_heatmap(probes.accuracy, selected, heatmap_path,
-                      title=f"{Path(model_name).name or model_name}: probe validation accuracy, "
-                            f"{num_heads} {'random ' if random_heads else ''}selected heads outlined")
-    from .artifact import save_directions
+        name = model_name or result.summary["model"]
+        k = len(result.selected)
+        random_heads = result.summary["options"]["random_heads"]
+        heads_heatmap(result.probes.accuracy, result.selected, heatmap_path,
+                      title=f"{Path(name).name or name}: probe validation accuracy, "
+                            f"{k} {'random ' if random_heads else ''}selected heads outlined")
+    save_directions(result.directions, out)
+    result.timings["write"] = time.perf_counter() - clock
+    write_json_atomic(summary_path, result.summary)
+    result.out, result.summary_path = out, summary_path
+    result.heatmap_path = heatmap_path if write_plot else None
+    return result
 
-    save_directions(result_dirs, out)
-    timings["write"] = time.perf_counter() - clock
-    write_json_atomic(summary_path, summary)
-    return FitResult(out, result_dirs, probes, selected, head_rank, train_q, val_q, test_questions, train_ids, stats,
-                     timings, summary, heatmap_path if write_plot else None, summary_path)
+
+def fit_and_save(model, out: str | os.PathLike, *, tokenizer=None, revision: str | None = None, dtype: str = "auto",
+                 device: str | None = None, gguf_file: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 use_cache: bool = True, collect_all_folds: bool = False, progress: bool = True,
+                 write_plot: bool = True, **options) -> FitResult:
+    """``fit-directions``: the fit (activation cache on by default) and its files: ``out``, the heatmap and the summary.
+
+    Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
+    prompts are collected and cached, so that fits of the other folds (``validate``, ``sweep``) read them back with
+    no forward pass. A complete cache of every fold, when there, is read either way.
+    """
+    if Path(out).is_dir():
+        raise ITIError(f"out={out}: is a folder; give a file name such as dirs.safetensors")
+    cfg = make_config(**options)
+    cache = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if use_cache else None
+    result = run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
+                     cache_dir=cache, collect_all_folds=collect_all_folds, progress=progress, source=str(out))
+    return write_fit(result, out, write_plot=write_plot)
 
 
 def format_summary(summary: dict, top: int = 10) -> str:

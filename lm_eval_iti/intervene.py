@@ -183,6 +183,44 @@ class Intervener:
             self._gen_mode, self._prompt_length, self._consumed, self._window = previous
 
 
+FORWARD_POSITIONS = (ALL, LAST)
+
+
+@contextlib.contextmanager
+def steer(model: nn.Module, directions: Directions, alpha: float, *, positions: str = ALL,
+          gen_positions: str = ALL) -> Iterator[Intervener]:
+    """``Directions.apply``: hooks for the duration of a ``with`` block. Plain forwards edit ``positions``; every
+    ``model.generate`` call inside the block edits ``gen_positions`` by absolute position (its own prompt length)."""
+    if positions not in FORWARD_POSITIONS:
+        raise ITIError(f"positions={positions!r} is not one of {', '.join(FORWARD_POSITIONS)}")
+    if gen_positions not in GEN_POSITIONS:
+        raise ITIError(f"gen_positions={gen_positions!r} is not one of {', '.join(GEN_POSITIONS)}")
+    owner = getattr(model, _OWNER_ATTRIBUTE, None)
+    if owner is not None:
+        raise ITIError(f"{type(model).__name__} is already steered ({owner.directions.source}, alpha={owner.alpha:g}): "
+                       "leave the other apply() block first; two would add both shifts")
+    intervener = Intervener(model, directions, alpha).install()
+    object.__setattr__(model, _OWNER_ATTRIBUTE, intervener)  # also at alpha 0, which installs no hook
+    generate = model.__dict__.get("generate")
+
+    def steered_generate(*args, **kwargs):
+        with intervener.generation(gen_positions):
+            return type(model).generate(model, *args, **kwargs) if generate is None else generate(*args, **kwargs)
+
+    model.generate = steered_generate
+    try:
+        with intervener.editing(positions):
+            yield intervener
+    finally:
+        if generate is None:
+            del model.generate
+        else:
+            model.generate = generate
+        intervener.remove()
+        if getattr(model, _OWNER_ATTRIBUTE, None) is intervener:
+            object.__delattr__(model, _OWNER_ATTRIBUTE)
+
+
 def answer_mask(inplens: list[int], contlens: list[int], width: int, device=None, skip: int = 0) -> torch.Tensor:
     """[B, width] True at positions inplen-contlen+skip .. inplen-1: with skip=0 exactly those whose logits score the
     continuation; skip=2 starts at the second answer token (the reference's legacy semantics)."""

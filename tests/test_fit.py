@@ -34,10 +34,10 @@ def loaded(tiny_model_dir):
 @pytest.fixture(scope="module")
 def first_fit(tmp_path_factory, tiny_model_dir, v0):
     """Fold 0 of 2, K=3, mass-mean, through the path-loading API; shares its cache with the other tests."""
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     root = tmp_path_factory.mktemp("fit")
-    result = fit_directions(str(tiny_model_dir), root / "dirs.safetensors", data_dir=v0, num_heads=3, num_folds=2,
+    result = fit_and_save(str(tiny_model_dir), root / "dirs.safetensors", data_dir=v0, num_heads=3, num_folds=2,
                             fold=0, max_questions=NQ, cache_dir=root / "cache", progress=False, batch_size=32)
     return result, root
 
@@ -100,24 +100,24 @@ def test_folds_partition_all_questions_and_match_the_tasks_folds(v0):
 
 
 def test_second_fit_with_other_k_method_or_fold_makes_no_forward_pass(first_fit, loaded, v0):
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     first, root = first_fit
     assert first.forward_passes > 0
     model, tok = loaded  # an already-loaded model: the same cache entry as the path-loaded fit
     common = dict(tokenizer=tok, data_dir=v0, max_questions=NQ, cache_dir=root / "cache", progress=False,
                   write_plot=False)
-    other_k = fit_directions(model, root / "k2.safetensors", num_heads=2, method="probe", num_folds=2, fold=0, **common)
+    other_k = fit_and_save(model, root / "k2.safetensors", num_heads=2, method="probe", num_folds=2, fold=0, **common)
     assert other_k.forward_passes == 0
     assert torch.equal(other_k.selected, first.selected[:2])
-    other_fold = fit_directions(model, root / "f1.safetensors", num_heads=3, num_folds=2, fold=1, **common)
+    other_fold = fit_and_save(model, root / "f1.safetensors", num_heads=3, num_folds=2, fold=1, **common)
     assert other_fold.forward_passes > 0  # fold 0's fit collected only its own training prompts
-    again = fit_directions(model, root / "f1b.safetensors", num_heads=2, num_folds=2, fold=1, **common)
+    again = fit_and_save(model, root / "f1b.safetensors", num_heads=2, num_folds=2, fold=1, **common)
     assert again.forward_passes == 0
     assert set(other_fold.train_question_ids) == {question_id(q) for q in
                                                   [r["question"] for r in __import__("lm_eval_iti.data").data.load_mc(v0)[:NQ]]
                                                   } - set(first.train_question_ids)
-    sk = fit_directions(model, root / "sk.safetensors", num_heads=3, num_folds=2, fold=0, probe_backend="sklearn",
+    sk = fit_and_save(model, root / "sk.safetensors", num_heads=3, num_folds=2, fold=0, probe_backend="sklearn",
                         **common)
     assert sk.forward_passes == 0
     assert float((sk.probes.accuracy - first.probes.accuracy).abs().mean()) <= 0.01
@@ -148,13 +148,13 @@ def _counting_forwards(model):
 
 
 def test_a_single_fold_fit_forwards_only_the_prompts_of_its_training_questions(tmp_path, loaded, v0):
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     model, tok = loaded
     probe_rows, sigma_rows, total = _needed_rows(v0, 0)
     seen, handle = _counting_forwards(model)
     try:
-        result = fit_directions(model, tmp_path / "d.safetensors", tokenizer=tok, data_dir=v0, max_questions=NQ,
+        result = fit_and_save(model, tmp_path / "d.safetensors", tokenizer=tok, data_dir=v0, max_questions=NQ,
                                 num_heads=3, num_folds=2, fold=0, cache_dir=tmp_path / "cache", progress=False,
                                 write_plot=False, batch_size=8)
     finally:
@@ -170,23 +170,23 @@ def test_a_single_fold_fit_forwards_only_the_prompts_of_its_training_questions(t
 
 
 def test_collect_all_folds_fills_one_cache_that_the_other_fold_reads_with_the_same_result(tmp_path, loaded, v0):
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     model, tok = loaded
     common = dict(tokenizer=tok, data_dir=v0, max_questions=NQ, num_heads=3, num_folds=2, progress=False,
                   write_plot=False, batch_size=8)
     probe_rows, sigma_rows, total = _needed_rows(v0, 1)
-    filling = fit_directions(model, tmp_path / "f0.safetensors", fold=0, cache_dir=tmp_path / "all",
+    filling = fit_and_save(model, tmp_path / "f0.safetensors", fold=0, cache_dir=tmp_path / "all",
                              collect_all_folds=True, **common)
     assert filling.collect_stats["probe set"].prompts_forwarded == total
     assert filling.summary["collected"].startswith("every fold")
     seen, handle = _counting_forwards(model)
     try:
-        reading = fit_directions(model, tmp_path / "f1.safetensors", fold=1, cache_dir=tmp_path / "all", **common)
+        reading = fit_and_save(model, tmp_path / "f1.safetensors", fold=1, cache_dir=tmp_path / "all", **common)
     finally:
         handle.remove()
     assert reading.forward_passes == 0 and seen["calls"] == 0
-    alone = fit_directions(model, tmp_path / "f1_alone.safetensors", fold=1, cache_dir=tmp_path / "own", **common)
+    alone = fit_and_save(model, tmp_path / "f1_alone.safetensors", fold=1, cache_dir=tmp_path / "own", **common)
     assert alone.forward_passes > 0
     assert alone.collect_stats["probe set"].prompts_forwarded == probe_rows
     assert alone.collect_stats["sigma set"].prompts_forwarded == sigma_rows

@@ -156,9 +156,9 @@ def test_stock_lm_eval_cli_runs_hf_iti_on_the_gguf(gguf_source, dirs_file, tmp_p
 
 
 def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2_dir, plain, tmp_path):
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
-    result = fit_directions(NAME, tmp_path / "d.safetensors", data_dir=str(tqa_v0()), max_questions=80,
+    result = fit_and_save(NAME, tmp_path / "d.safetensors", data_dir=str(tqa_v0()), max_questions=80,
                             num_heads=16, sigma_data="mc", dtype="float32", batch_size=16, device="cpu",
                             cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
     best = float(result.probes.accuracy.max())
@@ -224,7 +224,7 @@ def test_alpha_auto_stays_within_the_kl_budget_and_the_next_alpha_does_not(plain
 def test_chat_prompts_on_the_real_chat_template(plain, smollm2_dir, tmp_path):
     """fit-directions --prompt-format chat renders SmolLM2's own template and fits on it."""
     from lm_eval_iti.data import load_mc
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
     from lm_eval_iti.prompts import mc_prompt_set
 
     _, tokenizer = plain
@@ -234,7 +234,7 @@ def test_chat_prompts_on_the_real_chat_template(plain, smollm2_dir, tmp_path):
     assert prompts[0].endswith(f"<|im_start|>assistant\n{answer}")
     assert prompts[0].startswith("<|im_start|>system\n")  # the template's own default system turn
     assert f"<|im_start|>user\n{question}<|im_end|>" in prompts[0]
-    result = fit_directions(str(smollm2_dir), tmp_path / "chat.safetensors", data_dir=str(tqa_v0()),
+    result = fit_and_save(str(smollm2_dir), tmp_path / "chat.safetensors", data_dir=str(tqa_v0()),
                             max_questions=10, num_heads=8, sigma_data="mc", prompt_format="chat", dtype="float32",
                             device="cpu", cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
     assert result.directions.metadata["prompt_format"] == "chat"

@@ -26,7 +26,7 @@ def _corpus(path):
 
 @pytest.fixture(scope="module")
 def swept(tiny_model_dir, tmp_path_factory):
-    """The sweep with every call of fit_directions and every model forward during fitting counted."""
+    """The sweep with every call of fit_and_save and every model forward during fitting counted."""
     import lm_eval_iti.fit as fit_module
 
     root = tmp_path_factory.mktemp("sweep")
@@ -36,7 +36,7 @@ def swept(tiny_model_dir, tmp_path_factory):
                               num_tokens=16, cache_dir=str(root / "cache"), progress=False, batch_size=16,
                               fit_batch_size=32)
     calls = []
-    original = fit_module.fit_directions
+    original = fit_module.fit_and_save
 
     def counting_fit(model, out, **kwargs):
         forwards = []
@@ -50,7 +50,7 @@ def swept(tiny_model_dir, tmp_path_factory):
         return result
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fit_module, "fit_directions", counting_fit)
+        mp.setattr(fit_module, "fit_and_save", counting_fit)
         results = sweep(config, root / "run", ALPHAS, KS)
     return results, root / "run", calls, config
 
@@ -69,7 +69,7 @@ def test_a_k_row_uses_the_top_k_heads_of_the_largest_fit_which_equals_a_fit_with
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lm_eval_iti.artifact import load_directions
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
 
     results, out, calls, config = swept
     for row in results["rows"][1:]:
@@ -78,7 +78,7 @@ def test_a_k_row_uses_the_top_k_heads_of_the_largest_fit_which_equals_a_fit_with
             assert fold_result["model_info"]["iti"]["alpha"] == row["α"]
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    k1 = fit_directions(model, out.parent / "k1.safetensors", tokenizer=tok, data_dir=out / "data", num_heads=1,
+    k1 = fit_and_save(model, out.parent / "k1.safetensors", tokenizer=tok, data_dir=out / "data", num_heads=1,
                         num_folds=2, fold=0, cache_dir=config.cache_dir, progress=False, write_plot=False)
     assert k1.forward_passes == 0
     top1 = load_directions(results["folds"]["iti-a3-k1"][0]["directions"]["path"]).top_k(1)

@@ -403,17 +403,17 @@ def test_orthogonal_directions_have_no_component_along_the_fitted_ones():
 
 
 def test_random_heads_get_the_directions_and_sigma_fit_directions_gives_those_heads(bar_report):
-    """head_directions_and_sigma (the random-heads control) against fit_directions itself on its selected heads."""
+    """head_directions_and_sigma (the random-heads control) against fit_and_save itself on its selected heads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_iti.fit import fit_directions
+    from lm_eval_iti.fit import fit_and_save
     from lm_eval_iti.truthworld.bar import head_directions_and_sigma, random_heads_like
 
-    _, work = bar_report  # its activation cache and exported data: fit_directions below collects nothing anew
+    _, work = bar_report  # its activation cache and exported data: fit_and_save below collects nothing anew
     world = load_world(CHECKPOINT_DIR)
     model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR)).eval()
     tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
-    fit = fit_directions(model, work / "check.safetensors", tokenizer=tok, data_dir=work / "data", num_folds=2,
+    fit = fit_and_save(model, work / "check.safetensors", tokenizer=tok, data_dir=work / "data", num_folds=2,
                          fold=0, num_heads=8, seed=42, cache_dir=work / "cache", progress=False, write_plot=False,
                          batch_size=64)
     unit, sigma, live = head_directions_and_sigma(model, tok, world, sorted(fit.train_questions + fit.val_questions))

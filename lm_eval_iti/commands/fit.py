@@ -1,4 +1,4 @@
-"""``lm-eval-iti fit-directions``: a thin click layer over ``lm_eval_iti.fit.fit_directions``."""
+"""``lm-eval-iti fit-directions``: a thin click layer over ``lm_eval_iti.fit.fit_and_save``."""
 
 from __future__ import annotations
 
@@ -59,16 +59,16 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
                    batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
     from ..experiments.side_effects import parse_alpha_option
-    from ..fit import fit_directions as run_fit, format_summary
+    from ..fit import fit_and_save, format_summary
 
     alpha = parse_alpha_option(alpha)
 
-    result = run_fit(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
+    result = fit_and_save(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
                      random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,
                      contiguous_folds=contiguous_folds, prompt_format=prompt_format, sigma_data=sigma_data,
                      alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
                      use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
-                     revision=revision, progress=not quiet, write_plot=not no_plot,
-                     gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
+                       revision=revision, progress=not quiet, write_plot=not no_plot,
+                       gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
                      collect_all_folds=collect_all_folds)
     click.echo(format_summary(result.summary))

@@ -1,6 +1,6 @@
 """The experiment engine behind ``validate`` and ``sweep``: folds x variants, fits, evaluation, CE/KL, resume.
 
-For each fold i and each variant: fit on the other folds (``fit_directions`` with ``num_folds``/``fold`` and the same
+For each fold i and each variant: fit on the other folds (``fit.fit_and_save`` with ``num_folds``/``fold`` and the same
 seed, on the one loaded model: the activation cache makes every fit after the first free of forward passes), then
 evaluate the variant on fold i through lm-eval (the tasks' fold metadata), check that no evaluated question is in
 the directions file's recorded ``train_question_ids``, and measure CE/KL. Each fold x variant result is written to
@@ -180,14 +180,14 @@ class Experiment:
         if key in self._fits:
             return self._fits[key]
         from ..artifact import file_sha256, load_directions
-        from ..fit import fit_directions
+        from ..fit import fit_and_save
 
         c = self.config
         model, tokenizer = self.model()
         path = self.out / "directions" / f"fold_{fold}_{spec.name}.safetensors"
         local = c.data_dir is not None or c.num_questions is not None
         source = {"data_dir": self.source} if local else {"dataset": self.source}
-        result = fit_directions(model, path, tokenizer=tokenizer, **source, num_heads=spec.num_heads,
+        result = fit_and_save(model, path, tokenizer=tokenizer, **source, num_heads=spec.num_heads,
                                 method=spec.method, random_heads=spec.random_heads, val_ratio=c.val_ratio,
                                 seed=c.seed, num_folds=c.num_folds, fold=fold, contiguous_folds=c.contiguous_folds,
                                 prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,

@@ -1,4 +1,4 @@
-"""The truth-world bar, with the project's own pipeline: ``fit.fit_directions`` (2 folds, defaults except K) and the
+"""The truth-world bar, with the project's own pipeline: ``fit.fit_and_save`` (2 folds, defaults except K) and the
 ``hf-iti`` model scoring the held-out fold.
 
 Per fold i: fit on the other fold; choose alpha on the fitted (training-fold) questions and on fresh documents about
@@ -9,7 +9,7 @@ held-out fold unsteered (``hf``) and steered (``hf-iti``), and four controls at 
   random       ``RANDOM_DRAWS`` seeded random unit directions on the same heads with the same sigma;
   orthogonal   as many random unit directions orthogonal (per head) to the fitted ones;
   random heads ``RANDOM_HEAD_DRAWS`` draws of K random heads with the method's own mass-mean directions and sigma
-               (``fit_directions(random_heads=True)`` cannot be used: its one draw, tied to the fold seed, can hit a
+               (``fit_and_save(random_heads=True)`` cannot be used: its one draw, tied to the fold seed, can hit a
                head whose two class means are identical, whose direction is then undefined);
   colour prior a context-free colour preference counted on the training fold (no model at all).
 The bar holds when, over both held-out folds pooled: unsteered myth MC1 <= 0.65 with mean P(true) in 0.5 +/- 0.1;
@@ -264,11 +264,11 @@ def held_out_controls(model, tokenizer, world, fit, alpha: float, fold: int, dra
 
 def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int, k: int, seed: int, alpha_grid,
              progress: bool = False, draws: int = RANDOM_DRAWS) -> dict:
-    from ..fit import fit_directions
+    from ..fit import fit_and_save
 
     common = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=fold, num_heads=k, seed=seed,
                   cache_dir=work / "cache", progress=progress, write_plot=False, batch_size=64)
-    fit = fit_directions(model, work / f"fold{fold}.safetensors", **common)
+    fit = fit_and_save(model, work / f"fold{fold}.safetensors", **common)
     train_q = sorted(fit.train_questions + fit.val_questions)
     alpha, alpha_rows = choose_alpha(model, tokenizer, world, fit.directions, train_q, alpha_grid)
     test = sorted(fit.test_questions)

@@ -110,7 +110,7 @@ def plot_alpha_curve(curve: dict, chosen: float, path: Path, title: str) -> Path
 def run_demo(out: str | Path, log=print) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..fit import fit_directions
+    from ..fit import fit_and_save
 
     started = time.perf_counter()
     out = Path(out)
@@ -123,7 +123,7 @@ def run_demo(out: str | Path, log=print) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     fit_kwargs = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=0, num_heads=NUM_HEADS, seed=42,
                       cache_dir=out / "cache", progress=False, batch_size=64)
-    fit = fit_directions(model, out / "directions.safetensors", **fit_kwargs)
+    fit = fit_and_save(model, out / "directions.safetensors", **fit_kwargs)
     log(f"[2/6] fit-directions (fold 0 of 2, K={NUM_HEADS}): best head probe accuracy "
         f"{float(fit.probes.accuracy.max()):.3f}; heatmap {fit.heatmap_path}")
     train_q = sorted(fit.train_questions + fit.val_questions)
