@@ -288,8 +288,8 @@ def bar_report(tmp_path_factory):
 
 
 @pytest.mark.xfail(strict=True, reason="known failure, issue 14: on the balanced world steered myth MC1 is 0.72 "
-                   "< 0.9 on the shipped seed 0 (0.78 and 0.55 for seeds 1 and 2); see the README's truth-world "
-                   "diagnosis. strict: this test turns red the day the bar holds, so the marker must then go")
+                   "< 0.9 on the shipped seed 0 (0.78 and 0.55 for seeds 1 and 2); see the diagnosis in "
+                   "docs/truthworld.md. strict: this test turns red the day the bar holds, so the marker must then go")
 def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
     """The whole bar, every check at once (steered myth MC1 >= 0.9 included)."""
     s = bar_report[0]["summary"]
