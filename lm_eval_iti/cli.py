@@ -63,7 +63,9 @@ def with_flags(message: str, command: click.Command | None) -> str:
     for param in command.params:
         if isinstance(param, click.Option) and param.name and param.opts:
             flag = max(param.opts, key=len)
-            message = re.sub(rf"(?<![\w.-]){re.escape(param.name)}=( )?", lambda m: flag + " ", message)
+            for name in {param.name, flag.lstrip("-").replace("-", "_")}:  # e.g. filter_name and --filter
+                message = re.sub(rf"(?<![\w.-]){re.escape(name)}=( ?)",
+                                 lambda m: flag if m.end() == len(m.string) else flag + " ", message)
     return message
 
 

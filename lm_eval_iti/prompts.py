@@ -67,10 +67,10 @@ _SENTINEL = "\u2063ITI_CUT\u2063"
 def _chat_until(tokenizer, turns: list[dict]) -> str:
     """The chat-template rendering of ``turns`` whose last content is the sentinel, cut where the sentinel starts."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ITIError("prompt format 'chat' needs a tokenizer with a chat template (this one has none); use --prompt-format qa")
+        raise ITIError("prompt format 'chat' needs a tokenizer with a chat template (this one has none); use prompt_format='qa'")
     text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
     if _SENTINEL not in text:
-        raise ITIError("prompt format 'chat': the tokenizer's chat template drops message content; use --prompt-format qa")
+        raise ITIError("prompt format 'chat': the tokenizer's chat template drops message content; use prompt_format='qa'")
     return text.split(_SENTINEL)[0]
 
 

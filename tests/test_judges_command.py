@@ -106,7 +106,7 @@ def test_configuration_mistakes_before_any_judging(fake_server, tmp_path, capsys
     out = tmp_path / "r.json"
     code, _, err = run_cli(["judge", str(samples), "--out", str(out), *args(fake_server, tmp_path),
                             "--truth-judge", "no-such-judge"], capsys)
-    assert code == 2 and "truth_judge='no-such-judge' is not served" in err
+    assert code == 2 and "--truth-judge 'no-such-judge' is not served" in err  # the CLI names its flag
     code, _, err = run_cli(["judge", str(tmp_path / "nothing"), "--out", str(out),
                             *args(fake_server, tmp_path)], capsys)
     assert code == 2 and "no such file or folder" in err

@@ -114,9 +114,9 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
     hooked, baked and steered row of the fold uses that same strength."""
     unknown = [b for b in baselines if b not in BASELINE_NAMES]
     if unknown:
-        raise ITIError(f"--baselines: {unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all')")
+        raise ITIError(f"baselines={unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all')")
     if alpha == 0:
-        raise ITIError("--alpha 0 is the baseline itself; give the strength of the intervention (e.g. 15)")
+        raise ITIError("alpha=0 is the baseline itself; give the strength of the intervention (e.g. 15)")
     main_fit = FitSpec(method, False, num_heads)
     hooked = dict(instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions)
     rows = []
@@ -164,9 +164,9 @@ def sweep_variants(alphas: list[float], ks: list[int], *, method: str = "mass-me
     largest K per fold: a K-head row uses that fit's top-K heads (selection, directions and sigma of a head do not
     depend on K)."""
     if not alphas or not ks:
-        raise ITIError("--alphas and --num-heads need at least one value each")
+        raise ITIError("alphas= and num_heads= need at least one value each")
     if any(k < 1 for k in ks):
-        raise ITIError(f"--num-heads {','.join(map(str, ks))}: every K must be at least 1")
+        raise ITIError(f"num_heads={','.join(map(str, ks))}: every K must be at least 1")
     fit = FitSpec(method, False, max(ks))
     rows = [baseline_variant(instruction)]
     for alpha in alphas:

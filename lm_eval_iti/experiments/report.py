@@ -147,7 +147,7 @@ def build_report(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, ti
     rows = [row for path in inputs for row in rows_from_path(path)]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ITIError(f"--out {out_dir}: exists and is not a folder")
+        raise ITIError(f"out={out_dir}: exists and is not a folder")
     markdown = leaderboard_markdown(rows, title)
     written = {"markdown": str(out / "leaderboard.md"), "json": str(out / "leaderboard.json"), "plots": {}}
     if plots:

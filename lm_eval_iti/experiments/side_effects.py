@@ -74,18 +74,18 @@ def _read_lines(source: str) -> tuple[list[str], dict]:
             rows = load_dataset(HUB_CORPUS["path"], HUB_CORPUS["name"], split=HUB_CORPUS["split"])["text"]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise ITIError(f"--corpus wikitext: could not load {HUB_CORPUS['path']} {HUB_CORPUS['name']} "
-                           f"({type(exc).__name__}: {first}); pass --corpus PATH to a local wikitext-2-raw-v1.test.raw"
+            raise ITIError(f"corpus=wikitext: could not load {HUB_CORPUS['path']} {HUB_CORPUS['name']} "
+                           f"({type(exc).__name__}: {first}); pass corpus=PATH to a local wikitext-2-raw-v1.test.raw"
                            ) from None
         return list(rows), {"source": f"hub:{HUB_CORPUS['path']}/{HUB_CORPUS['name']}/{HUB_CORPUS['split']}"}
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ITIError(f"--corpus {source}: no such file (give a raw text file, or 'wikitext' for the hub split)")
+        raise ITIError(f"corpus={source}: no such file (give a raw text file, or 'wikitext' for the hub split)")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ITIError(f"--corpus {source}: not UTF-8 text") from None
+        raise ITIError(f"corpus={source}: not UTF-8 text") from None
     return text.splitlines(), {"source": str(path), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
@@ -94,14 +94,14 @@ def load_corpus(source: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS, 
     """``num_docs`` paragraphs sampled without replacement with ``seed`` (in sampled order), never one in ``exclude``
     (paragraph indices)."""
     if num_docs < 1:
-        raise ITIError(f"--num-docs {num_docs} must be at least 1")
+        raise ITIError(f"num_docs={num_docs} must be at least 1")
     lines, info = _read_lines(str(source))
     pool = paragraphs(lines, min_words)
     allowed = [i for i in range(len(pool)) if i not in exclude]
     if len(allowed) < num_docs:
         left = f" ({len(pool) - len(allowed)} set aside)" if exclude else ""
-        raise ITIError(f"--corpus {source}: only {len(allowed)} paragraphs of >= {min_words} words{left}, fewer "
-                       f"than --num-docs {num_docs}")
+        raise ITIError(f"corpus={source}: only {len(allowed)} paragraphs of >= {min_words} words{left}, fewer "
+                       f"than num_docs={num_docs}")
     picked = [allowed[i] for i in np.random.default_rng(seed).choice(len(allowed), size=num_docs, replace=False)]
     texts = [pool[i] for i in picked]
     if detokenized:
@@ -115,7 +115,7 @@ def load_corpus(source: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS, 
 def tokenize_docs(tokenizer, texts: list[str], num_tokens: int = DEFAULT_NUM_TOKENS) -> list[list[int]]:
     """The first ``num_tokens`` tokens of each text, with the tokenizer's special tokens (BOS where it adds one)."""
     if num_tokens < 2:
-        raise ITIError(f"--num-tokens {num_tokens} must be at least 2 (CE needs a next token)")
+        raise ITIError(f"num_tokens={num_tokens} must be at least 2 (CE needs a next token)")
     docs = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=True)["input_ids"][:num_tokens]
@@ -128,11 +128,11 @@ def tokenize_docs(tokenizer, texts: list[str], num_tokens: int = DEFAULT_NUM_TOK
 def check_options(num_docs: int, num_tokens: int, batch_size: int = 1) -> None:
     """Everything checkable before a model is loaded."""
     if num_docs < 1:
-        raise ITIError(f"--num-docs {num_docs} must be at least 1")
+        raise ITIError(f"num_docs={num_docs} must be at least 1")
     if num_tokens < 2:
-        raise ITIError(f"--num-tokens {num_tokens} must be at least 2 (CE needs a next token)")
+        raise ITIError(f"num_tokens={num_tokens} must be at least 2 (CE needs a next token)")
     if batch_size < 1:
-        raise ITIError(f"--batch-size {batch_size} must be at least 1")
+        raise ITIError(f"batch_size={batch_size} must be at least 1")
 
 
 # the math (pure, on tensors) ---------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ITIError(f"--batch-size {batch_size} must be at least 1")
+        raise ITIError(f"batch_size={batch_size} must be at least 1")
     ce_base, ce_steered, kl = [], [], []
     starts = range(0, len(docs), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
@@ -271,7 +271,7 @@ def write_side_effects(result: dict, out: str | os.PathLike) -> Path:
 
     target = Path(out)
     if target.is_dir():
-        raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
+        raise ITIError(f"out={out}: is a folder; give a file name such as side_effects.json")
     write_json_atomic(target, result)
     return target
 

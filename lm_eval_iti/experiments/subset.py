@@ -41,10 +41,10 @@ def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLik
 
     Returns {"data_dir", "binary_data" (or None), "num_questions", "questions"}."""
     if num_questions < 2:
-        raise ITIError(f"--num-questions {num_questions} must be at least 2")
+        raise ITIError(f"num_questions={num_questions} must be at least 2")
     mc_path = resolve_local(source, "mc_task.json")
     if mc_path is None:
-        raise ITIError(f"--num-questions needs a local data folder (--data-dir with mc_task.json), not {source}")
+        raise ITIError(f"num_questions= needs a local data folder (data_dir= with mc_task.json), not {source}")
     try:
         rows = json.loads(mc_path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
@@ -52,7 +52,7 @@ def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLik
     if not isinstance(rows, list):
         raise ITIError(f"{mc_path}: expected a list of questions")
     if num_questions > len(rows):
-        raise ITIError(f"--num-questions {num_questions} is more than the {len(rows)} questions of {mc_path}")
+        raise ITIError(f"num_questions={num_questions} is more than the {len(rows)} questions of {mc_path}")
     kept = rows[:num_questions]
     questions = [str(r.get("question", "")).strip() for r in kept]
     wanted = set(questions)
@@ -74,7 +74,7 @@ def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLik
     if binary_csv is not None:
         binary_path = resolve_local(binary_csv, "TruthfulQA.csv")
         if binary_path is None:
-            raise ITIError(f"--binary-data {binary_csv}: --num-questions needs a local 2025 TruthfulQA.csv")
+            raise ITIError(f"binary_data={binary_csv}: num_questions= needs a local 2025 TruthfulQA.csv")
         bfields, brows = _read_csv(binary_path)
         binary_dir = out / "binary"
         binary_dir.mkdir(exist_ok=True)

@@ -65,7 +65,7 @@ def read_samples(path: Path, filter_name: str | None = None) -> tuple[list[dict]
     filters = sorted({str(r.get("filter", "none")) for r in rows})
     if filter_name is None:
         if len(filters) > 1:
-            raise ITIError(f"{path}: samples of several filters ({', '.join(filters)}); choose one with --filter")
+            raise ITIError(f"{path}: samples of several filters ({', '.join(filters)}); choose one with filter=")
         filter_name = filters[0]
     rows = [r for r in rows if str(r.get("filter", "none")) == filter_name]
     if not rows:
@@ -92,7 +92,7 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
                        filter_name: str | None = None, progress: bool = True) -> dict:
     """Judge every answer of a samples file; write the report (and per-sample judgments) atomically."""
     if not cfg.enabled:
-        raise ITIError("no judge configured: pass --judge openai|hf|chat (or set LM_EVAL_ITI_JUDGE)")
+        raise ITIError("no judge configured: pass judge=openai|hf|chat (or set LM_EVAL_ITI_JUDGE)")
     samples_path = find_samples_file(path)
     rows, items = read_samples(samples_path, filter_name)
     validate(cfg)

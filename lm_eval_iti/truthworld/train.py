@@ -99,7 +99,7 @@ def _load_snapshot(folder: Path, model, optimizer, fingerprint: str) -> int:
         return 0
     meta = json.loads(meta_path.read_text())
     if meta.get("fingerprint") != fingerprint:
-        raise ITIError(f"{folder}: a resume snapshot of another configuration is here; remove the folder or use another --out")
+        raise ITIError(f"{folder}: a resume snapshot of another configuration is here; remove the folder or use another out=")
     tensors = load_file(str(folder / "snapshot.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state = optimizer.state_dict()
