@@ -16,7 +16,7 @@ from lm_eval_iti.loading import DTYPES
 from lm_eval_iti.probes import PROBE_BACKENDS
 from lm_eval_iti.prompts import PROMPT_FORMATS, SIGMA_DATA
 from lm_eval_iti.select import METHODS
-from lm_eval_iti.taskfns import INSTRUCTIONS
+from lm_eval_iti.prompts import INSTRUCTIONS
 
 # option name -> what the library accepts (per command where they differ)
 EXPECTED = {

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lm_eval_iti.artifact import save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.export import bake, export_steered
-from lm_eval_iti.model import HFITI
+from lm_eval_iti.harness.model import HFITI
 from lm_eval_iti.tiny import build_model, random_directions
 
 REQUESTS = [("Q: What is the square root of banana?\nA:", " I have no comment."),

@@ -147,7 +147,7 @@ def test_a_second_intervener_on_the_same_model_raises():
 def test_a_second_hf_iti_on_a_prebuilt_model_raises(tiny_model_dir, tiny_directions_file):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))

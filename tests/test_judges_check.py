@@ -119,7 +119,7 @@ def test_gen_task_records_the_check_next_to_the_judge_metrics(fake_server, tmp_p
     from lm_eval.tasks import TaskManager
 
     from lm_eval_iti.judges import glue
-    from lm_eval_iti.plugin import ensure_registered
+    from lm_eval_iti.harness.plugin import ensure_registered
 
     rows = load_eval_examples(str(shared_data("truthfulqa")))
     _good_judge(fake_server, rows)

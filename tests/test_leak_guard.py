@@ -20,11 +20,12 @@ import torch
 from conftest import shared_data
 from conftest import tqa_local_metadata as _local_metadata
 
-from lm_eval_iti import data, taskfns
+from lm_eval_iti import data
 from lm_eval_iti.artifact import Directions, save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.fit import data_sha256, fit_split
 from lm_eval_iti.folds import fold_indices, question_id
+from lm_eval_iti.harness import taskfns
 
 
 def fit_provenance(data_dir, num_folds=None, fold=None, seed=42, max_questions=None) -> dict:

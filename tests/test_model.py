@@ -11,7 +11,7 @@ from _reference.iti_hook import (ReferenceHook, reference_generate, reference_lo
                                  reference_token_loglikelihood)
 from _reference.iti_hook import reference_vectors as _reference_vectors
 from lm_eval_iti.errors import ITIError
-from lm_eval_iti.model import HFITI
+from lm_eval_iti.harness.model import HFITI
 
 CONTEXTS = [
     "Q: What is the square root of banana?\nA:",
@@ -256,7 +256,7 @@ def test_results_record_provenance(steered_answer, tiny_directions_file):
     ({"gen_positions": "prompt"}, "gen_positions='prompt'"),
     ({"alpha": "strong"}, "alpha='strong' is not a number"),
     ({"heads": "0"}, "heads='0' must be a positive"),
-    ({"directions": None}, "needs model_args directions"),
+    ({"directions": None}, "hf-iti needs directions"),
 ])
 def test_bad_options_fail_before_loading(tiny_model_dir, tiny_directions_file, kwargs, message):
     args = {"directions": str(tiny_directions_file), **kwargs}
@@ -326,7 +326,7 @@ def test_rows_that_differ_only_in_trailing_zeros_go_to_separate_rounds(steered_a
 
 def test_a_row_missing_from_the_lookup_raises_instead_of_scoring_unedited(steered_answer):
     known = [20, 21, 22]
-    from lm_eval_iti.model import _key
+    from lm_eval_iti.harness.model import _key
 
     steered_answer._answer_lengths = {_key(known): (_key(known), 3, 1)}
     try:
