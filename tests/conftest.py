@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -69,3 +70,29 @@ def tqa_local_metadata(**extra) -> dict:
             "trivia_data": str(shared_data("transfer", "iti_trivia_qa_val.csv"))}
     meta.update(extra)
     return meta
+
+
+@pytest.fixture(scope="session")
+def mc_task(tmp_path_factory):
+    """A self-contained multiple-choice task ``plugin_mc`` on local JSON (independent of the packaged tasks): a
+    YAML path for ``--tasks`` / ``simple_evaluate(tasks=[str(path)])``."""
+    folder = tmp_path_factory.mktemp("task")
+    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 3)], "gold": 0}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
+    (folder / "docs.json").write_text(json.dumps(docs))
+    (folder / "plugin_mc.yaml").write_text(f"""task: plugin_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {folder / 'docs.json'}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder / "plugin_mc.yaml"

@@ -17,31 +17,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
        "PYTHONWARNINGS": "ignore"}
 
 
-@pytest.fixture(scope="module")
-def mc_task(tmp_path_factory):
-    """A self-contained multiple-choice task on local JSON (independent of the packaged tasks)."""
-    folder = tmp_path_factory.mktemp("task")
-    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 3)], "gold": 0}
-            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
-    (folder / "docs.json").write_text(json.dumps(docs))
-    (folder / "plugin_mc.yaml").write_text(f"""task: plugin_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {folder / 'docs.json'}
-output_type: multiple_choice
-validation_split: validation
-doc_to_text: "Q: {{{{question}}}}\\nA:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    return folder / "plugin_mc.yaml"
-
-
 def run(cmd, cwd, timeout=300):
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
