@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -96,3 +98,64 @@ metric_list:
     higher_is_better: true
 """)
     return folder / "plugin_mc.yaml"
+
+
+@pytest.fixture
+def fake_server():
+    """A running fake OpenAI-compatible judge server (tests/_reference/judge_server.py), stopped after the test."""
+    from _reference.judge_server import FakeJudgeServer
+
+    server = FakeJudgeServer().start()
+    yield server
+    server.stop()
+
+
+# ---- tiny model builders shared by several test files ----
+
+class IntegerLinear(nn.Linear):
+    """Stands in for a bitsandbytes / FP8 layer: the stored weight is an integer tensor, activations are float."""
+
+    def __init__(self, linear: nn.Linear, dtype=torch.uint8):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        low, high = float(linear.weight.detach().min()), float(linear.weight.detach().max())
+        scale = (high - low) / 255
+        codes = torch.round((linear.weight.detach() - low) / scale).clamp(0, 255)
+        if dtype == torch.int8:
+            codes = codes - 128
+        self.weight = nn.Parameter(codes.to(dtype), requires_grad=False)
+        self.register_buffer("scale", torch.tensor(scale))
+        self.register_buffer("offset", torch.tensor(low + (128 * scale if dtype == torch.int8 else 0.0)))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight.to(x.dtype) * self.scale + self.offset, self.bias)
+
+
+def quantized_tiny_llama(dtype=torch.uint8):
+    """The tiny random Llama with integer (quantized) o_proj weights."""
+    from lm_eval_iti.tiny import build_model
+
+    model = build_model("llama", seed=0)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj = IntegerLinear(layer.self_attn.o_proj, dtype)
+    return model
+
+
+def write_wikitext_corpus(path):
+    """A small raw WikiText-style corpus (a heading and 4 long paragraphs, CRLF) for side-effect runs."""
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    lines = [" = Title = "] + [" " + " ".join(words[(i + j) % 12] for j in range(120)) + " ." for i in range(4)]
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of the real ``lm-eval-iti`` entry point; main() returns normally on success."""
+    from lm_eval_iti.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

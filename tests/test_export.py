@@ -118,7 +118,7 @@ def test_cli_export_and_bake(tiny_model_dir, tiny_directions_file, tmp_path, cap
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
 def test_export_and_bake_refuse_integer_projection_weights_with_one_line(tmp_path, dtype):
-    from test_intervene import quantized_tiny_llama
+    from conftest import quantized_tiny_llama
 
     model = quantized_tiny_llama(dtype)
     directions = random_directions(model, num_heads=4, seed=3, alpha=5.0)

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import shared_data
-from test_judges_command import run_cli, write_samples
-from test_judges_fakeserver import fake_server, server_p_yes  # noqa: F401  (fixture)
+from _reference.judge_server import server_p_yes
+from conftest import run_cli, shared_data
+from test_judges_command import write_samples
 
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.judges.check import check_judges, draw_examples, load_eval_examples, roc_auc
