@@ -211,3 +211,4 @@ def test_an_in_memory_directions_object_is_guarded_through_the_driver(tiny_model
     finally:
         lm.intervener.remove()
     assert 0.0 <= out["results"]["truthfulqa_iti_mc1"]["acc,none"] <= 1.0
+    assert str(out["configs"]["truthfulqa_iti_mc1"]["metadata"]["directions"]) == "<in-memory Directions object>"

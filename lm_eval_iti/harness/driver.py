@@ -56,9 +56,10 @@ def evaluate(model, tasks: list[str], metadata: dict | None = None, *, model_arg
 
     meta = {**(model_args or {}), **(metadata or {})}
     from .model import HFITI
+    from .taskfns import InMemoryDirections
 
     if isinstance(model, HFITI):
-        meta.setdefault("directions", model.directions_path or model.directions)
+        meta.setdefault("directions", model.directions_path or InMemoryDirections(model.directions))
     with _quiet_lm_eval(quiet):
         out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(tasks),
                                       task_manager=task_manager(list(tasks), meta, include_path),

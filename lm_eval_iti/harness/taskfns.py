@@ -185,6 +185,22 @@ def _fit_mismatches(fit: dict, opts: TaskOptions) -> list[str]:
     return causes
 
 
+class InMemoryDirections:
+    """A ``Directions`` object handed to the tasks through their metadata (``driver.evaluate`` under an HFITI built
+    from one): lm-eval copies and saves task metadata, so it is neither copied nor written out in full."""
+
+    def __init__(self, directions):
+        self.directions = directions
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return "<in-memory Directions object>"
+
+    __str__ = __repr__
+
+
 def guard_fit_questions(question_ids: list[str], metadata: dict, task: str) -> None:
     """Under hf-iti (model args ``directions=FILE`` reach the task metadata; the driver puts an in-memory
     ``Directions`` there), refuse to score any question the directions were fitted on, unless
@@ -196,6 +212,8 @@ def guard_fit_questions(question_ids: list[str], metadata: dict, task: str) -> N
 
     opts = parse_options(metadata)
     allow = _bool_option("allow_fit_questions", metadata.get("allow_fit_questions", False))
+    if isinstance(given, InMemoryDirections):
+        given = given.directions
     directions = given if isinstance(given, Directions) else load_directions(given)
     path = "the given Directions object" if isinstance(given, Directions) else given
     fitted = train_question_ids(directions)
