@@ -45,7 +45,7 @@ def _parse_metadata(text) -> dict:
         if not isinstance(value, dict):
             raise ITIError("--metadata: expected a JSON object")
         return value
-    from ..harness.driver import parse_args_string
+    from ..harness.lm_eval_utils import parse_args_string
 
     try:
         return parse_args_string(text)

@@ -10,7 +10,7 @@ import click
 def run(lm_eval_args):
     """Run lm_eval (every stock flag works) with hf-iti and the truthfulqa_iti tasks registered."""
     from ..errors import install_one_line_errors
-    from ..harness.driver import run_stock_cli
+    from ..harness.lm_eval_utils import run_stock_cli
     from ..harness.plugin import ensure_registered
 
     ensure_registered()

@@ -48,7 +48,7 @@ def rows_from_experiment(results: dict, source: str) -> list[dict]:
 def _model_name(config: dict) -> str:
     args = config.get("model_args")
     if isinstance(args, str):
-        from ..harness.driver import parse_args_string
+        from ..harness.lm_eval_utils import parse_args_string
 
         args = parse_args_string(args)
     args = args if isinstance(args, dict) else {}

@@ -55,7 +55,7 @@ def paragraphs(lines, min_words: int = MIN_WORDS) -> list[str]:
 
 def detokenize(text: str) -> str:
     """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
-    from ..harness.driver import wikitext_detokenize
+    from ..harness.lm_eval_utils import wikitext_detokenize
 
     return wikitext_detokenize(text)
 

@@ -1,6 +1,7 @@
 """The one task driver: every evaluation of the package (experiments, the demo, the truth world, tests) runs
 ``lm_eval.simple_evaluate`` through ``run_tasks``; plus the small lm-eval utilities the rest of the package needs
-(request builders, the stock CLI, lm-eval's argument parser and WikiText detokeniser), so nothing else imports lm_eval.
+(request builders; lm-eval's argument parser, WikiText detokeniser and CLI are in ``lm_eval_utils``), so nothing
+else imports lm_eval.
 
 ``summarize`` reads back the metrics and the evaluated question ids from the per-sample output, i.e. from what
 lm-eval actually scored, not from re-deriving the split."""
@@ -46,19 +47,21 @@ def _quiet_lm_eval(quiet: bool):
 
 
 def evaluate(model, tasks: list[str], metadata: dict | None = None, *, model_args: dict | None = None,
-             include_path: str | Path | None = None, quiet: bool = False, **simple_evaluate_kwargs) -> dict:
+             include_path: str | Path | None = None, quiet: bool = False, guard_fit_questions: bool = True,
+             **simple_evaluate_kwargs) -> dict:
     """``lm_eval.simple_evaluate`` on ``tasks`` with the packaged tasks indexed; returns its raw output.
 
     ``model``: an lm-eval model object (``HFITI``, ``HFLM``, ...) or a registered name with ``model_args``. Under
     an ``HFITI`` object its directions reach the task metadata (as ``directions=`` model args do on the command
-    line), so the leak guard of the truthfulqa_iti tasks sees them. ``quiet``: lm-eval's notices at ERROR only."""
+    line), so the leak guard of the truthfulqa_iti tasks sees them (``guard_fit_questions=False``: they do not).
+    ``quiet``: lm-eval's notices at ERROR only."""
     import lm_eval
 
     meta = {**(model_args or {}), **(metadata or {})}
     from .model import HFITI
     from .taskfns import InMemoryDirections
 
-    if isinstance(model, HFITI):
+    if isinstance(model, HFITI) and guard_fit_questions:
         meta.setdefault("directions", model.directions_path or InMemoryDirections(model.directions))
     with _quiet_lm_eval(quiet):
         out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(tasks),
@@ -113,8 +116,11 @@ def summarize(out: dict) -> dict:
 
 def run_tasks(lm, tasks: list[str], metadata: dict, *, limit=None, bootstrap_iters: int = 100000,
               apply_chat_template=False, system_instruction: str | None = None, gen_kwargs=None) -> dict:
-    """One evaluation with per-sample output (the experiments' call); returns ``summarize`` of it."""
-    return summarize(evaluate(lm, tasks, metadata, limit=limit, log_samples=True, bootstrap_iters=bootstrap_iters,
+    """One evaluation with per-sample output (the experiments' call); returns ``summarize`` of it. The tasks' leak
+    guard stays off: the runner checks the evaluated question ids against its own fit afterwards, and its control
+    directions record no training questions."""
+    return summarize(evaluate(lm, tasks, metadata, guard_fit_questions=False, limit=limit, log_samples=True,
+                              bootstrap_iters=bootstrap_iters,
                               apply_chat_template=apply_chat_template, system_instruction=system_instruction,
                               gen_kwargs=gen_kwargs))
 
@@ -141,31 +147,3 @@ def hf_lm(**kwargs):
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(**kwargs)
-
-
-# lm-eval utilities -------------------------------------------------------------------------------------------
-def parse_args_string(text: str) -> dict:
-    """lm-eval's own ``k=v,k=v`` parser (``--model_args``, ``--metadata``), so values are typed as lm-eval does."""
-    from lm_eval.utils import simple_parse_args_string
-
-    return simple_parse_args_string(text)
-
-
-def wikitext_detokenize(text: str) -> str:
-    """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
-    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
-
-    return wikitext_detokenizer({"page": text})
-
-
-def run_stock_cli(args: list[str]) -> None:
-    """The stock ``lm_eval`` CLI on ``args`` (``run`` is added when no subcommand is given)."""
-    import sys
-
-    from lm_eval.__main__ import cli_evaluate
-
-    args = list(args)
-    if not args or args[0] not in ("run", "ls", "validate"):
-        args = ["run"] + args
-    sys.argv = ["lm_eval"] + args
-    cli_evaluate()
