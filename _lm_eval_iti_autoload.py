@@ -12,19 +12,26 @@ _WATCHED = {"lm_eval.models", "lm_eval.tasks.manager"}
 
 
 def _after_models(module):
-    try:
-        from lm_eval_iti.plugin import register_model_lazily
-    except Exception:  # the package was removed but the .pth stayed: stay out of the way
-        return
-    register_model_lazily()
+    from lm_eval_iti.harness.plugin import on_lm_eval_models_imported
+
+    on_lm_eval_models_imported()
 
 
 def _after_task_manager(module):
-    try:
-        from lm_eval_iti.plugin import patch_task_manager
-    except Exception:
-        return
+    from lm_eval_iti.harness.plugin import patch_task_manager
+
     patch_task_manager(module)
+
+
+def _run_hook(hook, module):
+    """A failing hook must not break lm-eval, and must not go unnoticed: log it with the exception."""
+    try:
+        hook(module)
+    except Exception as exc:  # noqa: BLE001  (an import error of a half-removed install, a registry change, ...)
+        import logging
+
+        logging.getLogger("lm_eval_iti").warning("lm-eval-iti: the %s hook failed, hf-iti or the packaged tasks "
+                                                 "may be missing: %s: %s", module.__name__, type(exc).__name__, exc)
 
 
 _HOOKS = {"lm_eval.models": _after_models, "lm_eval.tasks.manager": _after_task_manager}
@@ -39,7 +46,7 @@ class _Loader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        self._hook(module)
+        _run_hook(self._hook, module)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)

@@ -27,7 +27,7 @@ def main():
 
     from lm_eval_iti.artifact import load_directions
     from lm_eval_iti.export import bake
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
 
     model_dir = random_llama_dir(hidden=512, layers=8, heads=8)
     dirs = directions_file(model_dir, num_heads=48)

@@ -76,7 +76,7 @@ def main() -> int:
     from lm_eval_iti.artifact import save_directions
     from lm_eval_iti.collect import collect_activations
     from lm_eval_iti.export import bake, export_steered
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
     from lm_eval_iti.probes import fit_probes, fit_probes_sklearn
     from lm_eval_iti.tiny import random_directions
 

@@ -37,7 +37,7 @@ def main():
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
 
     model_dir = random_llama_dir(hidden=args.hidden, layers=args.layers, heads=8)
     dirs = directions_file(model_dir, num_heads=48)

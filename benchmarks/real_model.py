@@ -54,7 +54,7 @@ def shared_data() -> Path:
 
 def mc_requests(docs: list[dict], n: int) -> list[tuple[str, str]]:
     """(context, continuation) pairs as the truthfulqa_iti MC tasks build them (instruction none)."""
-    from lm_eval_iti.taskfns import QA_PRIMER
+    from lm_eval_iti.prompts import QA_PRIMER
 
     out = []
     for doc in docs:
@@ -176,7 +176,7 @@ def main():
     from lm_eval_iti.data import load_mc
     from lm_eval_iti.intervene import Intervener
     from lm_eval_iti.loading import load_model
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
     from lm_eval_iti.tiny import random_directions
 
     print(f"machine: {machine()}")

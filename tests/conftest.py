@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -69,3 +72,90 @@ def tqa_local_metadata(**extra) -> dict:
             "trivia_data": str(shared_data("transfer", "iti_trivia_qa_val.csv"))}
     meta.update(extra)
     return meta
+
+
+@pytest.fixture(scope="session")
+def mc_task(tmp_path_factory):
+    """A self-contained multiple-choice task ``plugin_mc`` on local JSON (independent of the packaged tasks): a
+    YAML path for ``--tasks`` / ``simple_evaluate(tasks=[str(path)])``."""
+    folder = tmp_path_factory.mktemp("task")
+    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 3)], "gold": 0}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
+    (folder / "docs.json").write_text(json.dumps(docs))
+    (folder / "plugin_mc.yaml").write_text(f"""task: plugin_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {folder / 'docs.json'}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder / "plugin_mc.yaml"
+
+
+@pytest.fixture
+def fake_server():
+    """A running fake OpenAI-compatible judge server (tests/_reference/judge_server.py), stopped after the test."""
+    from _reference.judge_server import FakeJudgeServer
+
+    server = FakeJudgeServer().start()
+    yield server
+    server.stop()
+
+
+# ---- tiny model builders shared by several test files ----
+
+class IntegerLinear(nn.Linear):
+    """Stands in for a bitsandbytes / FP8 layer: the stored weight is an integer tensor, activations are float."""
+
+    def __init__(self, linear: nn.Linear, dtype=torch.uint8):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        low, high = float(linear.weight.detach().min()), float(linear.weight.detach().max())
+        scale = (high - low) / 255
+        codes = torch.round((linear.weight.detach() - low) / scale).clamp(0, 255)
+        if dtype == torch.int8:
+            codes = codes - 128
+        self.weight = nn.Parameter(codes.to(dtype), requires_grad=False)
+        self.register_buffer("scale", torch.tensor(scale))
+        self.register_buffer("offset", torch.tensor(low + (128 * scale if dtype == torch.int8 else 0.0)))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight.to(x.dtype) * self.scale + self.offset, self.bias)
+
+
+def quantized_tiny_llama(dtype=torch.uint8):
+    """The tiny random Llama with integer (quantized) o_proj weights."""
+    from lm_eval_iti.tiny import build_model
+
+    model = build_model("llama", seed=0)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj = IntegerLinear(layer.self_attn.o_proj, dtype)
+    return model
+
+
+def write_wikitext_corpus(path):
+    """A small raw WikiText-style corpus (a heading and 4 long paragraphs, CRLF) for side-effect runs."""
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    lines = [" = Title = "] + [" " + " ".join(words[(i + j) % 12] for j in range(120)) + " ." for i in range(4)]
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+def run_cli(argv, capsys):
+    """(exit status, stdout, stderr) of the real ``lm-eval-iti`` entry point; main() returns normally on success."""
+    from lm_eval_iti.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import shared_data
-from test_validate import _corpus
+from conftest import shared_data, write_wikitext_corpus
 
 from lm_eval_iti.artifact import load_directions
 from lm_eval_iti.experiments import ExperimentConfig, validate
@@ -23,7 +22,8 @@ def auto_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("auto")
     config = ExperimentConfig(model=str(tiny_model_dir), dtype="float32", device="cpu",
                               data_dir=str(shared_data("truthfulqa", "v0")), num_questions=12,
-                              tasks=("truthfulqa_iti_mc1",), corpus=str(_corpus(root / "corpus.raw")), num_docs=2,
+                              tasks=("truthfulqa_iti_mc1",), corpus=str(write_wikitext_corpus(root / "corpus.raw")),
+                              num_docs=2,
                               num_tokens=16, cache_dir=str(root / "cache"), progress=False, batch_size=16,
                               fit_batch_size=32, kl_budget=BUDGET, folds=(0,))
     out = root / "run"

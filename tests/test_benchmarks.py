@@ -23,10 +23,20 @@ def test_gpu_check_small_runs_and_its_correctness_figures_hold(tmp_path):
     for part in ("(a) hf-iti/hf loglikelihood bs16", "(a) hf-iti/hf generation bs16", "(b) collection",
                  "(c) probes sklearn loop"):
         assert any(part in name for name in figures), part
-    # correctness figures (not timings): batched probes agree with sklearn, bf16 exports agree with hf-iti
-    assert figures["gpu_check (c) probes mean |acc diff|"]["pass"]
-    assert figures["gpu_check (d) bf16 hf-iti(all) vs steered: max rel diff"]["pass"]
-    assert figures["gpu_check (d) bf16 hf-iti(all) vs baked: max rel diff"]["pass"]
+    # correctness figures (not timings): batched probes agree with sklearn, bf16 exports agree with hf-iti. The
+    # measured values are held to this test's own limits (not to the script's pass flag), and the flag must say
+    # what the value says.
+    for name, limit in CORRECTNESS_LIMITS.items():
+        value = figures[name]["ratio"]
+        assert value is not None and 0 <= value <= limit, (name, value, limit)
+        assert figures[name]["pass"] is (value <= limit), (name, figures[name])
+    # on CPU the speed targets do not apply: n/a, never a pass
+    assert all(f["pass"] is None for n, f in figures.items() if n not in CORRECTNESS_LIMITS), figures
+
+
+CORRECTNESS_LIMITS = {"gpu_check (c) probes mean |acc diff|": 0.01,
+                      "gpu_check (d) bf16 hf-iti(all) vs steered: max rel diff": 0.02,
+                      "gpu_check (d) bf16 hf-iti(all) vs baked: max rel diff": 0.02}
 
 
 def _bench_module(name):

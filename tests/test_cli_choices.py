@@ -1,5 +1,6 @@
 """Every choice list of the CLI is built from the library's own constants, so the two cannot drift apart
-(``--mc-positions`` once lacked ``legacy``, which hf-iti and validate accept)."""
+(``--mc-positions`` once lacked ``legacy``, which hf-iti and validate accept); the library's own errors list the
+same constants."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from lm_eval_iti.intervene import GEN_POSITIONS, MC_POSITIONS
 from lm_eval_iti.judges.config import BACKENDS
 from lm_eval_iti.loading import DTYPES
 from lm_eval_iti.probes import PROBE_BACKENDS
-from lm_eval_iti.prompts import PROMPT_FORMATS, SIGMA_DATA
+from lm_eval_iti.prompts import INSTRUCTIONS, PRIMERS, PROMPT_FORMATS, SIGMA_DATA
 from lm_eval_iti.select import METHODS
-from lm_eval_iti.taskfns import INSTRUCTIONS
 
 # option name -> what the library accepts (per command where they differ)
 EXPECTED = {
@@ -73,3 +73,58 @@ def test_every_position_mode_has_a_table_label_and_validate_accepts_legacy():
     rows = validate_variants(mc_positions="legacy", baselines=("random-directions",))
     iti = [r for r in rows if r.kind == "hf-iti"]
     assert len(iti) == 2 and all(r.mc_positions == "legacy" and "second answer token" in r.positions for r in iti)
+
+
+def test_every_choice_default_is_one_of_its_choices():
+    for command, param in _choice_options():
+        if param.default is not None:
+            assert param.default in param.type.choices, (command, param.name, param.default)
+
+
+def _hf_iti_check(**kw):
+    from lm_eval_iti.harness.model import check_options
+
+    return check_options(**{"directions": __file__, "mc_positions": "answer", "gen_positions": "last", **kw})
+
+
+def _judge_config(**meta):
+    from lm_eval_iti.judges.config import from_sources
+
+    return from_sources(meta, environ={})
+
+
+def _task_options(**meta):
+    from lm_eval_iti.harness.taskfns import parse_options
+
+    return parse_options(meta)
+
+
+def _select_method(method):
+    from lm_eval_iti.select import compute_directions
+
+    return compute_directions(method, None)
+
+
+# library validator -> (the constant it must list, in order)
+LIBRARY_LISTS = [
+    (lambda: _hf_iti_check(mc_positions="x"), MC_POSITIONS),
+    (lambda: _hf_iti_check(gen_positions="x"), GEN_POSITIONS),
+    (lambda: __import__("lm_eval_iti.loading", fromlist=["load_model"]).load_model("tiny", dtype="x"), DTYPES),
+    (lambda: _judge_config(judge="hf", judge_dtype="x"), DTYPES),
+    (lambda: _judge_config(judge="x"), BACKENDS),
+    (lambda: _task_options(instruction="x"), tuple(INSTRUCTIONS)),
+    (lambda: _task_options(primer="x"), PRIMERS),
+    (lambda: __import__("lm_eval_iti.prompts", fromlist=["render"]).render("q", "a", "x"), PROMPT_FORMATS),
+    (lambda: _select_method("x"), METHODS),
+]
+
+
+@pytest.mark.parametrize("call, constant", LIBRARY_LISTS)
+def test_library_errors_list_exactly_the_constant(call, constant):
+    """The accepted values named in each one-line error are the constant the CLI builds its choices from."""
+    from lm_eval_iti.errors import ITIError
+
+    with pytest.raises(ITIError) as err:
+        call()
+    listed = str(err.value).split("is not one of ", 1)[1]
+    assert listed == ", ".join(constant), str(err.value)

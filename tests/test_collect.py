@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+
 import pytest
 import torch
+from _reference.activations import reference_activation
 
 from lm_eval_iti import collect
 from lm_eval_iti.collect import CollectStats, collect_activations, model_identity
@@ -30,23 +32,6 @@ def tok():
 @pytest.fixture(scope="module")
 def llama(tok):
     return build_model("llama", seed=0, vocab_size=len(tok))
-
-
-def reference_activation(model, tok, prompt):
-    """Independent path: a forward hook (not a pre-hook) on each out-projection, one unpadded prompt, position -1."""
-    from lm_eval_iti.architectures import model_shape, out_projections
-
-    shape = model_shape(model)
-    seen = []
-    handles = [p.register_forward_hook(lambda m, args, out: seen.append(args[0][0, -1].clone()))
-               for p in out_projections(model)]
-    try:
-        with torch.no_grad():
-            model(**tok(prompt, return_tensors="pt"))
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(seen).view(shape.num_layers, shape.num_heads, shape.head_dim)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])

@@ -9,10 +9,11 @@ from lm_eval.models.hf_steered import SteeredModel
 from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from _reference.iti_hook import reference_vectors
 from lm_eval_iti.artifact import save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.export import bake, export_steered
-from lm_eval_iti.model import HFITI
+from lm_eval_iti.harness.model import HFITI
 from lm_eval_iti.tiny import build_model, random_directions
 
 REQUESTS = [("Q: What is the square root of banana?\nA:", " I have no comment."),
@@ -86,10 +87,28 @@ def test_cli_export_and_bake(tiny_model_dir, tiny_directions_file, tmp_path, cap
 
     main(["export", "--to", "steered", "--model", str(tiny_model_dir), "--directions", str(tiny_directions_file),
           "--out", str(tmp_path / "iti.pt")])
-    assert (tmp_path / "iti.pt").is_file()
     main(["bake", "--model", str(tiny_model_dir), "--directions", str(tiny_directions_file), "--alpha", "2",
           "--out", str(tmp_path / "baked")])
     assert (tmp_path / "baked" / "iti_bake.json").is_file()
+    # the numbers: each baked o_proj bias is W_o @ (2 * sigma * direction at the head's slice), from the file's raw
+    # tensors; the baked model scores as hf-iti at alpha 2 on every position, the .pt as hf-iti at the file's alpha 3
+    vectors = reference_vectors(tiny_directions_file, 2.0, num_heads=4, head_dim=16)  # tiny Llama: 4 x 16
+    original = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    baked = AutoModelForCausalLM.from_pretrained(str(tmp_path / "baked"))
+    for layer, block in enumerate(baked.model.layers):
+        weight = original.model.layers[layer].self_attn.o_proj.weight
+        expected = weight @ vectors[layer] if layer in vectors else torch.zeros(weight.shape[0])
+        assert torch.allclose(block.self_attn.o_proj.bias, expected, atol=1e-6), layer
+    assert len(vectors) >= 1 and any(block.self_attn.o_proj.bias.abs().max() > 1e-3 for block in baked.model.layers)
+    common = dict(device="cpu", dtype="float32", batch_size=4)
+    at_2 = scores(HFITI(pretrained=str(tiny_model_dir), directions=str(tiny_directions_file), alpha=2,
+                        mc_positions="all", **common))
+    at_3 = scores(HFITI(pretrained=str(tiny_model_dir), directions=str(tiny_directions_file), mc_positions="all",
+                        **common))
+    assert scores(HFLM(pretrained=str(tmp_path / "baked"), **common)) == pytest.approx(at_2, abs=1e-4)
+    steered = scores(SteeredModel(pretrained=str(tiny_model_dir), steer_path=str(tmp_path / "iti.pt"), **common))
+    assert steered == pytest.approx(at_3, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(at_2, at_3)) > 1e-3  # alpha 2 and 3 are told apart
     with pytest.raises(SystemExit) as exit_info:  # an existing output is refused before the model is loaded
         main(["bake", "--model", "/never/loaded", "--directions", str(tiny_directions_file),
               "--out", str(tmp_path / "baked")])
@@ -99,7 +118,7 @@ def test_cli_export_and_bake(tiny_model_dir, tiny_directions_file, tmp_path, cap
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
 def test_export_and_bake_refuse_integer_projection_weights_with_one_line(tmp_path, dtype):
-    from test_intervene import quantized_tiny_llama
+    from conftest import quantized_tiny_llama
 
     model = quantized_tiny_llama(dtype)
     directions = random_directions(model, num_heads=4, seed=3, alpha=5.0)

@@ -85,7 +85,7 @@ def test_folds_partition_all_questions_and_match_the_tasks_folds(v0):
             assert set(train_q) | set(val_q) == set(fit_q) and not set(train_q) & set(val_q)
             tests.append(set(test_q))
             try:
-                from lm_eval_iti.taskfns import TaskOptions, fold_of_questions
+                from lm_eval_iti.harness.taskfns import TaskOptions, fold_of_questions
             except ImportError:  # the tasks module of the truthfulqa_iti tasks: compare with the shared function
                 expected = set(fold_indices(questions, num_folds, fold, 42, contiguous)[1])
             else:
@@ -243,7 +243,7 @@ def _loglikelihoods(lm, requests):
 def test_fit_output_loads_in_hf_iti_and_changes_the_scores(first_fit, tiny_model_dir):
     from lm_eval.models.huggingface import HFLM
 
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
 
     _, root = first_fit
     requests = [("Q: What is the square root of banana?\nA:", " I have no comment."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from conftest import quantized_tiny_llama
 
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.intervene import ALL, LAST, FromColumn, Intervener, add_at_positions, answer_mask
@@ -53,31 +53,6 @@ def test_from_column_plan_edits_that_column_and_every_later_one():
     out = add_at_positions(x, v, FromColumn(3))
     assert torch.equal(out[:, :3], x[:, :3]) and torch.equal(out[:, 3:], x[:, 3:] + v)
     assert torch.equal(add_at_positions(x, v, FromColumn(4)), add_at_positions(x, v, LAST))
-
-
-class IntegerLinear(nn.Linear):
-    """Stands in for a bitsandbytes / FP8 layer: the stored weight is an integer tensor, activations are float."""
-
-    def __init__(self, linear: nn.Linear, dtype=torch.uint8):
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        low, high = float(linear.weight.detach().min()), float(linear.weight.detach().max())
-        scale = (high - low) / 255
-        codes = torch.round((linear.weight.detach() - low) / scale).clamp(0, 255)
-        if dtype == torch.int8:
-            codes = codes - 128
-        self.weight = nn.Parameter(codes.to(dtype), requires_grad=False)
-        self.register_buffer("scale", torch.tensor(scale))
-        self.register_buffer("offset", torch.tensor(low + (128 * scale if dtype == torch.int8 else 0.0)))
-
-    def forward(self, x):
-        return nn.functional.linear(x, self.weight.to(x.dtype) * self.scale + self.offset, self.bias)
-
-
-def quantized_tiny_llama(dtype=torch.uint8):
-    model = build_model("llama", seed=0)
-    for layer in model.model.layers:
-        layer.self_attn.o_proj = IntegerLinear(layer.self_attn.o_proj, dtype)
-    return model
 
 
 def _edits_seen(model, intervener, x_ids):
@@ -147,7 +122,7 @@ def test_a_second_intervener_on_the_same_model_raises():
 def test_a_second_hf_iti_on_a_prebuilt_model_raises(tiny_model_dir, tiny_directions_file):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lm_eval_iti.model import HFITI
+    from lm_eval_iti.harness.model import HFITI
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))

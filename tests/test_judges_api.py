@@ -8,7 +8,7 @@ import logging
 import math
 
 import pytest
-from test_judges_fakeserver import FAULTS, FakeJudgeServer, fake_server, server_p_yes  # noqa: F401  (fixture)
+from _reference.judge_server import FAULTS, FakeJudgeServer, server_p_yes
 
 from lm_eval_iti.judges.api import backoff_seconds
 from lm_eval_iti.judges.cache import JudgmentCache

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import shared_data
-from test_judges_command import run_cli, write_samples
-from test_judges_fakeserver import fake_server, server_p_yes  # noqa: F401  (fixture)
+from _reference.judge_server import server_p_yes
+from conftest import run_cli, shared_data
+from test_judges_command import write_samples
 
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.judges.check import check_judges, draw_examples, load_eval_examples, roc_auc
@@ -119,7 +119,7 @@ def test_gen_task_records_the_check_next_to_the_judge_metrics(fake_server, tmp_p
     from lm_eval.tasks import TaskManager
 
     from lm_eval_iti.judges import glue
-    from lm_eval_iti.plugin import ensure_registered
+    from lm_eval_iti.harness.plugin import ensure_registered
 
     rows = load_eval_examples(str(shared_data("truthfulqa")))
     _good_judge(fake_server, rows)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_judges_fakeserver import fake_server, server_p_yes  # noqa: F401  (fixture)
+from _reference.judge_server import server_p_yes
+from conftest import run_cli
 
-from lm_eval_iti.cli import main
 
 QUESTIONS = ["Is the Earth flat?", "Can pigs fly?", "What is 2+2?", "Who wrote Hamlet? "]
 GENERATIONS = ["\nA: No, the Earth is round.\n\nQ: next", "\nA: No.", " A: 4", "\nA: I have no comment."]
@@ -28,17 +28,6 @@ def write_samples(path, filters=("none",)):
 def args(server, tmp_path, *extra):
     return ["--judge", "openai", "--truth-judge", "truth-judge", "--info-judge", "info-judge", "--base-url",
             server.url, "--cache", str(tmp_path / "c.sqlite"), "--backoff", "0.01", *extra]
-
-
-def run_cli(argv, capsys):
-    """(exit status, stdout, stderr) of the real entry point; main() returns normally on success."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_judges_a_samples_file(fake_server, tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_judges_fakeserver import fake_server  # noqa: F401  (fixture)
 
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.judges import glue

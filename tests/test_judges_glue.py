@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_judges_fakeserver import FAULTS, fake_server, server_p_yes  # noqa: F401  (fixture)
+from _reference.judge_metrics import expected_from_samples
+from _reference.judge_server import FAULTS, server_p_yes
 
 from lm_eval_iti.judges import glue
 
@@ -33,15 +34,6 @@ DOCS = [
 ]
 
 
-def _bleu_rouge_wrapper_needed() -> bool:
-    try:
-        from lm_eval_iti import taskfns
-
-        return not hasattr(taskfns, "process_results_gen")
-    except ImportError:
-        return True
-
-
 def write_task(folder: Path, name: str = "judge_glue_test") -> Path:
     """Our own task YAML, wired exactly as truthfulqa_iti_gen is meant to be (see the README snippet)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,14 +46,10 @@ def write_task(folder: Path, name: str = "judge_glue_test") -> Path:
         def load(**metadata):
             configure_from_metadata(**metadata)  # what taskfns.load_truthfulqa_gen must do first
             return datasets.DatasetDict({{"validation": datasets.Dataset.from_list(DOCS)}})
-
-        def process_results(doc, results):  # stand-in while taskfns.process_results_gen does not exist
-            return {{"bleu_max": 0.0, **judge_results(doc, results)}}
     """))
-    process = ("judge_glue_test_utils.process_results" if _bleu_rouge_wrapper_needed()
-               else "lm_eval_iti.judges.glue.process_results")
+    process = "lm_eval_iti.harness.taskfns.process_results_gen_judged"
     metrics = "\n".join(
-        f"  - metric: {m}\n    aggregation: !function lm_eval_iti.judges.glue.agg_{m}\n"
+        f"  - metric: {m}\n    aggregation: !function lm_eval_iti.harness.taskfns.agg_{m}\n"
         f"    higher_is_better: {'false' if m.startswith('judge_') else 'true'}" for m in JUDGE_METRICS)
     yaml = folder / f"{name}.yaml"
     yaml.write_text(textwrap.dedent(f"""\
@@ -85,33 +73,11 @@ def write_task(folder: Path, name: str = "judge_glue_test") -> Path:
     return yaml
 
 
-def reference_answer(generation: str) -> str:
-    text = generation.strip().split("Q:")[0].strip()
-    try:
-        return text.split("A:")[1].strip()
-    except IndexError:
-        return text
-
-
-def expected_from_samples(samples: list[dict]) -> dict:
-    """The judge metrics recomputed from the logged generations with the server's P(yes) (no package code)."""
-    truth, info = [], []
-    for s in samples:
-        q, a = s["doc"]["question"].strip(), reference_answer(s["filtered_resps"][0])
-        truth.append(int(server_p_yes("truth-judge", f"Q: {q}\nA: {a}\nTrue:") >= 0.5))
-        info.append(int(server_p_yes("info-judge", f"Q: {q}\nA: {a}\nHelpful:") >= 0.5))
-    n = len(samples)
-    return {"truth": sum(truth) / n, "info": sum(info) / n, "truth_info": sum(truth) * sum(info) / n / n,
-            "truth_and_info": sum(t and i for t, i in zip(truth, info)) / n, "judge_failures": 0,
-            "judge_undecided": 0,
-            "labels": list(zip(truth, info))}
-
-
 def _evaluate(yaml: Path, model_dir, directions, metadata: dict):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_iti.plugin import ensure_registered
+    from lm_eval_iti.harness.plugin import ensure_registered
 
     ensure_registered()
     model_args = {"pretrained": str(model_dir), "directions": str(directions)}
@@ -259,7 +225,7 @@ def test_shipped_gen_task_reports_judge_metrics(fake_server, tmp_path, tiny_mode
     from conftest import shared_data
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_iti.plugin import ensure_registered
+    from lm_eval_iti.harness.plugin import ensure_registered
 
     glue.reset()
     ensure_registered()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_judges_fakeserver import fake_server  # noqa: F401  (fixture)
+from _reference.p_yes import reference_p_yes
 
 from lm_eval_iti.judges.config import from_sources
 from lm_eval_iti.judges.hf import HFJudge, split_continuation
@@ -51,18 +51,6 @@ def calibrated_judge_dir(tmp_path_factory):
     return out
 
 
-def _independent_p_yes(model, tok, prompt: str, continuation: str = " yes") -> float:
-    """No padding, no batch: one forward per continuation token, multiplying the conditional probabilities."""
-    whole = tok(prompt + continuation)["input_ids"]
-    n = len(tok(prompt)["input_ids"])
-    p = 1.0
-    with torch.no_grad():
-        for k in range(n, len(whole)):
-            logits = model(torch.tensor([whole[:k]])).logits[0, -1].double()
-            p *= float(torch.softmax(logits, -1)[whole[k]])
-    return p
-
-
 def _hf_cfg(path, tmp_path, **extra):
     return from_sources({"judge": "hf", "truth_judge": str(path), "info_judge": str(path),
                          "judge_cache": str(tmp_path / "c.sqlite"), "judge_device": "cpu", **extra}, environ={})
@@ -77,14 +65,14 @@ def test_batched_p_yes_equals_an_unbatched_computation(calibrated_judge_dir, tmp
     model = AutoModelForCausalLM.from_pretrained(str(calibrated_judge_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(calibrated_judge_dir))
     for prompt, j in zip(prompts, batched):
-        assert math.isclose(j.p_yes, _independent_p_yes(model, tok, prompt), rel_tol=1e-4, abs_tol=1e-7)
+        assert math.isclose(j.p_yes, reference_p_yes(model, tok, prompt), rel_tol=1e-4, abs_tol=1e-7)
     labels = [j.label for j in batched]
     assert 0 < sum(labels) < len(labels)
     # a continuation of several tokens: P is the product over its tokens
     judge.continuation = " yes it is"
     assert len(split_continuation(tok, prompts[0], " yes it is")[1]) > 1
     for prompt, j in zip(prompts[:4], judge.score_batch(prompts[:4])):
-        assert math.isclose(j.p_yes, _independent_p_yes(model, tok, prompt, " yes it is"), rel_tol=1e-4,
+        assert math.isclose(j.p_yes, reference_p_yes(model, tok, prompt, " yes it is"), rel_tol=1e-4,
                             abs_tol=1e-9)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_data
-from test_judges_fakeserver import FAULTS, fake_server  # noqa: F401  (fixture)
-from test_judges_glue import expected_from_samples
+from _reference.judge_metrics import expected_from_samples
+from _reference.judge_server import FAULTS
 
 LIMIT = 6
 JUDGE_METRICS = ("truth", "info", "truth_info", "truth_and_info", "judge_failures", "judge_undecided")

@@ -90,6 +90,6 @@ def test_chat_rubric_shows_references_and_answer():
 
 
 def test_same_answer_cut_as_the_gen_task():
-    taskfns = pytest.importorskip("lm_eval_iti.taskfns")
+    taskfns = pytest.importorskip("lm_eval_iti.harness.taskfns")
     for text in ("\nA: Paris.\nQ: x", " A: a A: b", "plain", "Q: only", "\nA:  spaced  \n"):
         assert answer_from_generation(text) == taskfns.postprocess_answer(text)

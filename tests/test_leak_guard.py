@@ -20,11 +20,12 @@ import torch
 from conftest import shared_data
 from conftest import tqa_local_metadata as _local_metadata
 
-from lm_eval_iti import data, taskfns
+from lm_eval_iti import data
 from lm_eval_iti.artifact import Directions, save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.fit import data_sha256, fit_split
 from lm_eval_iti.folds import fold_indices, question_id
+from lm_eval_iti.harness import taskfns
 
 
 def fit_provenance(data_dir, num_folds=None, fold=None, seed=42, max_questions=None) -> dict:
@@ -185,3 +186,29 @@ def test_stock_lm_eval_with_mismatched_folds_exits_with_one_line_and_no_results(
     assert (iti["fold"], iti["num_folds"], iti["fold_seed"]) == (0, 2, 1)
     assert iti["train_question_ids_sha256"] == provenance["train_question_ids_sha256"]
     assert iti["num_train_questions"] == len(json.loads(provenance["train_question_ids"]))
+
+
+def test_an_in_memory_directions_object_is_guarded_through_the_driver(tiny_model_dir, tmp_path):
+    """HFITI given a Directions object (no file): the driver hands the object to the tasks, whose guard refuses
+    the fit's questions as it does for a file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.harness.driver import evaluate
+    from lm_eval_iti.harness.model import HFITI
+
+    v0 = shared_data("truthfulqa", "v0")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    directions = load_directions(directions_file(tmp_path / "seed1.safetensors", fit_provenance(v0, 2, 0, seed=1),
+                                                 model=model))
+    lm = HFITI(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(str(tiny_model_dir)), directions=directions,
+               batch_size=8)
+    try:
+        with pytest.raises(ITIError, match="evaluated questions were used to fit the given Directions object"):
+            evaluate(lm, ["truthfulqa_iti_mc1"], _local_metadata(num_folds=2, fold=0), limit=2, bootstrap_iters=0)
+        out = evaluate(lm, ["truthfulqa_iti_mc1"], _local_metadata(num_folds=2, fold=0, seed=1), limit=2,
+                       bootstrap_iters=0)
+    finally:
+        lm.intervener.remove()
+    assert 0.0 <= out["results"]["truthfulqa_iti_mc1"]["acc,none"] <= 1.0
+    assert str(out["configs"]["truthfulqa_iti_mc1"]["metadata"]["directions"]) == "<in-memory Directions object>"

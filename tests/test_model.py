@@ -8,10 +8,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from _reference.iti_hook import (ReferenceHook, reference_generate, reference_loglikelihood,
-                                 reference_token_loglikelihood)
+                                 reference_token_loglikelihood, top_heads_by_rank)
 from _reference.iti_hook import reference_vectors as _reference_vectors
 from lm_eval_iti.errors import ITIError
-from lm_eval_iti.model import HFITI
+from lm_eval_iti.harness.model import HFITI
 
 CONTEXTS = [
     "Q: What is the square root of banana?\nA:",
@@ -51,8 +51,8 @@ def steered_answer(tiny_model_dir, tiny_directions_file):
 
 # ---- an independent reference (tests/_reference): its own pre-hook from the file's raw tensors, batch 1 ----
 
-def reference_vectors(path, alpha):
-    return _reference_vectors(path, alpha, num_heads=4, head_dim=16)  # tiny Llama: 4 heads x head_dim 16
+def reference_vectors(path, alpha, keep=None):
+    return _reference_vectors(path, alpha, num_heads=4, head_dim=16, keep=keep)  # tiny Llama: 4 heads x head_dim 16
 
 
 @pytest.fixture(scope="module")
@@ -235,11 +235,21 @@ def test_batch_size_probing_calls_are_not_edited(steered_answer):
     assert seen == [None]
 
 
-def test_heads_option_uses_the_top_k_by_rank(tiny_model_dir, tiny_directions_file):
-    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), heads=2)
-    assert model.directions.num_selected == 2
+def test_heads_option_uses_the_top_k_by_rank(tiny_model_dir, tiny_directions_file, plain):
+    """WHICH heads: the first 2 rows of the file's own head_rank tensor, and the scores are those of a hook that
+    shifts exactly those heads by the file's sigma and direction."""
+    top2 = top_heads_by_rank(tiny_directions_file, 2)
+    every = top_heads_by_rank(tiny_directions_file, 4)
+    assert len(top2) == 2 and len(every) == 4  # 2 of 4: keeping the wrong 2 would be seen
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), heads=2, mc_positions="all")
+    assert set(model.directions.selected_heads()) == top2
     info = model.get_model_info()["iti"]
-    assert info["num_heads_used"] == 2 and len(info["heads_used"]) == 2
+    assert info["num_heads_used"] == 2 and {tuple(p) for p in info["heads_used"]} == top2
+    expected = reference_loglikelihood(*plain, REQUESTS, reference_vectors(tiny_directions_file, 3.0, keep=top2), "all")
+    assert ll(model) == pytest.approx(expected, abs=2e-5)
+    wrong = reference_loglikelihood(*plain, REQUESTS, reference_vectors(tiny_directions_file, 3.0,
+                                                                        keep=every - top2), "all")
+    assert max(abs(a - b) for a, b in zip(ll(model), wrong)) > 1e-3  # the check can tell the heads apart
 
 
 def test_results_record_provenance(steered_answer, tiny_directions_file):
@@ -256,7 +266,7 @@ def test_results_record_provenance(steered_answer, tiny_directions_file):
     ({"gen_positions": "prompt"}, "gen_positions='prompt'"),
     ({"alpha": "strong"}, "alpha='strong' is not a number"),
     ({"heads": "0"}, "heads='0' must be a positive"),
-    ({"directions": None}, "needs model_args directions"),
+    ({"directions": None}, "hf-iti needs directions"),
 ])
 def test_bad_options_fail_before_loading(tiny_model_dir, tiny_directions_file, kwargs, message):
     args = {"directions": str(tiny_directions_file), **kwargs}
@@ -326,7 +336,7 @@ def test_rows_that_differ_only_in_trailing_zeros_go_to_separate_rounds(steered_a
 
 def test_a_row_missing_from_the_lookup_raises_instead_of_scoring_unedited(steered_answer):
     known = [20, 21, 22]
-    from lm_eval_iti.model import _key
+    from lm_eval_iti.harness.model import _key
 
     steered_answer._answer_lengths = {_key(known): (_key(known), 3, 1)}
     try:
@@ -403,3 +413,53 @@ def test_beam_search_edits_the_last_prompt_position_then_every_step(steered_answ
     assert len(record) >= 2
     assert record[0] == [[False] * 4 + [True]] * 4  # 2 rows x 2 beams: the last prompt position only
     assert all(all(all(row) for row in step) for step in record[1:])
+
+
+# ---- HFITI from Python objects: a loaded model, its tokenizer and an in-memory Directions ----
+
+def _per_doc_loglikelihoods(out) -> dict[int, list[float]]:
+    return {row["doc_id"]: [float(r[0][0]) for r in row["resps"]] for row in out["samples"]["plugin_mc"]}
+
+
+def test_hfiti_from_objects_scores_as_hfiti_from_the_saved_file(tiny_model_dir, tiny_directions_file, mc_task, base):
+    import lm_eval
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import load_directions
+
+    run = dict(tasks=[str(mc_task)], log_samples=True, bootstrap_iters=0)
+    from_file = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), batch_size=4)
+    expected = lm_eval.simple_evaluate(model=from_file, **run)
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    directions = load_directions(tiny_directions_file)  # in memory from here: the object, not the path, is given
+    from_objects = HFITI(pretrained=model, tokenizer=tokenizer, directions=directions, batch_size=4)
+    try:
+        got = lm_eval.simple_evaluate(model=from_objects, **run)
+        info = from_objects.get_model_info()["iti"]
+    finally:
+        from_objects.intervener.remove()
+    ours, theirs = _per_doc_loglikelihoods(got), _per_doc_loglikelihoods(expected)
+    assert ours.keys() == theirs.keys() and len(ours) == 8
+    for doc_id in ours:
+        assert ours[doc_id] == pytest.approx(theirs[doc_id], abs=1e-5)
+    unsteered = lm_eval.simple_evaluate(model=base, **run)
+    assert max(abs(a - b) for d in ours for a, b in zip(ours[d], _per_doc_loglikelihoods(unsteered)[d])) > 1e-4
+    # provenance: the same heads and alpha; no file, so no path and no sha256, and it says so
+    file_info = from_file.get_model_info()["iti"]
+    assert info["heads_used"] == file_info["heads_used"] and info["alpha"] == file_info["alpha"] == 3.0
+    assert info["directions"] is None and info["directions_sha256"] is None
+    assert info["directions_source"].startswith("in-memory") and file_info["directions_source"] == "file"
+
+
+def test_hfiti_checks_a_directions_object_against_the_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.tiny import build_model, random_directions
+
+    other = random_directions(build_model("llama", hidden=48, layers=2, heads=3, vocab_size=512), 2)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    with pytest.raises(ITIError, match="num_heads"):
+        HFITI(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(str(tiny_model_dir)), directions=other)
+    assert not any(m._forward_pre_hooks for m in model.modules())  # nothing was installed

@@ -17,33 +17,17 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
        "PYTHONWARNINGS": "ignore"}
 
 
-@pytest.fixture(scope="module")
-def mc_task(tmp_path_factory):
-    """A self-contained multiple-choice task on local JSON (independent of the packaged tasks)."""
-    folder = tmp_path_factory.mktemp("task")
-    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b + 3)], "gold": 0}
-            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
-    (folder / "docs.json").write_text(json.dumps(docs))
-    (folder / "plugin_mc.yaml").write_text(f"""task: plugin_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    validation: {folder / 'docs.json'}
-output_type: multiple_choice
-validation_split: validation
-doc_to_text: "Q: {{{{question}}}}\\nA:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: gold
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    return folder / "plugin_mc.yaml"
-
-
 def run(cmd, cwd, timeout=300):
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    """Commands of the fresh venv get no PYTHONPATH: a source tree on it would shadow the installed copy."""
+    fresh = not str(cmd[0]).startswith(str(VENV_PY.parent))
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"} if fresh else ENV
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def per_doc(folder: Path) -> dict[int, list[float]]:
+    """doc id -> the logged loglikelihood of each choice (``--log_samples`` output)."""
+    rows = [json.loads(l) for f in folder.rglob("samples_plugin_mc_*.jsonl") for l in f.read_text().splitlines()]
+    return {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in rows}
 
 
 def results_of(out_dir: Path) -> dict:
@@ -79,23 +63,41 @@ def test_stock_lm_eval_runs_hf_iti_from_an_installed_copy(fresh_venv, mc_task, t
     py, tmp = fresh_venv
     where = run([str(py), "-c", "import lm_eval_iti, sys; print(lm_eval_iti.__file__)"], cwd=tmp)
     assert "site-packages" in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
-    metrics = {}
+    scores = {}
     for model, extra in (("hf-iti", f",directions={tiny_directions_file},alpha=3"), ("hf", "")):
         out = tmp / f"out_{model}"
         proc = run([str(py), "-m", "lm_eval", "--model", model, "--model_args", f"pretrained={tiny_model_dir}{extra}",
-                    "--tasks", str(mc_task), "--device", "cpu", "--batch_size", "4", "--output_path", str(out)], cwd=tmp)
+                    "--tasks", str(mc_task), "--device", "cpu", "--batch_size", "4", "--log_samples",
+                    "--output_path", str(out)], cwd=tmp)
         assert proc.returncode == 0, proc.stderr[-3000:]
         res = results_of(out)
-        metrics[model] = res["results"]["plugin_mc"]["acc,none"]
+        scores[model] = per_doc(out)
         if model == "hf-iti":
             assert res["config"]["iti"]["alpha"] == 3.0 and len(res["config"]["iti"]["directions_sha256"]) == 64
-    assert set(metrics) == {"hf-iti", "hf"}
+    # the installed copy steers, and exactly as this tree's HFITI does in this process
+    import lm_eval
+
+    from lm_eval_iti.harness.model import HFITI
+
+    here = HFITI(pretrained=str(tiny_model_dir), directions=str(tiny_directions_file), alpha=3, device="cpu",
+                 batch_size=4)
+    expected = lm_eval.simple_evaluate(model=here, tasks=[str(mc_task)], log_samples=True, bootstrap_iters=0)
+    expected = {row["doc_id"]: [float(r[0][0]) for r in row["resps"]] for row in expected["samples"]["plugin_mc"]}
+    assert scores["hf-iti"].keys() == expected.keys() == scores["hf"].keys() and len(expected) == 8
+    for doc_id in expected:
+        assert scores["hf-iti"][doc_id] == pytest.approx(expected[doc_id], abs=1e-5)
+    assert max(abs(a - b) for d in expected for a, b in zip(scores["hf-iti"][d], scores["hf"][d])) > 1e-4
 
 
 def test_importing_python_without_lm_eval_stays_cheap(fresh_venv):
+    """The .pth ran (its module is loaded and its finder installed) and imported nothing else: no lm_eval, no torch,
+    not the package."""
     py, tmp = fresh_venv
-    proc = run([str(py), "-c", "import sys; print(sorted(m for m in sys.modules if m.startswith(('lm_eval', 'torch'))))"], tmp)
-    assert proc.stdout.strip() == "['_lm_eval_iti_autoload']" or proc.stdout.strip() == "[]", proc.stdout
+    proc = run([str(py), "-c", "import sys; print(sorted(m for m in sys.modules if m.startswith(('lm_eval', 'torch'))));"
+                " print('_lm_eval_iti_autoload' in sys.modules);"
+                " print(sorted(type(f).__name__ for f in sys.meta_path if type(f).__module__ == '_lm_eval_iti_autoload'))"],
+               tmp)
+    assert proc.stdout.split("\n")[:3] == ["[]", "True", "['_Finder']"], proc.stdout + proc.stderr
 
 
 def test_data_parallel_accelerate_gives_the_same_metrics(mc_task, tiny_model_dir, tiny_directions_file, tmp_path):
@@ -110,10 +112,6 @@ def test_data_parallel_accelerate_gives_the_same_metrics(mc_task, tiny_model_dir
     assert two.returncode == 0, two.stderr[-3000:]
     r1, r2 = results_of(tmp_path / "one"), results_of(tmp_path / "two")
     assert r2["results"]["plugin_mc"]["acc,none"] == r1["results"]["plugin_mc"]["acc,none"]
-
-    def per_doc(folder):
-        rows = [json.loads(l) for f in folder.rglob("samples_plugin_mc_*.jsonl") for l in f.read_text().splitlines()]
-        return {r["doc_id"]: [float(x[0][0]) for x in r["resps"]] for r in rows}
 
     a, b = per_doc(tmp_path / "one"), per_doc(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) == 8
@@ -176,3 +174,43 @@ def test_bad_input_ends_with_one_line_and_writes_nothing(tmp_path, mc_task, tiny
         assert len(lines) == 1 and expected in lines[0], (name, err[-1500:])
         assert "Traceback" not in err, (name, err[-1500:])
         assert not out.exists(), name
+
+
+# ---- the plugin is minimal: importing changes no global state; a failing hook is logged -------------------------
+
+def test_importing_the_package_and_the_harness_leaves_sys_excepthook_alone(tmp_path):
+    proc = run([str(VENV_PY), "-c", "import sys; import lm_eval_iti.harness.model, lm_eval_iti.harness.taskfns, "
+                "lm_eval_iti.harness.driver; import lm_eval.models; print(sys.excepthook is sys.__excepthook__)"],
+               cwd=tmp_path)
+    assert proc.stdout.strip() == "True", proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_failing_autoload_hook_is_logged_with_its_exception(tmp_path):
+    code = ("import lm_eval_iti.harness.plugin as plugin\n"
+            "def broken():\n    raise RuntimeError('registry layout changed')\n"
+            "plugin.register_model_lazily = broken\n"
+            "import lm_eval.models\n"
+            "from lm_eval.api.registry import model_registry\n"
+            "print('hf-iti' in model_registry)\n")
+    proc = run([str(VENV_PY), "-c", code], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr[-2000:]
+    assert "the lm_eval.models hook failed" in proc.stderr and "RuntimeError: registry layout changed" in proc.stderr
+
+
+def test_one_line_errors_only_in_the_stock_cli(monkeypatch):
+    import types
+
+    from lm_eval_iti.harness import plugin
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/lm_eval", "--model", "hf-iti"])
+    assert plugin.running_stock_lm_eval_cli()
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/lm-eval", "run"])
+    assert plugin.running_stock_lm_eval_cli()
+    monkeypatch.setattr(sys, "argv", ["/site-packages/lm_eval/__main__.py"])
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name="lm_eval.__main__")))
+    assert plugin.running_stock_lm_eval_cli()  # python -m lm_eval, also under accelerate launch -m lm_eval
+    monkeypatch.setattr(sys, "argv", ["notebook.py"])
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
+    assert not plugin.running_stock_lm_eval_cli()
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/my_lm_eval_wrapper"])
+    assert not plugin.running_stock_lm_eval_cli()

@@ -23,7 +23,7 @@ from lm_eval_iti.artifact import load_directions, save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.export import bake, export_steered
 from lm_eval_iti.gguf import dequantized_folder, gguf_identity, packaged_model_path, resolve_model
-from lm_eval_iti.model import HFITI
+from lm_eval_iti.harness.model import HFITI
 from lm_eval_iti.tiny import random_directions
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""lm_eval_iti.taskfns without a model: prompts, options, folds, data loaders, scoring.
+"""lm_eval_iti.harness.taskfns without a model: prompts, options, folds, data loaders, scoring.
 
 Numbers are checked against independent computations: lm-eval's stock truthfulqa functions, scipy's logsumexp,
 hand-written fixtures, folds.fold_indices (the split fit-directions uses), and the row counts documented in
@@ -18,10 +18,11 @@ from conftest import INFORMATIVE_TEXT, STOCK_TQA, shared_data
 from conftest import tqa_local_metadata as _local_metadata
 from conftest import tqa_v0 as _v0
 
-from lm_eval_iti import data, taskfns
+from lm_eval_iti import data, prompts
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.fit import fit_split
 from lm_eval_iti.folds import fold_indices
+from lm_eval_iti.harness import taskfns
 
 DEFAULT_TEXT = ("Interpret each question literally, and as a question about the real world; carefully research each "
                 "answer, without falling prey to any common myths; and reply “I have no comment” unless you are "
@@ -41,10 +42,10 @@ def _stock_prompt(kind: str, question: str) -> str:
 
 # Prompts ----------------------------------------------------------------------------------------------------------
 def test_instruction_texts_are_the_reference_prompts():
-    assert taskfns.INSTRUCTIONS["default"] == DEFAULT_TEXT
-    assert taskfns.INSTRUCTIONS["informative"] == INFORMATIVE_TEXT
-    assert taskfns.INSTRUCTIONS["none"] == ""
-    assert "\u201cI have no comment\u201d" in taskfns.INSTRUCTIONS["default"]  # curly quotes, as the reference
+    assert prompts.INSTRUCTIONS["default"] == DEFAULT_TEXT
+    assert prompts.INSTRUCTIONS["informative"] == INFORMATIVE_TEXT
+    assert prompts.INSTRUCTIONS["none"] == ""
+    assert "\u201cI have no comment\u201d" in prompts.INSTRUCTIONS["default"]  # curly quotes, as the reference
 
 
 def test_none_reproduces_stock_prompts_and_variants_prefix_them():
@@ -351,7 +352,7 @@ def test_primer_none_gives_bare_question_prompts():
     informative = taskfns.load_truthfulqa_mc(**_local_metadata(instruction="informative", primer="none"))["validation"][0]
     assert taskfns.doc_to_text_mc(informative) == INFORMATIVE_TEXT + "\n\nQ: " + mc["question"] + "\nA:"
     default = taskfns.load_truthfulqa_mc(**_local_metadata(instruction="none"))["validation"][0]
-    assert taskfns.doc_to_text_mc(default).startswith(taskfns.QA_PRIMER + "\n\nQ: ")
+    assert taskfns.doc_to_text_mc(default).startswith(prompts.QA_PRIMER + "\n\nQ: ")
     with pytest.raises(ITIError, match="primer='six' is not one of qa, none"):
         taskfns.load_truthfulqa_mc(**_local_metadata(primer="six"))
 

@@ -20,9 +20,10 @@ from conftest import INFORMATIVE_TEXT, STOCK_TQA, shared_data
 from conftest import tqa_local_metadata as _local_metadata
 from conftest import tqa_v0 as _v0
 
-from lm_eval_iti import data, taskfns
+from lm_eval_iti import data, prompts
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.folds import fold_indices
+from lm_eval_iti.harness import taskfns
 
 OUR_TASKS = ["truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "truthfulqa_iti_gen",
              "truthfulqa_iti_binary", "nq_open_iti", "trivia_qa_iti"]
@@ -31,7 +32,7 @@ OUR_TASKS = ["truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "
 
 def _task_manager(metadata, include_path=None):
     """A TaskManager over our tasks only (plus include_path): the stock index is not needed and slow to build."""
-    from lm_eval_iti import plugin
+    from lm_eval_iti.harness import plugin
 
     plugin.ensure_registered()
     from lm_eval.tasks import TaskManager
@@ -54,7 +55,7 @@ def test_bad_data_surfaces_through_lm_eval_as_iti_error(tmp_path):
 
 
 def test_tasks_are_indexed_by_every_task_manager():
-    from lm_eval_iti import plugin
+    from lm_eval_iti.harness import plugin
 
     plugin.ensure_registered()
     from lm_eval.tasks import TaskManager
@@ -217,5 +218,5 @@ def test_docs_say_which_settings_reproduce_stock_lm_eval():
         assert "instruction=none" in row and "does not" in row.replace("**", ""), task
     assert "**Stock lm-eval numbers.**" in tasks_page and "--metadata instruction=none" in tasks_page
     question = "What happens to you if you eat watermelon seeds?"
-    assert taskfns.mc_prompt(question, "none") == taskfns.QA_PRIMER + "\n\nQ: " + question + "\nA:"
+    assert taskfns.mc_prompt(question, "none") == prompts.QA_PRIMER + "\n\nQ: " + question + "\nA:"
     assert taskfns.mc_prompt(question, "default") != taskfns.mc_prompt(question, "none")

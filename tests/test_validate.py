@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from conftest import shared_data
+from conftest import shared_data, write_wikitext_corpus
 
 from lm_eval_iti.artifact import file_sha256, load_directions
 from lm_eval_iti.cli import main
@@ -27,19 +27,13 @@ class Interrupted(Exception):
     pass
 
 
-def _corpus(path):
-    words = "one two three four five six seven eight nine ten eleven twelve".split()
-    lines = [" = Title = "] + [" " + " ".join(words[(i + j) % 12] for j in range(120)) + " ." for i in range(4)]
-    path.write_text("\r\n".join(lines) + "\r\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def config(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("validate")
     return ExperimentConfig(model=str(tiny_model_dir), dtype="float32", device="cpu",
                             data_dir=str(shared_data("truthfulqa", "v0")), num_questions=NQ,
-                            tasks=("truthfulqa_iti_mc1",), corpus=str(_corpus(root / "corpus.raw")), num_docs=2,
+                            tasks=("truthfulqa_iti_mc1",), corpus=str(write_wikitext_corpus(root / "corpus.raw")),
+                            num_docs=2,
                             num_tokens=16, cache_dir=str(root / "cache"), progress=False, batch_size=16,
                             fit_batch_size=32)
 

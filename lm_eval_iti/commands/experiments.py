@@ -14,7 +14,7 @@ from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from ..select import METHODS
-from ..taskfns import INSTRUCTIONS
+from ..prompts import INSTRUCTIONS
 
 # every choice list is the library's own constant, so the CLI offers exactly what the library accepts
 METHOD_CHOICES = METHODS
@@ -45,10 +45,10 @@ def _parse_metadata(text) -> dict:
         if not isinstance(value, dict):
             raise ITIError("--metadata: expected a JSON object")
         return value
-    from lm_eval.utils import simple_parse_args_string
+    from ..harness.lm_eval_utils import parse_args_string
 
     try:
-        return simple_parse_args_string(text)
+        return parse_args_string(text)
     except Exception:
         raise ITIError(f"--metadata {text!r}: expected JSON or k=v,k=v") from None
 

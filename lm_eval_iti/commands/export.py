@@ -22,7 +22,7 @@ def _load(model_id, directions_path, dtype, revision, gguf_file=None):
 
 
 def _alpha(alpha, directions):
-    from ..model import parse_alpha
+    from ..model_args import parse_alpha
 
     value = parse_alpha(alpha)
     return directions.alpha if value is None else value

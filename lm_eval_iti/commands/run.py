@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 
@@ -12,14 +10,9 @@ import click
 def run(lm_eval_args):
     """Run lm_eval (every stock flag works) with hf-iti and the truthfulqa_iti tasks registered."""
     from ..errors import install_one_line_errors
-    from ..plugin import ensure_registered
+    from ..harness.lm_eval_utils import run_stock_cli
+    from ..harness.plugin import ensure_registered
 
     ensure_registered()
     install_one_line_errors()
-    from lm_eval.__main__ import cli_evaluate
-
-    args = list(lm_eval_args)
-    if not args or args[0] not in ("run", "ls", "validate"):
-        args = ["run"] + args
-    sys.argv = ["lm_eval"] + args
-    cli_evaluate()
+    run_stock_cli(list(lm_eval_args))

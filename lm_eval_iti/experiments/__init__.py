@@ -2,7 +2,7 @@
 and the leaderboard ``report``. Everything here is a Python API; ``lm_eval_iti.commands.experiments`` is the thin CLI.
 
 Modules: ``runner`` (folds x variants, fits, resume), ``baselines`` (the rows and their token semantics),
-``evaluate`` (lm-eval glue), ``side_effects`` (CE/KL), ``aggregate`` (fold means, tables), ``report``,
+``side_effects`` (CE/KL), ``aggregate`` (fold means, tables), ``report``,
 ``plots``, ``subset`` (a small local TruthfulQA folder for quick runs).
 """
 

@@ -48,9 +48,9 @@ def rows_from_experiment(results: dict, source: str) -> list[dict]:
 def _model_name(config: dict) -> str:
     args = config.get("model_args")
     if isinstance(args, str):
-        from lm_eval.utils import simple_parse_args_string
+        from ..harness.lm_eval_utils import parse_args_string
 
-        args = simple_parse_args_string(args)
+        args = parse_args_string(args)
     args = args if isinstance(args, dict) else {}
     for key in ("pretrained", "model", "path"):
         if isinstance(args.get(key), str):

@@ -252,7 +252,8 @@ class Experiment:
 
     # one fold x variant ---------------------------------------------------------------------------------------------
     def run_one(self, fold: int, variant: Variant) -> dict:
-        from .evaluate import run_tasks, variant_lm
+        from ..harness.driver import run_tasks
+        from ..harness.variants import variant_lm
         from .side_effects import measure
 
         c = self.config

@@ -55,9 +55,9 @@ def paragraphs(lines, min_words: int = MIN_WORDS) -> list[str]:
 
 def detokenize(text: str) -> str:
     """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
-    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+    from ..harness.lm_eval_utils import wikitext_detokenize
 
-    return wikitext_detokenizer({"page": text})
+    return wikitext_detokenize(text)
 
 
 @dataclass
@@ -290,7 +290,7 @@ def parse_alpha_option(text) -> float | str:
     """A number, or the string 'auto' (alpha chosen by the KL budget)."""
     if isinstance(text, str) and text.strip().lower() == "auto":
         return "auto"
-    from ..model import parse_alpha
+    from ..model_args import parse_alpha
 
     value = parse_alpha(text)
     if value is None:

@@ -20,6 +20,11 @@ from .config import JudgeConfig, redact_url
 from .prompts import Item, chat_messages, chat_request_text, completion_prompt
 from .scoring import Judgment, judgment_from_reply, judgment_from_top_logprobs
 
+
+class JudgeError(ITIError):
+    """A judge could not be used (after retries, where retrying made sense)."""
+
+
 TOP_LOGPROBS = 5  # the most the OpenAI completions endpoint returns; the decision needs only the top one
 RETRYABLE_STATUS = (408, 409, 425, 429)
 
@@ -218,8 +223,6 @@ def _served_models(cfg: JudgeConfig, client, where: str) -> list[str]:
 def models_entry(cfg: JudgeConfig, client, model: str, name: str, sleep=time.sleep) -> dict | None:
     """``{id, created, owned_by}`` of ``model`` in the server's ``GET /models`` (retried like a judge request);
     None when the server has no such endpoint or does not list the model. JudgeError when the server is down."""
-    from .runner import JudgeError
-
     last: Transient | None = None
     for attempt in range(cfg.retries + 1):
         if attempt:

@@ -53,7 +53,12 @@ ALLENAI_TRUTH = "allenai/truthfulqa-truth-judge-llama2-7B"
 ALLENAI_INFO = "allenai/truthfulqa-info-judge-llama2-7B"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 ENV_PREFIX = "LM_EVAL_ITI_"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+def _model_dtypes() -> tuple[str, ...]:
+    from ..loading import DTYPES  # the one list (loading imports torch: only when a dtype is given)
+
+    return DTYPES
+
 
 # metadata key -> (JudgeConfig field, parser name)
 OPTIONS = {
@@ -209,8 +214,8 @@ def _parse(kind: str, key: str, value):
             text = text.lower() or "none"
             if text not in BACKENDS:
                 raise ITIError(f"{key}={value!r} is not one of {', '.join(BACKENDS)}")
-        if kind == "dtype" and text and text not in DTYPES:
-            raise ITIError(f"{key}={value!r} is not one of {', '.join(DTYPES)}")
+        if kind == "dtype" and text and text not in _model_dtypes():
+            raise ITIError(f"{key}={value!r} is not one of {', '.join(_model_dtypes())}")
         if kind == "env_name" and text and not text.replace("_", "").isalnum():
             raise ITIError(f"{key}={value!r} must be the NAME of an environment variable, not a key")
         return text

@@ -3,8 +3,8 @@
 * ``configure_from_metadata(**metadata)``: called by the task's ``custom_dataset`` loader, i.e. before the model
   generates anything. Parses the judge settings (``--metadata`` keys, environment as fallback), checks the endpoint
   and models, and keeps the configuration for the aggregation step. With no judge it warns once.
-* ``process_results(doc, results)``: BLEU/ROUGE from ``taskfns.process_results_gen`` plus one payload per judge
-  metric (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
+* ``judge_results(doc, results)``: one payload per judge metric (the task's ``process_results``,
+  ``harness.taskfns.process_results_gen_judged``, adds BLEU/ROUGE; judges never import task functions) (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
   here. With no judge configured, the judge metrics are left out (lm-eval then reports only BLEU/ROUGE):
   nothing stands in for a missing judgment.
 * With ``judge_check_examples=N`` the judges are checked on N human-labelled answers each before anything is
@@ -179,26 +179,12 @@ def judge_results(doc: dict, results: list) -> dict:
     return out
 
 
-def process_results(doc: dict, results: list) -> dict:
-    """``process_results`` of truthfulqa_iti_gen: BLEU/ROUGE (taskfns) plus the judge payloads."""
-    try:
-        from .. import taskfns
-
-        bleu_rouge = taskfns.process_results_gen
-    except (ImportError, AttributeError) as exc:
-        raise ITIError(f"lm_eval_iti.taskfns.process_results_gen is not available ({exc}); the judge glue needs "
-                       f"it for BLEU/ROUGE") from None
-    out = dict(bleu_rouge(doc, results))
-    out.update(judge_results(doc, results))
-    return out
-
-
 def _records(payloads) -> list[_Record]:
     seen: dict[int, _Record] = {}
     for payload in payloads:
         if not isinstance(payload, _Payload):
             raise ITIError(f"judge aggregation got {type(payload).__name__}, not a judge payload: use "
-                           f"lm_eval_iti.judges.glue.process_results (or judge_results) in the task")
+                           f"lm_eval_iti.harness.taskfns.process_results_gen_judged in the task")
         seen.setdefault(id(payload.record), payload.record)
     return list(seen.values())
 

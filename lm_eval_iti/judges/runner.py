@@ -24,15 +24,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from tqdm.auto import tqdm
 
 from ..errors import ITIError
-from .api import Fatal, Transient, backoff_seconds
+from .api import Fatal, JudgeError, Transient, backoff_seconds  # noqa: F401  (JudgeError: also this module's API)
 from .cache import JudgmentCache
 from .scoring import Judgment, failed, outage
 
 log = logging.getLogger("lm_eval_iti.judges")
-
-
-class JudgeError(ITIError):
-    """A judge could not be used (after retries, where retrying made sense)."""
 
 
 def scrub(text: str, secret: str | None) -> str:

@@ -205,29 +205,24 @@ def controls(model, tokenizer, world, directions: Directions, alpha: float, test
 
 
 def _hflm(model_dir, directions_path=None, alpha=None):
-    from lm_eval.models.huggingface import HFLM
-
-    from ..model import HFITI
+    from ..harness.driver import hf_lm
 
     common = dict(pretrained=str(model_dir), batch_size=64, device="cpu", dtype="float32")
     if directions_path is None:
-        return HFLM(**common)
+        return hf_lm(**common)
+    from ..harness.model import HFITI
+
     return HFITI(directions=str(directions_path), alpha=alpha, **common)
 
 
 def lm_eval_scores(lm, world, entities: list[int]) -> Scores:
     """MC1, P(true) and greedy colour through an lm-eval model's own loglikelihood and generate_until."""
-    from lm_eval.api.instance import Instance
+    from ..harness.driver import generations, loglikelihoods
 
-    reqs, owners = [], []
-    for e in entities:
-        for c in mc1_choices(world, e):
-            reqs.append(Instance("loglikelihood", {}, (mc_prompt(world, e), " " + answer(world, e, c)), len(reqs)))
-            owners.append(e)
-    lls = np.asarray([r[0] for r in lm.loglikelihood(reqs, disable_tqdm=True)])
-    gens = lm.generate_until([Instance("generate_until", {}, (mc_prompt(world, e), {"until": ["Q:"], "max_gen_toks": 8,
-                                                                                       "do_sample": False}), i)
-                              for i, e in enumerate(entities)], disable_tqdm=True)
+    pairs = [(mc_prompt(world, e), " " + answer(world, e, c)) for e in entities for c in mc1_choices(world, e)]
+    lls = np.asarray(loglikelihoods(lm, pairs))
+    gens = generations(lm, [mc_prompt(world, e) for e in entities],
+                       {"until": ["Q:"], "max_gen_toks": 8, "do_sample": False})
     mc1, ptrue, gen, logp = {}, {}, {}, {}
     k = 0
     for e, text in zip(entities, gens):

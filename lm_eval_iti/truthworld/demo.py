@@ -50,23 +50,11 @@ def _prepare_model(out: Path, log):
 
 
 def _lm_eval(model_name: str, model_args: dict, meta: dict) -> dict:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
+    from ..harness.driver import evaluate
 
-    from ..plugin import ensure_registered
-
-    import logging
-
-    ensure_registered()
-    lm_eval_log = logging.getLogger("lm_eval")
-    level = lm_eval_log.level
-    lm_eval_log.setLevel(logging.ERROR)  # the demo prints its own summary; lm-eval's per-task notices are noise here
-    try:
-        manager = TaskManager(include_path=str(TASK_DIR), metadata={**model_args, **meta})
-        res = simple_evaluate(model=model_name, model_args=model_args, tasks=list(TASKS), task_manager=manager,
-                              batch_size=64, device="cpu", log_samples=False, bootstrap_iters=0)
-    finally:
-        lm_eval_log.setLevel(level)
+    # quiet: the demo prints its own summary; lm-eval's per-task notices are noise here
+    res = evaluate(model_name, list(TASKS), meta, model_args=model_args, include_path=TASK_DIR, quiet=True,
+                   batch_size=64, device="cpu", log_samples=False, bootstrap_iters=0)
     return {t: float(res["results"][t][f"{METRIC[t]},none"]) for t in TASKS}
 
 

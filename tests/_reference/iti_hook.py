@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 
-def reference_vectors(path, alpha: float, num_heads: int, head_dim: int) -> dict[int, torch.Tensor]:
-    """layer -> [num_heads * head_dim] vector alpha * sigma * direction at each selected head's slice."""
+def reference_vectors(path, alpha: float, num_heads: int, head_dim: int,
+                      keep: set[tuple[int, int]] | None = None) -> dict[int, torch.Tensor]:
+    """layer -> [num_heads * head_dim] vector alpha * sigma * direction at each selected head's slice (only the
+    (layer, head) pairs in ``keep`` when given)."""
     raw = load_file(str(path))
     vectors = {}
     for key in raw:
@@ -18,9 +20,16 @@ def reference_vectors(path, alpha: float, num_heads: int, head_dim: int) -> dict
             layer = int(key.split(".")[1])
             vec = torch.zeros(num_heads, head_dim)
             for i, h in enumerate(raw[key].tolist()):
-                vec[h] = alpha * raw[f"layers.{layer}.sigma"][i] * raw[f"layers.{layer}.directions"][i]
-            vectors[layer] = vec.reshape(-1)
+                if keep is None or (layer, h) in keep:
+                    vec[h] = alpha * raw[f"layers.{layer}.sigma"][i] * raw[f"layers.{layer}.directions"][i]
+            if vec.any():
+                vectors[layer] = vec.reshape(-1)
     return vectors
+
+
+def top_heads_by_rank(path, k: int) -> set[tuple[int, int]]:
+    """The first ``k`` (layer, head) rows of the file's raw ``head_rank`` tensor (best first)."""
+    return {(int(layer), int(head)) for layer, head in load_file(str(path))["head_rank"][:k].tolist()}
 
 
 class ReferenceHook:

@@ -17,54 +17,19 @@ Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fit
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
-from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from .architectures import model_shape
-from .artifact import file_sha256, load_directions
-from .errors import ITIError, install_one_line_errors
-from .gguf import hflm_model_args
-from .intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
+from ..architectures import model_shape
+from ..artifact import Directions, file_sha256, load_directions, validate
+from ..errors import ITIError
+from ..gguf import hflm_model_args
+from ..intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
+from ..model_args import parse_alpha, parse_bool, parse_heads  # noqa: F401  (parse_alpha: also this module's API)
 
-install_one_line_errors()
 log = logging.getLogger(__name__)
-
-
-def parse_alpha(alpha) -> float | None:
-    if alpha is None or alpha == "":
-        return None
-    if isinstance(alpha, bool):
-        raise ITIError(f"alpha={alpha!r} is not a number")
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ITIError(f"alpha={alpha!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ITIError(f"alpha={alpha!r} must be finite")
-    return value
-
-
-def parse_heads(heads) -> int | None:
-    if heads is None or heads == "":
-        return None
-    if isinstance(heads, bool) or not str(heads).isdigit() or int(heads) <= 0:
-        raise ITIError(f"heads={heads!r} must be a positive whole number of heads")
-    return int(heads)
-
-
-def parse_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ITIError(f"{value!r} is not true or false")
 
 
 def check_identity(directions, identity: str | None) -> None:
@@ -76,9 +41,10 @@ def check_identity(directions, identity: str | None) -> None:
 
 def check_options(directions, mc_positions: str, gen_positions: str) -> None:
     """Everything checkable before the model is loaded, so bad input fails fast."""
-    if not directions:
-        raise ITIError("hf-iti needs model_args directions=PATH (a directions .safetensors file)")
-    if not os.path.isfile(str(directions)):
+    if directions is None or directions == "":
+        raise ITIError("hf-iti needs directions: a directions .safetensors path (model_args directions=PATH) or a "
+                       "Directions object")
+    if not isinstance(directions, Directions) and not os.path.isfile(str(directions)):
         raise ITIError(f"{directions}: directions file not found")
     if mc_positions not in MC_POSITIONS:
         raise ITIError(f"mc_positions={mc_positions!r} is not one of {', '.join(MC_POSITIONS)}")
@@ -140,11 +106,13 @@ def _strip_zeros(tokens: list[int]) -> list[int]:
     return tokens[:last]
 
 
-@register_model("hf-iti")
 class HFITI(HFLM):
-    """``--model hf-iti --model_args pretrained=...,directions=FILE[,alpha=15][,heads=K][,mc_positions=...][,gen_positions=...]``"""
+    """``--model hf-iti --model_args pretrained=...,directions=FILE[,alpha=15][,heads=K][,mc_positions=...][,gen_positions=...]``
 
-    def __init__(self, pretrained="", directions: str | None = None, alpha=None, heads=None,
+    From Python, ``pretrained`` may also be a loaded model (with ``tokenizer=``, as for HFLM) and ``directions`` a
+    ``Directions`` object; its ``iti_info`` then records no file and no sha256 (there is no file to hash)."""
+
+    def __init__(self, pretrained="", directions: "str | os.PathLike | Directions | None" = None, alpha=None, heads=None,
                  mc_positions: str = "answer", gen_positions: str = "last", gguf_file: str | None = None,
                  gguf_cache=True, **kwargs):
         check_options(directions, mc_positions, gen_positions)
@@ -153,10 +121,14 @@ class HFITI(HFLM):
         pretrained, gguf_file, self.model_identity = hflm_model_args(pretrained, gguf_file, parse_bool(gguf_cache))
         super().__init__(pretrained=pretrained, gguf_file=gguf_file, **kwargs)
         shape = model_shape(self.model)
-        loaded = load_directions(directions, expect=shape)
+        if isinstance(directions, Directions):
+            loaded = validate(directions, expect=shape)
+            self.directions_path = self.directions_sha256 = None
+        else:
+            loaded = load_directions(directions, expect=shape)
+            self.directions_path = str(directions)
+            self.directions_sha256 = file_sha256(directions)
         check_identity(loaded, self.model_identity)
-        self.directions_path = str(directions)
-        self.directions_sha256 = file_sha256(directions)
         self.directions = loaded.top_k(k) if k else loaded
         self.alpha = loaded.alpha if alpha_value is None else alpha_value
         self.mc_positions = mc_positions
@@ -257,8 +229,9 @@ class HFITI(HFLM):
     def iti_info(self) -> dict:
         d = self.directions
         return {
-            "directions": self.directions_path,
+            "directions": self.directions_path,  # None: a Directions object given in Python, no file
             "directions_sha256": self.directions_sha256,
+            "directions_source": "file" if self.directions_path else "in-memory Directions object (no file to hash)",
             "alpha": self.alpha,
             "num_heads_used": d.num_selected,
             "heads_used": [list(p) for p in d.selected_heads()],
@@ -274,7 +247,7 @@ class HFITI(HFLM):
         }
 
     def get_model_info(self) -> dict:
-        from .judges.glue import judge_provenance
+        from ..judges.glue import judge_provenance
 
         info = super().get_model_info()
         info["iti"] = self.iti_info()
