@@ -27,7 +27,7 @@ _API = {
     "ModelShape": "lm_eval_iti.artifact",
     "load_directions": "lm_eval_iti.artifact",
     "save_directions": "lm_eval_iti.artifact",
-    "HFITI": "lm_eval_iti.model",
+    "HFITI": "lm_eval_iti.harness.model",
     "load_model": "lm_eval_iti.loading",
     "ITIError": "lm_eval_iti.errors",
     "fold_assignment": "lm_eval_iti.folds",

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from _reference.iti_hook import ReferenceHook, reference_generate, reference_vectors
+from _reference.iti_hook import ReferenceHook, reference_generate, reference_loglikelihood, reference_vectors
 from conftest import ROOT, tqa_v0
 
 FIT = dict(num_folds=2, fold=0, num_heads=3, max_questions=24, batch_size=32, alpha=4.0)
@@ -166,13 +166,20 @@ def test_hfiti_from_objects_in_simple_evaluate(fitted, tmp_path):
 
     model, tokenizer, dirs, _ = fitted
     path = dirs.save(tmp_path / "dirs.safetensors")
-    lm = iti.HFITI(pretrained=model, tokenizer=tokenizer, directions=str(path), alpha=4.0, batch_size=4,
+    lm = iti.HFITI(pretrained=model, tokenizer=tokenizer, directions=dirs, alpha=4.0, batch_size=4,
                    allow_fit_questions=True)
     out = lm_eval.simple_evaluate(model=lm, tasks=["truthfulqa_iti_mc1"], limit=3, log_samples=True,
                                   metadata=tqa_local_metadata(max_questions=24), bootstrap_iters=0)
     assert out["config"]["iti"]["alpha"] == 4.0
-    assert 0.0 <= out["results"]["truthfulqa_iti_mc1"]["acc,none"] <= 1.0
-    assert len(out["samples"]["truthfulqa_iti_mc1"]) == 3
+    samples = out["samples"]["truthfulqa_iti_mc1"]
+    assert len(samples) == 3
+    # every choice's loglikelihood equals the independent hook at the answer positions, built from the saved file
+    vectors = reference_vectors(path, 4.0, dirs.num_heads, dirs.head_dim)
+    for sample in samples:
+        requests = [(arg[0], arg[1]) for arg in sample["arguments"]]
+        got = [float(resp[0][0]) for resp in sample["resps"]]
+        expected = reference_loglikelihood(model, tokenizer, requests, vectors, "answer")
+        assert got == pytest.approx(expected, abs=1e-4)
 
 
 def _fresh_python(code: str) -> str:

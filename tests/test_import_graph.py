@@ -133,10 +133,12 @@ def test_the_task_yamls_call_only_the_harness_task_functions():
 
     from lm_eval_iti.harness import taskfns
 
-    refs = [m for p in sorted((PACKAGE_DIR / "tasks").iterdir()) if p.is_file()
+    from lm_eval_iti.harness.plugin import tasks_dir
+
+    refs = [m for p in sorted(tasks_dir().iterdir()) if p.is_file()
             for m in re.findall(r"!function\s+(\S+)", p.read_text())]
     assert len(refs) > 20
     for ref in refs:
         module, _, name = ref.rpartition(".")
         assert module == "lm_eval_iti.harness.taskfns" and callable(getattr(taskfns, name)), ref
-    assert not (PACKAGE_DIR / "tasks").is_symlink()
+    assert not tasks_dir().is_symlink() and tasks_dir() == PACKAGE_DIR.parent / "tasks"  # the top-level folder

@@ -115,6 +115,9 @@ class HFITI(HFLM):
     def __init__(self, pretrained="", directions: "str | os.PathLike | Directions | None" = None, alpha=None, heads=None,
                  mc_positions: str = "answer", gen_positions: str = "last", gguf_file: str | None = None,
                  gguf_cache=True, **kwargs):
+        from .plugin import ensure_registered
+
+        ensure_registered()  # the packaged tasks, for Python programs where the .pth autoload did not run
         check_options(directions, mc_positions, gen_positions)
         alpha_value = parse_alpha(alpha)
         k = parse_heads(heads)

@@ -16,7 +16,8 @@ STOCK_CLI_NAMES = ("lm_eval", "lm-eval")
 
 
 def tasks_dir() -> Path:
-    """The folder of the packaged task YAMLs (``lm_eval_iti/tasks``)."""
+    """The folder of the task YAMLs: ``lm_eval_iti/tasks`` in an installed wheel, the top-level ``tasks/`` in a source
+    checkout (an editable install)."""
     package = Path(__file__).resolve().parent.parent
     for candidate in (package / "tasks", package.parent / "tasks"):
         if candidate.is_dir():

@@ -1,4 +1,4 @@
-"""Everything the task YAMLs under ``lm_eval_iti/tasks/`` call (``!function lm_eval_iti.harness.taskfns.<name>``).
+"""Everything the task YAMLs under ``tasks/`` (``lm_eval_iti/tasks/`` in a wheel) call (``!function lm_eval_iti.harness.taskfns.<name>``).
 
 lm-eval 0.4.13 resolves ``!function a.b.c`` to ``<yaml dir>/a/b.py`` if that exists, else by importing the installed
 module ``a.b``; the YAMLs have no such file next to them, so this module is imported, also for named tasks found
