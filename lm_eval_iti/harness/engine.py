@@ -67,21 +67,11 @@ class EngineLM(HFLM):
 
 
 def task_output_types(tasks: list[str], metadata: dict) -> dict[str, str]:
-    """{leaf task: output_type} as lm-eval's TaskManager configures them (groups expanded)."""
-    from lm_eval.tasks import get_task_dict
-
+    """{leaf task: output_type} as lm-eval's TaskManager configures them (groups and tags expanded)."""
     from ..experiments.evaluate import task_manager
 
-    def leaves(node, out):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                leaves(value, out)
-            else:
-                out[getattr(value, "config", None).task if hasattr(value, "config") else str(key)] = \
-                    value.OUTPUT_TYPE
-        return out
-
-    return leaves(get_task_dict(list(tasks), task_manager(list(tasks), metadata)), {})
+    loaded = task_manager(list(tasks), metadata).load(list(tasks))
+    return {name: task.OUTPUT_TYPE for name, task in loaded["tasks"].items()}
 
 
 def loglikelihood_only(tasks: list[str], metadata: dict) -> list[str]:

@@ -1,0 +1,126 @@
+"""harness.engine on the packaged loglikelihood tasks against lm-eval's own hf-iti: per-request loglikelihoods
+(HFITI on the very requests lm-eval built) and the tasks' metrics (simple_evaluate with hf-iti), several (alpha, K)
+points in one engine call, tiny Llama (GQA), Qwen2 and GPT-2, every position mode. Data from ../shared/data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import tqa_local_metadata
+from lm_eval_iti.artifact import load_directions, save_directions
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.intervene import MC_POSITIONS
+from lm_eval_iti.model import HFITI
+from lm_eval_iti.tiny import random_directions, save_tiny
+
+TASKS = ["truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "truthfulqa_iti_binary", "nq_open_iti",
+         "trivia_qa_iti"]
+SETTINGS = [(0.0, None), (6.0, 2), (12.0, 6)]
+LIMIT = 2
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
+def arch(request, tmp_path_factory):
+    root = save_tiny(tmp_path_factory.mktemp(f"engine_{request.param}"), request.param, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(root), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(root))
+    path = root / "dirs.safetensors"
+    save_directions(random_directions(model, num_heads=6, seed=1, alpha=3.0), path)
+    return model, tok, path, load_directions(path)
+
+
+def _run_hf_iti(model, tok, path, alpha, k, mode, metadata, max_length=None):
+    from lm_eval_iti.experiments.evaluate import run_tasks
+
+    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+               batch_size=8, **({"max_length": max_length} if max_length else {}))
+    try:
+        return run_tasks(lm, TASKS, metadata, limit=LIMIT, bootstrap_iters=0)["metrics"]
+    finally:
+        lm.intervener.remove()
+
+
+def _hf_iti_requests(model, tok, path, alpha, k, mode, pairs, max_length=None):
+    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+               batch_size=8, **({"max_length": max_length} if max_length else {}))
+    try:
+        return lm._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs], disable_tqdm=True)
+    finally:
+        lm.intervener.remove()
+
+
+def _assert_metrics_equal(engine: dict, lm_eval: dict):
+    assert set(engine) == set(lm_eval) == set(TASKS)
+    for task in TASKS:
+        assert set(engine[task]) == set(lm_eval[task])
+        for name, value in lm_eval[task].items():
+            if value is None:
+                assert engine[task][name] is None
+            elif name in ("acc", "acc_both", "acc_any") and task != "truthfulqa_iti_mc2":
+                assert engine[task][name] == value, (task, name)  # accuracies: identical
+            else:  # MC2 and probability masses are continuous in the log-likelihoods
+                assert engine[task][name] == pytest.approx(value, abs=1e-4), (task, name)
+
+
+@pytest.mark.parametrize("mode", MC_POSITIONS)
+def test_engine_equals_hf_iti_on_every_loglikelihood_task(arch, mode):
+    from lm_eval_iti.harness.engine import score_points
+
+    model, tok, path, directions = arch
+    metadata = tqa_local_metadata()
+    holder = []
+    evaluations = score_points(model, tok, TASKS, metadata, directions, SETTINGS, mc_positions=mode, limit=LIMIT,
+                               bootstrap_iters=0, engine_lm=holder)
+    engine_lm = holder[0]
+    assert len(engine_lm.calls) == 1  # one scoring pass for all points
+    pairs, per_point = engine_lm.calls[0]
+    assert len(pairs) > 4 * len(TASKS)
+    for (alpha, k), results in zip(SETTINGS, per_point):
+        reference = _hf_iti_requests(model, tok, path, alpha, k, mode, pairs)
+        worst = max(abs(e[0] - r[0]) for e, r in zip(results, reference))
+        assert worst <= 1e-4, (alpha, k, worst)
+        assert [e[1] for e in results] == [r[1] for r in reference]
+    # the steering changes the numbers at these points: agreement is not the unsteered model's twice
+    assert max(abs(a[0] - b[0]) for a, b in zip(per_point[0], per_point[2])) > 1e-3
+    for evaluation, (alpha, k) in zip(evaluations, SETTINGS):
+        assert evaluation["model_info"]["scored_by"] == "engine"
+        assert evaluation["question_ids"]["truthfulqa_iti_mc1"]
+    # metrics through lm-eval's own process_results and aggregation, compared with a whole hf-iti run
+    alpha, k = SETTINGS[-1]
+    _assert_metrics_equal(evaluations[-1]["metrics"], _run_hf_iti(model, tok, path, alpha, k, mode, metadata))
+
+
+def test_engine_with_truncation_equals_hf_iti(arch):
+    """max_length below the MC prompts' length (the 6-shot primer): every MC request is left-truncated."""
+    from lm_eval_iti.harness.engine import score_points
+
+    model, tok, path, directions = arch
+    metadata = tqa_local_metadata()
+    holder = []
+    max_length = 96
+    evaluations = score_points(model, tok, TASKS, metadata, directions, SETTINGS[1:], limit=LIMIT, bootstrap_iters=0,
+                               max_length=max_length, engine_lm=holder)
+    pairs, per_point = holder[0].calls[0]
+    assert any(len(c) + len(x) > max_length + 1 for c, x in pairs)
+    for (alpha, k), results in zip(SETTINGS[1:], per_point):
+        reference = _hf_iti_requests(model, tok, path, alpha, k, "answer", pairs, max_length=max_length)
+        assert max(abs(e[0] - r[0]) for e, r in zip(results, reference)) <= 1e-4
+        assert [e[1] for e in results] == [r[1] for r in reference]
+    alpha, k = SETTINGS[-1]
+    _assert_metrics_equal(evaluations[-1]["metrics"],
+                          _run_hf_iti(model, tok, path, alpha, k, "answer", metadata, max_length=max_length))
+
+
+def test_generation_tasks_are_named_and_refused(tiny_model_dir):
+    from lm_eval_iti.harness.engine import EngineLM, loglikelihood_only
+
+    assert loglikelihood_only(TASKS + ["truthfulqa_iti_gen"], tqa_local_metadata()) == ["truthfulqa_iti_gen"]
+    assert loglikelihood_only(TASKS, tqa_local_metadata()) == []
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    lm = EngineLM(model, [], tokenizer=AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    with pytest.raises(ITIError, match="loglikelihood tasks only"):
+        lm.generate_until([])
+    with pytest.raises(ITIError, match="loglikelihood tasks only"):
+        lm.loglikelihood_rolling([])
