@@ -124,3 +124,43 @@ def test_generation_tasks_are_named_and_refused(tiny_model_dir):
         lm.generate_until([])
     with pytest.raises(ITIError, match="loglikelihood tasks only"):
         lm.loglikelihood_rolling([])
+
+
+def test_sweep_grid_by_engine_equals_the_grid_by_lm_eval(tiny_model_dir, tmp_path):
+    """sweep with the engine and with --engine off: same numbers row by row; every row says who scored it; the best
+    row is scored again by lm-eval itself and agrees."""
+    from conftest import shared_data
+    from lm_eval_iti.experiments import ExperimentConfig, sweep
+
+    def run(engine, out, select_by):
+        config = ExperimentConfig(model=str(tiny_model_dir), dtype="float32", device="cpu",
+                                  data_dir=str(shared_data("truthfulqa", "v0")), num_questions=12,
+                                  tasks=("truthfulqa_iti_mc1", "truthfulqa_iti_mc2"), limit=3, side_effects=False,
+                                  cache_dir=str(tmp_path / "cache"), progress=False, folds=(0,), bootstrap_iters=0,
+                                  engine=engine)
+        # negative strengths: on this random model they raise MC2 above the baseline, so a steered row is chosen
+        return sweep(config, tmp_path / out, [0.0, -8.0, -16.0], [1, 3], select_by=select_by)
+
+    by_engine = run("auto", "engine", "MC2")
+    by_lm_eval = run("off", "lm_eval", "none")
+    assert by_lm_eval["selection"] is None
+    grid = {r["variant"]: r for r in by_lm_eval["rows"]}
+    for row in by_engine["rows"]:
+        if row["variant"].endswith("-lm-eval"):
+            continue
+        other = grid[row["variant"]]
+        assert row["scored_by"] == ("engine" if row["kind"] == "hf-iti" else "lm-eval")
+        assert other["scored_by"] == "lm-eval"
+        assert row["metrics"]["MC1"]["mean"] == other["metrics"]["MC1"]["mean"]
+        assert row["metrics"]["MC2"]["mean"] == pytest.approx(other["metrics"]["MC2"]["mean"], abs=1e-4)
+        fold_result = by_engine["folds"][row["variant"]][0]
+        assert fold_result["scored_by"] == row["scored_by"]
+    selection = by_engine["selection"]
+    assert selection["by"] == "MC2" and selection["scored_by"] == "engine"
+    confirm = next(r for r in by_engine["rows"] if r["variant"] == selection["lm_eval_variant"])
+    assert confirm["scored_by"] == "lm-eval"
+    assert confirm["metrics"]["MC2"]["mean"] == pytest.approx(selection["mean"], abs=1e-4)
+    assert selection["lm_eval_mean"] == confirm["metrics"]["MC2"]["mean"]
+    # a rerun resumes every row, the lm-eval one included
+    again = run("auto", "engine", "MC2")
+    assert again["evaluations_this_process"] == 0 and len(again["resumed_from_disk"]) == len(by_engine["rows"])

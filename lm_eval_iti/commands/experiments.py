@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import ITIError
+from ..experiments.runner import ENGINE_MODES
+from ..experiments.sweep import SELECT_COLUMNS
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
 from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
@@ -102,6 +104,9 @@ def common_options(func):
         click.option("--gen-kwargs", default=None, help="lm-eval --gen_kwargs."),
         click.option("--bootstrap-iters", default=100000, type=int, help="lm-eval bootstrap iterations."),
         click.option("--max-length", default=None, type=int, help="lm-eval HFLM max_length."),
+        click.option("--engine", type=click.Choice(ENGINE_MODES), default="auto",
+                     help="Score hooked rows of loglikelihood tasks with the shared-prefix engine (auto: when every "
+                     "task is one; off: every row through lm-eval's hf-iti). See docs/sweeps.md."),
         click.option("--side-effects/--no-side-effects", default=True, help="Measure CE/KL for every row."),
         click.option("--corpus", default="wikitext",
                      help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
@@ -133,7 +138,7 @@ def _config(kw: dict):
         detokenize=not kw["no_detokenize"], bootstrap_iters=kw["bootstrap_iters"],
         apply_chat_template=kw["apply_chat_template"], system_instruction=kw["system_instruction"],
         gen_kwargs=kw["gen_kwargs"], max_length=kw["max_length"], batch_size=kw["batch_size"],
-        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"],
+        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"], engine=kw["engine"],
         folds=None if kw["only_folds"] is None else tuple(_parse_ints(kw["only_folds"], "--folds")))
 
 
@@ -180,6 +185,9 @@ def validate(**kw):
 @common_options
 @click.option("--alphas", default="0,5,10,15,20,25", help="Comma-separated strengths.")
 @click.option("--num-heads", default="16,48,96", help="Comma-separated K values.")
+@click.option("--select-by", type=click.Choice(("auto", "none") + SELECT_COLUMNS), default="auto",
+              help="Where the engine scored the grid: score the best row by this column again through lm-eval's "
+              "hf-iti (auto: MC2, else MC1, MC3, binary; none: skip).")
 def sweep(**kw):
     """validate over alpha x K, reusing cached activations and one fit per fold; table and plots."""
     from ..experiments.sweep import parse_list, sweep as run_sweep
@@ -188,7 +196,8 @@ def sweep(**kw):
     ks = parse_list(kw["num_heads"], int, "--num-heads")
     kw_for_name = dict(kw)
     out = kw["out"] or _default_out("sweep", kw_for_name, f"a{kw['alphas']}_k{kw['num_heads']}")
-    results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], **_positions(kw))
+    results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], select_by=kw["select_by"],
+                        **_positions(kw))
     _echo_run(results, out)
     for name, path in (results.get("plots") or {}).items():
         click.echo(f"plot {name}: {path if path else 'not drawn (no such metric in the results)'}")

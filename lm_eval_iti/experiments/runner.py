@@ -6,6 +6,11 @@ evaluate the variant on fold i through lm-eval (the tasks' fold metadata), check
 the directions file's recorded ``train_question_ids``, and measure CE/KL. Each fold x variant result is written to
 ``<run>/folds/fold_<i>_<variant>.json`` as soon as it is done, with a hash of every setting that defines it; a rerun
 skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed.
+
+Hooked rows at a fixed alpha (sweep grid points, validate's ITI rows) of loglikelihood tasks are scored by the
+shared-prefix engine (``harness.engine``: lm-eval builds the requests and computes the metrics, every such row of a
+fold in one pass); each fold result and table row records ``scored_by`` ("engine" or "lm-eval"). ``engine="off"``
+scores every row through lm-eval's hf-iti, as before.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
 RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
-NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds")
+NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
+              "engine_max_batch_bytes")
+ENGINE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -70,6 +77,10 @@ class ExperimentConfig:
     progress: bool = True
     kl_budget: float = 0.2  # for alpha "auto" (side_effects.DEFAULT_KL_BUDGET)
     folds: tuple[int, ...] | None = None  # evaluate only these held-out folds (None: every fold)
+    # hooked rows of loglikelihood tasks scored by the shared-prefix engine (harness.engine): auto = when every task
+    # is a loglikelihood task; off = every row through lm-eval's hf-iti; on = refuse tasks it cannot score
+    engine: str = "auto"
+    engine_max_batch_bytes: int = 1 << 30
 
     def check(self) -> None:
         if self.num_folds < 2:
@@ -78,6 +89,10 @@ class ExperimentConfig:
             raise ITIError("--tasks: give at least one task")
         if self.folds is not None and (not self.folds or any(not 0 <= f < self.num_folds for f in self.folds)):
             raise ITIError(f"folds {list(self.folds)}: each must be between 0 and num_folds - 1 = {self.num_folds - 1}")
+        if self.engine not in ENGINE_MODES:
+            raise ITIError(f"--engine {self.engine!r} is not one of {', '.join(ENGINE_MODES)}")
+        if self.engine_max_batch_bytes <= 0:
+            raise ITIError(f"engine_max_batch_bytes={self.engine_max_batch_bytes} must be positive")
         if self.limit is not None and self.limit <= 0:
             raise ITIError(f"--limit {self.limit} must be positive")
         reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
@@ -111,6 +126,8 @@ class Experiment:
         self._model = None
         self._tokenizer = None
         self._fits: dict = {}
+        self._engine_ok: bool | None = None
+        self._engine_results: dict[tuple[int, str], dict] = {}
         self._docs = None
         self._corpus_info = None
         self._base_side_effects = None
@@ -159,8 +176,55 @@ class Experiment:
         return s
 
     def fold_hash(self, fold: int, variant: Variant) -> str:
-        return _sha({"settings": self.settings(), "variant": variant.describe(), "fold": fold,
-                     "format": RESULTS_VERSION})
+        key = {"settings": self.settings(), "variant": variant.describe(), "fold": fold, "format": RESULTS_VERSION}
+        if self.uses_engine(variant):  # an engine row and an lm-eval row of the same setting are different results
+            key["scored_by"] = "engine"
+        return _sha(key)
+
+    # the shared-prefix engine ---------------------------------------------------------------------------------
+    def engine_enabled(self) -> bool:
+        """--engine auto: only when every task is a loglikelihood task; on: refuse the others; off: never."""
+        if self._engine_ok is None:
+            c = self.config
+            if c.engine == "off":
+                self._engine_ok = False
+            else:
+                from ..harness.engine import loglikelihood_only
+
+                others = loglikelihood_only(list(c.tasks), self.task_metadata(0, "default"))
+                if others and c.engine == "on":
+                    raise ITIError(f"--engine on: the engine scores loglikelihood tasks only, and "
+                                   f"{', '.join(others)} is not one; use --engine auto or off")
+                self._engine_ok = not others
+        return self._engine_ok
+
+    def uses_engine(self, variant: Variant) -> bool:
+        """Hooked rows at a fixed strength, not a control draw nor a row meant for lm-eval itself."""
+        return (variant.kind == "hf-iti" and variant.alpha != AUTO and "control_seed" not in variant.extra
+                and not variant.extra.get("lm_eval") and self.engine_enabled())
+
+    def engine_evaluation(self, fold: int, variant: Variant) -> dict:
+        """The run_tasks-style evaluation of ``variant`` on ``fold``; the first request scores, in one engine call,
+        every engine row of the fold that shares its fit, positions and instruction (and is not on disk yet)."""
+        key = (fold, variant.name)
+        if key not in self._engine_results:
+            from ..harness.engine import score_points
+
+            c = self.config
+            model, tokenizer = self.model()
+            group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
+                     and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
+                     and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+            directions = self.fit(fold, variant.fit)["directions"]
+            evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
+                                       directions, [(v.alpha, v.heads) for v in group],
+                                       mc_positions=variant.mc_positions, limit=c.limit,
+                                       bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, max_length=c.max_length,
+                                       batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+            for v, evaluation in zip(group, evaluations):
+                self._engine_results[(fold, v.name)] = evaluation
+        return self._engine_results.pop(key)
 
     def fold_path(self, fold: int, variant: Variant) -> Path:
         return self.out / "folds" / f"fold_{fold}_{variant.name}.json"
@@ -265,14 +329,19 @@ class Experiment:
             auto = self.auto_alpha(fold)
             variant = replace(variant, alpha=auto["alpha"])
         clock = time.perf_counter()
+        # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
+        evaluation = self.engine_evaluation(fold, variant) if self.uses_engine(variant) else None
         work = self.out / "directions"
         work.mkdir(parents=True, exist_ok=True)
         with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
                         fit["directions"] if fit else None, batch_size=c.batch_size, work_dir=work,
                         max_length=c.max_length) as (lm, logits_fns, lm_info):
-            evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction), limit=c.limit,
-                                   bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
-                                   system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+            if evaluation is None:
+                evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction),
+                                       limit=c.limit, bootstrap_iters=c.bootstrap_iters,
+                                       apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+                evaluation["model_info"] = dict(evaluation["model_info"], scored_by="lm-eval")
             self.evaluations += 1
             evaluated = set().union(*evaluation["question_ids"].values()) if evaluation["question_ids"] else set()
             leak = {"evaluated_questions": len(evaluated), "checked_against": None, "overlap": None}
@@ -300,7 +369,7 @@ class Experiment:
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {
             "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": described,
-            "alpha_used": variant.alpha, "alpha_auto": auto,
+            "alpha_used": variant.alpha, "alpha_auto": auto, "scored_by": evaluation["model_info"]["scored_by"],
             "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
@@ -341,6 +410,7 @@ class Experiment:
             alpha = v.alpha if v.alpha != AUTO else "auto: " + "/".join(format(f["alpha_used"], "g") for f in folds)
             rows.append({"model": c.model, "method": v.label, "α": alpha, "K": v.num_heads, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
+                         "scored_by": "/".join(sorted({f.get("scored_by", "lm-eval") for f in folds})) or None,
                          "metrics": agg.aggregate_variant(folds)})
             for f in folds:
                 if f.get("directions"):
@@ -366,6 +436,11 @@ class Experiment:
             "package_version": __version__, "lm_eval_version": _lm_eval_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def _read_hash(path: Path) -> str | None:
+    previous = _read_json(path)
+    return previous.get("settings_hash") if isinstance(previous, dict) else None
 
 
 def _read_json(path: Path):
