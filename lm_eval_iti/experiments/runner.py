@@ -7,7 +7,7 @@ the directions file's recorded ``train_question_ids``, and measure CE/KL. Each f
 ``<run>/folds/fold_<i>_<variant>.json`` as soon as it is done, with a hash of every setting that defines it; a rerun
 skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed.
 
-Hooked rows at a fixed alpha (sweep grid points, validate's ITI rows) of loglikelihood tasks are scored by the
+The hooked grid rows of a sweep over loglikelihood tasks are scored by the
 shared-prefix engine (``harness.engine``: lm-eval builds the requests and computes the metrics, every such row of a
 fold in one pass); each fold result and table row records ``scored_by`` ("engine" or "lm-eval"). ``engine="off"``
 scores every row through lm-eval's hf-iti, as before.
@@ -177,8 +177,8 @@ class Experiment:
 
     def fold_hash(self, fold: int, variant: Variant) -> str:
         key = {"settings": self.settings(), "variant": variant.describe(), "fold": fold, "format": RESULTS_VERSION}
-        if self.uses_engine(variant):  # an engine row and an lm-eval row of the same setting are different results
-            key["scored_by"] = "engine"
+        if self.engine_candidate(variant):  # an engine row and an lm-eval row are different results
+            key["engine"] = self.config.engine
         return _sha(key)
 
     # the shared-prefix engine ---------------------------------------------------------------------------------
@@ -198,10 +198,14 @@ class Experiment:
                 self._engine_ok = not others
         return self._engine_ok
 
+    def engine_candidate(self, variant: Variant) -> bool:
+        """Sweep grid rows: hooked at a fixed strength, not a control draw nor the row meant for lm-eval itself.
+        validate's rows are the published ones: lm-eval scores them."""
+        return (self.kind == "sweep" and variant.kind == "hf-iti" and variant.alpha != AUTO
+                and "control_seed" not in variant.extra and not variant.extra.get("lm_eval"))
+
     def uses_engine(self, variant: Variant) -> bool:
-        """Hooked rows at a fixed strength, not a control draw nor a row meant for lm-eval itself."""
-        return (variant.kind == "hf-iti" and variant.alpha != AUTO and "control_seed" not in variant.extra
-                and not variant.extra.get("lm_eval") and self.engine_enabled())
+        return self.engine_candidate(variant) and self.engine_enabled()
 
     def engine_evaluation(self, fold: int, variant: Variant) -> dict:
         """The run_tasks-style evaluation of ``variant`` on ``fold``; the first request scores, in one engine call,
