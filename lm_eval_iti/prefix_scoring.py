@@ -12,8 +12,9 @@ are the plain model's, the same for every choice of a question and every point. 
      boundary makes it shorter, never wrong; a task with another prompt, or a left-truncated request, forms its own
      run);
   2. runs each distinct prefix's remainder once on a fork of that cache;
-  3. runs positions s .. n-1 of every request of that prefix x every point as the rows of one batch (right-padded;
-     causal attention keeps padding invisible), each row adding its own point's shift at its edited positions.
+  3. runs positions s .. n-1 of every request of that prefix x every point as the rows of a batch (right-padded;
+     causal attention keeps padding invisible; rows sorted by length and chunked so that padding stays under a
+     quarter of a chunk), each row adding its own point's shift at its edited positions.
 For ``all`` the prefix itself is edited, so steps 1-2 run once per point (shared across that point's choices only).
 
 Memory bound: the batch of step 3 holds, per row, the prefix cache copy and the suffix (a + T tokens, a = prefix
@@ -268,6 +269,9 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
                        "(its shift would be added on top of every point's)")
     requests = _requests(pairs, int(max_length), mc_positions)
     results: list[list] = [[None] * len(requests) for _ in points]
+    # points that edit nothing (alpha 0, whatever K) have one set of numbers: scored once, copied
+    unedited = [i for i, p in enumerate(points) if not p.vectors]
+    scored = [i for i, p in enumerate(points) if p.vectors or i == (unedited[0] if unedited else -1)]
     counters = stats if stats is not None else {}
     counters.update(prefix_tokens=0, suffix_rows=0, suffix_tokens=0, batches=0, common_prefix=0,
                     prefixes=len({r.prefix for r in requests}), truncated=sum(r.truncated for r in requests))
@@ -276,14 +280,15 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
     runner = _Runner(model)
     try:
         # answer / legacy: one unedited prefix pass shared by all points; all: one per point
-        variants = [(None, list(range(len(points))))] if mc_positions != "all" else \
-            [(p, [p]) for p in range(len(points))]
+        variants = [(None, scored)] if mc_positions != "all" else [(p, [p]) for p in scored]
         for prefix_point, point_ids in variants:
             _score_variant(runner, hooks, requests, points, prefix_point, point_ids, results, counters,
                            max_batch_bytes, max_rows, softmax_dtype)
     finally:
         hooks.remove()
         counters["forward_seconds"] = runner.seconds
+    for i in unedited[1:]:
+        results[i] = list(results[unedited[0]])
     return results
 
 
@@ -327,14 +332,34 @@ def _score_variant(runner, hooks, requests, points, prefix_point, point_ids, res
 
 def _score_group(runner, hooks, cache, prefix, members, points, point_ids, results, counters, kv_per_token, vocab,
                  logits_bytes, max_batch_bytes, max_rows, softmax_dtype):
-    rows = [(r, p) for r in members for p in point_ids]
-    width = max(len(r.tokens) - r.start for r in members)
-    per_chunk = rows_per_chunk(len(prefix), width, kv_per_token, vocab, logits_bytes, max_batch_bytes)
-    if max_rows is not None:
-        per_chunk = min(per_chunk, max_rows)
-    for begin in range(0, len(rows), per_chunk):
-        _score_rows(runner, hooks, cache, len(prefix), rows[begin:begin + per_chunk], points, results,
-                    counters, softmax_dtype)
+    rows = sorted(((r, p) for r in members for p in point_ids), key=lambda row: -(len(row[0].tokens) - row[0].start))
+    for chunk in chunk_rows([len(r.tokens) - r.start for r, _ in rows], len(prefix), kv_per_token, vocab,
+                            logits_bytes, max_batch_bytes, max_rows):
+        _score_rows(runner, hooks, cache, len(prefix), [rows[i] for i in chunk], points, results, counters,
+                    softmax_dtype)
+
+
+PADDING_LIMIT = 0.25  # a chunk's right padding stays below this share of its tokens (rows sorted longest first)
+
+
+def chunk_rows(lengths: list[int], prefix_length: int, kv_per_token: int, vocab: int, logits_bytes: int,
+               max_batch_bytes: int, max_rows: int | None) -> list[list[int]]:
+    """Consecutive chunks of row indices (``lengths`` sorted longest first): each within the memory bound for its
+    width (its first row's length) and ``max_rows``, and padded by less than ``PADDING_LIMIT`` of its tokens."""
+    chunks, begin = [], 0
+    while begin < len(lengths):
+        width = lengths[begin]
+        limit = rows_per_chunk(prefix_length, width, kv_per_token, vocab, logits_bytes, max_batch_bytes)
+        if max_rows is not None:
+            limit = min(limit, max_rows)
+        end, real = begin + 1, width
+        while end < len(lengths) and end - begin < limit and \
+                real + lengths[end] >= (1 - PADDING_LIMIT) * (end - begin + 1) * width:
+            real += lengths[end]
+            end += 1
+        chunks.append(list(range(begin, end)))
+        begin = end
+    return chunks
 
 
 def _score_rows(runner, hooks, cache, prefix_length, rows, points, results, counters, softmax_dtype):

@@ -22,7 +22,7 @@ QUESTIONS = {"Q: What is the square root of banana?\nA:": [" I have no comment."
              "Q: How does a telescope work?\nA:": [" Telescopes use lenses or mirrors to focus light.", " Magic."],
              "Q: Who was president of the United States in 1955?\nA:": [" Dwight D. Eisenhower.", " yes", " no",
                                                                          " The Republican Party."]}
-SETTINGS = [(0.0, None), (5.0, 2), (12.0, 6), (3.0, 4)]
+SETTINGS = [(0.0, None), (5.0, 2), (12.0, 6), (3.0, 4), (0.0, 4)]  # two unedited points: scored once, copied
 TOLERANCE = 1e-4  # fp32: engine vs hf-iti per request
 
 
@@ -200,3 +200,17 @@ def test_refuses_a_model_with_an_installed_intervener(arch):
         ps.score(model, pairs, ps.make_points(directions, SETTINGS[:1]), max_length=2048, mc_positions="first")
     with pytest.raises(ITIError, match="at least one"):
         ps.score(model, pairs, [], max_length=2048)
+
+
+def test_chunk_rows_bounds_rows_memory_and_padding():
+    lengths = [40, 38, 30, 11, 11, 10, 10, 2]
+    unbounded = ps.chunk_rows(lengths, 100, 1, 1, 1, 1 << 40, None)
+    assert [i for chunk in unbounded for i in chunk] == list(range(len(lengths)))
+    for chunk in unbounded:
+        width = lengths[chunk[0]]
+        assert sum(lengths[i] for i in chunk) >= (1 - ps.PADDING_LIMIT) * len(chunk) * width
+    assert unbounded[0] == [0, 1, 2]  # an 11 would pad the 40-wide chunk by more than a quarter
+    assert all(len(c) <= 2 for c in ps.chunk_rows(lengths, 100, 1, 1, 1, 1 << 40, 2))
+    # memory: rows * ((prefix + width) * kv + width * vocab * bytes) <= budget
+    budget = 2 * ((100 + 40) * 1 + 40 * 1 * 1)
+    assert ps.chunk_rows(lengths, 100, 1, 1, 1, budget, None)[0] == [0, 1]
