@@ -16,6 +16,8 @@ are the plain model's, the same for every choice of a question and every point. 
      causal attention keeps padding invisible; rows sorted by length and chunked so that padding stays under a
      quarter of a chunk), each row adding its own point's shift at its edited positions.
 For ``all`` the prefix itself is edited, so steps 1-2 run once per point (shared across that point's choices only).
+Identical requests (an MC1 choice that is also an MC2 choice of the same prompt) and points that edit nothing
+(alpha 0, whatever K) are scored once.
 
 Memory bound: the batch of step 3 holds, per row, the prefix cache copy and the suffix (a + T tokens, a = prefix
 length, T = the longest suffix of the group) and T logits rows, so rows are chunked such that
@@ -267,14 +269,19 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
     if owner is not None:
         raise ITIError("the model already has an ITI intervention installed; remove it before using the engine "
                        "(its shift would be added on top of every point's)")
-    requests = _requests(pairs, int(max_length), mc_positions)
-    results: list[list] = [[None] * len(requests) for _ in points]
+    every = _requests(pairs, int(max_length), mc_positions)
+    # identical requests (e.g. an MC1 choice that is also an MC2 choice of the same prompt) are scored once
+    first_of: dict[tuple, int] = {}
+    duplicate_of = [first_of.setdefault((tuple(r.tokens), tuple(r.continuation)), r.index) for r in every]
+    requests = [r for r in every if duplicate_of[r.index] == r.index]
+    results: list[list] = [[None] * len(every) for _ in points]
     # points that edit nothing (alpha 0, whatever K) have one set of numbers: scored once, copied
     unedited = [i for i, p in enumerate(points) if not p.vectors]
     scored = [i for i, p in enumerate(points) if p.vectors or i == (unedited[0] if unedited else -1)]
     counters = stats if stats is not None else {}
     counters.update(prefix_tokens=0, suffix_rows=0, suffix_tokens=0, batches=0, common_prefix=0,
-                    prefixes=len({r.prefix for r in requests}), truncated=sum(r.truncated for r in requests))
+                    prefixes=len({r.prefix for r in requests}), truncated=sum(r.truncated for r in requests),
+                    requests=len(every), duplicates=len(every) - len(requests))
     layers = {layer for p in points for layer in p.vectors}
     hooks = RowShifts(model, layers)
     runner = _Runner(model)
@@ -289,6 +296,9 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
         counters["forward_seconds"] = runner.seconds
     for i in unedited[1:]:
         results[i] = list(results[unedited[0]])
+    for point in results:
+        for i, first in enumerate(duplicate_of):
+            point[i] = point[first]
     return results
 
 

@@ -127,6 +127,16 @@ def test_primer_that_tokenizes_differently_shares_less_and_still_matches(arch):
     assert_same(engine, hf_iti(model, tok, path, SETTINGS, "answer", pairs))
 
 
+def test_duplicate_requests_are_scored_once_with_the_same_numbers(arch):
+    model, tok, path, directions, _ = arch
+    text = text_requests()
+    pairs = encode(model, tok, text + text[:3])  # e.g. MC1 choices repeated as MC2 choices of the same prompt
+    stats = {}
+    engine = ps.score(model, pairs, ps.make_points(directions, SETTINGS[1:3]), max_length=2048, stats=stats)
+    assert stats["duplicates"] == 3 and stats["suffix_rows"] == 2 * len(text)
+    assert_same(engine, hf_iti(model, tok, path, SETTINGS[1:3], "answer", pairs))
+
+
 def test_chunking_gives_the_same_numbers(arch):
     model, tok, path, directions, _ = arch
     pairs = encode(model, tok, text_requests())
