@@ -164,3 +164,55 @@ def test_sweep_grid_by_engine_equals_the_grid_by_lm_eval(tiny_model_dir, tmp_pat
     # a rerun resumes every row, the lm-eval one included
     again = run("auto", "engine", "MC2")
     assert again["evaluations_this_process"] == 0 and len(again["resumed_from_disk"]) == len(by_engine["rows"])
+
+
+def test_validate_nested_selection_chooses_on_training_folds_and_lm_eval_scores_the_choice(tiny_model_dir, tmp_path):
+    """--alpha select: per outer fold, inner folds of its training questions only, the grid scored by the engine
+    (checked against hf-iti on one inner fold), the best mean chosen, the held-out row scored by lm-eval."""
+    import json
+
+    from conftest import shared_data
+    from lm_eval_iti.experiments import ExperimentConfig, validate
+    from lm_eval_iti.folds import question_id
+
+    config = ExperimentConfig(model=str(tiny_model_dir), dtype="float32", device="cpu",
+                              data_dir=str(shared_data("truthfulqa", "v0")), num_questions=24,
+                              tasks=("truthfulqa_iti_mc2",), side_effects=False, cache_dir=str(tmp_path / "cache"),
+                              progress=False, folds=(0,), bootstrap_iters=0)
+    selection = {"alphas": [-8.0, 4.0], "num_heads": [1, 3], "by": "MC2", "inner_folds": 2}
+    results = validate(config, tmp_path / "run", alpha="select", num_heads=3, selection=selection)
+    fold = results["folds"]["iti"][0]
+    chosen = fold["selection"]
+    assert chosen["scored_by"] == "engine" and len(chosen["grid"]) == 4
+    best = max(chosen["grid"], key=lambda g: g["mean"])
+    assert (chosen["alpha"], chosen["num_heads"]) == (best["alpha"], best["num_heads"])
+    assert (fold["alpha_used"], fold["num_heads_used"]) == (best["alpha"], best["num_heads"])
+    assert fold["scored_by"] == "lm-eval"
+    assert fold["model_info"]["iti"]["alpha"] == best["alpha"]
+    assert fold["model_info"]["iti"]["num_heads_used"] == best["num_heads"]
+    row = next(r for r in results["rows"] if r["variant"] == "iti")
+    assert row["K"] == f"select: {best['num_heads']}" and row["scored_by"] == "lm-eval"
+    # the inner folds cover the training questions exactly once, and never the held-out fold
+    assert sum(r["evaluated_questions"] for r in chosen["inner_folds"]) == chosen["training_questions"] == 12
+    data = json.loads((tmp_path / "run" / "select" / "fold_0" / "data" / "mc_task.json").read_text())
+    assert not {question_id(d["question"]) for d in data} & set(fold["question_ids"]["truthfulqa_iti_mc2"])
+    # inner fold 0's grid against lm-eval's hf-iti on the same inner split
+    from lm_eval_iti.experiments.evaluate import run_tasks
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    inner = chosen["inner_folds"][0]
+    metadata = {"data_dir": str(tmp_path / "run" / "select" / "fold_0" / "data"), "num_folds": 2, "fold": 0,
+                "seed": 42, "contiguous_folds": False, "instruction": "default"}
+    for point in chosen["grid"]:
+        lm = HFITI(pretrained=model, tokenizer=tok, directions=inner["directions"], alpha=point["alpha"],
+                   heads=point["num_heads"], batch_size=8)
+        try:
+            value = run_tasks(lm, ["truthfulqa_iti_mc2"], metadata, bootstrap_iters=0)["metrics"]
+        finally:
+            lm.intervener.remove()
+        assert point["per_inner_fold"][0] == pytest.approx(value["truthfulqa_iti_mc2"]["acc"], abs=1e-4)
+    # resume: the selection is read back, not recomputed
+    again = validate(config, tmp_path / "run", alpha="select", num_heads=3, selection=selection)
+    assert again["evaluations_this_process"] == 0 and again["folds"]["iti"][0]["selection"] == chosen

@@ -10,7 +10,7 @@ import click
 
 from ..errors import ITIError
 from ..experiments.runner import ENGINE_MODES
-from ..experiments.sweep import SELECT_COLUMNS
+from ..experiments.baselines import SELECT_COLUMNS
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
 from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
@@ -154,7 +154,15 @@ def _positions(kw):
 @click.command(context_settings={"show_default": True})
 @common_options
 @click.option("--alpha", default="15", help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
-              "held-out WikiText stays within --kl-budget (the way to start on a new model).")
+              "held-out WikiText stays within --kl-budget (the way to start on a new model), or 'select': per fold, "
+              "alpha and K chosen by nested cross-validation on its training folds (--select-alphas, "
+              "--select-num-heads; the grid scored by the shared-prefix engine, the chosen row by lm-eval).")
+@click.option("--select-alphas", default="5,10,15,20", help="For --alpha select: the strengths to choose from.")
+@click.option("--select-num-heads", default="16,32,48",
+              help="For --alpha select: the K values to choose from (each at most --num-heads, the fit's size).")
+@click.option("--select-by", type=click.Choice(tuple(SELECT_COLUMNS)), default="MC2",
+              help="For --alpha select: the metric maximised on the inner folds.")
+@click.option("--inner-folds", default=2, type=int, help="For --alpha select: folds of each training part.")
 @click.option("--kl-budget", default=0.2, type=float,
               help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
 @click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
@@ -168,15 +176,24 @@ def validate(**kw):
 
     from ..experiments.side_effects import parse_alpha_option
 
-    alpha = parse_alpha_option(kw["alpha"])
-    tail = f"a{alpha:g}" if alpha != "auto" else f"aauto-kl{kw['kl_budget']:g}"
+    selecting = str(kw["alpha"]).strip().lower() == "select"
+    alpha = "select" if selecting else parse_alpha_option(kw["alpha"])
+    selection = None
+    if selecting:
+        from ..experiments.sweep import parse_list
+
+        selection = {"alphas": parse_list(kw["select_alphas"], float, "--select-alphas"),
+                     "num_heads": parse_list(kw["select_num_heads"], int, "--select-num-heads"),
+                     "by": kw["select_by"], "inner_folds": kw["inner_folds"]}
+    tail = (f"a{alpha:g}" if alpha not in ("auto", "select") else "aselect" if selecting
+            else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
     config = _config(kw)
     if alpha == "auto":
         config.kl_budget = kw["kl_budget"]
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
                            baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
-                           random_draws=kw["random_draws"],
+                           random_draws=kw["random_draws"], selection=selection,
                            **_positions(kw))
     _echo_run(results, out)
 
@@ -185,7 +202,7 @@ def validate(**kw):
 @common_options
 @click.option("--alphas", default="0,5,10,15,20,25", help="Comma-separated strengths.")
 @click.option("--num-heads", default="16,48,96", help="Comma-separated K values.")
-@click.option("--select-by", type=click.Choice(("auto", "none") + SELECT_COLUMNS), default="auto",
+@click.option("--select-by", type=click.Choice(("auto", "none") + tuple(SELECT_COLUMNS)), default="auto",
               help="Where the engine scored the grid: score the best row by this column again through lm-eval's "
               "hf-iti (auto: MC2, else MC1, MC3, binary; none: skip).")
 def sweep(**kw):

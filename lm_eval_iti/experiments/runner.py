@@ -28,7 +28,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from . import aggregate as agg
-from .baselines import AUTO, Variant
+from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant
 
 log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
@@ -318,6 +318,79 @@ class Experiment:
         write_json_atomic(path, choice)
         return choice
 
+    def nested_selection(self, fold: int) -> dict:
+        """alpha and K for outer ``fold``, chosen on its training questions only: they become a local data folder
+        with ``inner_folds`` folds of their own; for each inner fold, directions are fitted on the other inner folds
+        and the grid is scored on it by the engine (``by``'s task); the best mean over inner folds wins (ties: the
+        first in grid order, smaller alpha and K first). Saved to ``folds/fold_<i>_select.json`` (reused on resume)."""
+        from ..artifact import load_directions
+        from ..fit import fit_directions
+        from ..folds import fold_assignment
+        from ..harness.engine import score_points
+        from .aggregate import fold_columns
+        from .subset import write_truthfulqa_subset
+
+        main = next(v for v in self.variants if v.alpha == SELECT and "select" in v.extra)
+        spec = main.extra["select"]
+        key = {"settings": self.settings(), "variant": main.describe(), "fold": fold}
+        path = self.out / "folds" / f"fold_{fold}_select.json"
+        previous = _read_json(path)
+        if previous is not None and previous.get("settings_hash") == _sha(key):
+            return previous
+        c = self.config
+        model, tokenizer = self.model()
+        assignment = fold_assignment(self.questions, c.num_folds, c.seed, c.contiguous_folds)
+        held_out = {q.strip() for q, f in zip(self.questions, assignment) if f == fold}
+        training = {q.strip() for q, f in zip(self.questions, assignment) if f != fold}
+        work = self.out / "select" / f"fold_{fold}"
+        sub = write_truthfulqa_subset(self.source, work / "data", None, self.binary_data, keep=training)
+        grid = [(a, k) for a in spec["alphas"] for k in spec["num_heads"]]
+        task = SELECT_COLUMNS[spec["by"]]
+        from ..folds import question_id
+
+        held_out_ids = {question_id(q) for q in held_out}
+        scores, inner_records = [[] for _ in grid], []
+        for inner in range(spec["inner_folds"]):
+            directions_path = work / "directions" / f"inner_{inner}.safetensors"
+            fit_directions(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
+                           num_heads=main.fit.num_heads, method=main.fit.method, random_heads=main.fit.random_heads,
+                           val_ratio=c.val_ratio, seed=c.seed, num_folds=spec["inner_folds"], fold=inner,
+                           contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format,
+                           sigma_data=c.sigma_data, batch_size=c.fit_batch_size, cache_dir=c.cache_dir,
+                           probe_backend=c.probe_backend, revision=c.revision, progress=c.progress,
+                           collect_all_folds=True, write_plot=False)
+            directions = load_directions(directions_path)
+            metadata = dict(c.metadata, num_folds=spec["inner_folds"], fold=inner, seed=c.seed,
+                            contiguous_folds=c.contiguous_folds, instruction=main.instruction,
+                            data_dir=sub["data_dir"])
+            if sub["binary_data"] is not None:
+                metadata["binary_data"] = sub["binary_data"]
+            evaluations = score_points(model, tokenizer, [task], metadata, directions, grid,
+                                       mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
+                                       apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, max_length=c.max_length,
+                                       batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+            evaluated = set(evaluations[0]["question_ids"].get(task, []))
+            fitted = set(json.loads(directions.metadata["train_question_ids"]))
+            if evaluated & held_out_ids or evaluated & fitted:
+                raise ITIError(f"fold {fold}: nested selection scored a held-out or fitted question (inner fold "
+                               f"{inner}); the folds of fit and tasks disagree")
+            for i, evaluation in enumerate(evaluations):
+                scores[i].append(fold_columns({"metrics": evaluation["metrics"]})[spec["by"]][0])
+            inner_records.append({"inner_fold": inner, "evaluated_questions": len(evaluated),
+                                  "fit_questions": len(fitted), "directions": str(directions_path)})
+        means = [sum(s) / len(s) if s and None not in s else None for s in scores]
+        if all(m is None for m in means):
+            raise ITIError(f"fold {fold}: nested selection found no {spec['by']} value to choose by")
+        best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: (means[i], -i))
+        record = {"settings_hash": _sha(key), "fold": fold, "by": spec["by"], "task": task,
+                  "alpha": grid[best][0], "num_heads": grid[best][1], "inner_folds": inner_records,
+                  "scored_by": "engine", "training_questions": len(training),
+                  "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m}
+                           for (a, k), s, m in zip(grid, scores, means)]}
+        write_json_atomic(path, record)
+        return record
+
     # one fold x variant ---------------------------------------------------------------------------------------------
     def run_one(self, fold: int, variant: Variant) -> dict:
         from .evaluate import run_tasks, variant_lm
@@ -329,9 +402,13 @@ class Experiment:
         if fit is not None and "control_seed" in variant.extra:
             fit = self.control(fold, fit, variant)
         described, settings_hash, auto = variant.describe(), self.fold_hash(fold, variant), None
+        selected = None
         if variant.alpha == AUTO:
             auto = self.auto_alpha(fold)
             variant = replace(variant, alpha=auto["alpha"])
+        elif variant.alpha == SELECT:
+            selected = self.nested_selection(fold)
+            variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
         clock = time.perf_counter()
         # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
         evaluation = self.engine_evaluation(fold, variant) if self.uses_engine(variant) else None
@@ -374,6 +451,8 @@ class Experiment:
         return {
             "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": described,
             "alpha_used": variant.alpha, "alpha_auto": auto, "scored_by": evaluation["model_info"]["scored_by"],
+            "num_heads_used": variant.heads or (variant.fit.num_heads if variant.fit else None),
+            "selection": selected,
             "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
@@ -411,8 +490,10 @@ class Experiment:
         rows, directions = [], []
         for v in self.variants:
             folds = fold_results[v.name]
-            alpha = v.alpha if v.alpha != AUTO else "auto: " + "/".join(format(f["alpha_used"], "g") for f in folds)
-            rows.append({"model": c.model, "method": v.label, "α": alpha, "K": v.num_heads, "variant": v.name,
+            alpha = v.alpha if v.alpha not in (AUTO, SELECT) else \
+                f"{v.alpha}: " + "/".join(format(f["alpha_used"], "g") for f in folds)
+            k = v.num_heads if v.alpha != SELECT else "select: " + "/".join(str(f["num_heads_used"]) for f in folds)
+            rows.append({"model": c.model, "method": v.label, "α": alpha, "K": k, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
                          "scored_by": "/".join(sorted({f.get("scored_by", "lm-eval") for f in folds})) or None,
                          "metrics": agg.aggregate_variant(folds)})

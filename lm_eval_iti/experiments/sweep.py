@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..errors import ITIError
-from .baselines import sweep_variants
+from .baselines import SELECT_COLUMNS, sweep_variants
 from .plots import sweep_plots
 from .runner import Experiment, ExperimentConfig
 
@@ -33,7 +33,6 @@ def parse_list(text: str, kind=float, option: str = "--alphas") -> list:
     return values
 
 
-SELECT_COLUMNS = ("MC1", "MC2", "MC3", "binary")
 SELECT_DEFAULT_ORDER = ("MC2", "MC1", "MC3", "binary")
 
 
@@ -54,7 +53,7 @@ def sweep(config: ExperimentConfig, out: str | os.PathLike, alphas: list[float],
     """The grid; where the engine scored it, the best row by ``select_by`` is then scored again by lm-eval's hf-iti
     (row ``<name>-lm-eval``) so that the chosen setting's published numbers are lm-eval's own. The choice is read off
     the evaluated folds themselves: a reading of the sweep, not a held-out estimate (``validate`` is)."""
-    if select_by not in (None, "none", "auto") + SELECT_COLUMNS:
+    if select_by not in (None, "none", "auto", *SELECT_COLUMNS):
         raise ITIError(f"--select-by {select_by!r} is not one of auto, none, {', '.join(SELECT_COLUMNS)}")
     variants = sweep_variants(list(alphas), list(num_heads), method=method, instruction=instruction,
                               mc_positions=mc_positions, gen_positions=gen_positions)
