@@ -158,7 +158,9 @@ class RowShifts:
                     stacked[row] = vectors[layer]
                     has[row] = True
             device = projection.weight.device
-            self._rows[layer] = (stacked.to(device), (mask.to(device) & has.to(device)[:, None]))
+            # every position edited: a plain add (a row without this layer adds zeros, which changes nothing)
+            edited = None if bool(mask.all()) else (mask.to(device) & has.to(device)[:, None])
+            self._rows[layer] = (stacked.to(device), edited)
 
     def _hook(self, layer):
         def hook(module, args):
@@ -168,6 +170,8 @@ class RowShifts:
             vectors, mask = entry
             x = args[0]
             shifted = x + vectors.to(x.dtype)[:, None, :]
+            if mask is None:
+                return (shifted,) + tuple(args[1:])
             return (torch.where(mask[..., None], shifted, x),) + tuple(args[1:])
         return hook
 
@@ -379,7 +383,9 @@ def _score_rows(runner, hooks, cache, prefix_length, rows, points, results, coun
     for row, (r, _) in enumerate(rows):
         suffix = r.tokens[r.start:]
         ids[row, :len(suffix)] = torch.tensor(suffix)
-        mask[row, max(r.edit_from - r.start, 0):len(suffix)] = True
+        # through the right padding too: padded positions are never attended to by real ones (causal) and their
+        # logits are not read, so editing them is harmless and keeps the all-positions fast path in ``answer``
+        mask[row, max(r.edit_from - r.start, 0):] = True
     row_vectors = [points[p].vectors for _, p in rows]
     batch_cache = _fork(cache, len(rows)) if prefix_length else _new_cache(runner.model)
     hooks.set(row_vectors, mask if any(row_vectors) else None)
