@@ -12,8 +12,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .artifact import ModelShape
 from .errors import ITIError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a directions file must agree with: the model's attention geometry."""
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    architecture: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .architectures import ModelShape, model_shape
 from .atomic import atomic_path
 from .errors import ITIError
 
@@ -32,17 +33,6 @@ SITE = "attn_out_proj_input"
 UNIT_NORM_TOLERANCE = 1e-3
 REQUIRED_METADATA = ("format", "format_version", "num_layers", "num_heads", "head_dim", "site", "alpha", "method")
 _LAYER_KEY = re.compile(r"layers\.([0-9]+)\.(heads|directions|sigma)")  # used with fullmatch
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What a directions file must agree with: the model's attention geometry."""
-
-    num_layers: int
-    num_heads: int
-    head_dim: int
-    architecture: str = ""
-    model: str = ""
 
 
 @dataclass
@@ -117,8 +107,6 @@ class Directions:
 
     def check(self, model) -> "Directions":
         """Raise one ITIError line unless these directions fit ``model`` (layers, heads, head_dim)."""
-        from .architectures import model_shape
-
         return validate(self, model_shape(model))
 
     def apply(self, model, alpha: float | None = None, *, positions: str = "all", gen_positions: str = "all"):

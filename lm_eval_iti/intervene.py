@@ -25,8 +25,9 @@ from typing import Iterator, NamedTuple, Union
 import torch
 from torch import nn
 
-from .architectures import model_shape, out_projections
-from .artifact import Directions, ModelShape, validate
+from .architectures import ModelShape, model_shape, out_projections
+
+# "Directions" (artifact.py) is not imported here: artifact imports this module for Directions.apply
 from .errors import ITIError
 
 ALL = "all"
@@ -74,10 +75,10 @@ def add_at_positions(x: torch.Tensor, vector: torch.Tensor, plan: Plan) -> torch
 class Intervener:
     """Holds the per-layer shift vectors and the hooks that add them; ``alpha == 0`` installs no edit at all."""
 
-    def __init__(self, model: nn.Module, directions: Directions, alpha: float):
+    def __init__(self, model: nn.Module, directions: "Directions", alpha: float):
         self.model = model
         self.shape: ModelShape = model_shape(model)
-        validate(directions, self.shape)
+        directions.check(model)
         self.directions = directions
         self.alpha = float(alpha)
         projections = out_projections(model)
@@ -187,7 +188,7 @@ FORWARD_POSITIONS = (ALL, LAST)
 
 
 @contextlib.contextmanager
-def steer(model: nn.Module, directions: Directions, alpha: float, *, positions: str = ALL,
+def steer(model: nn.Module, directions: "Directions", alpha: float, *, positions: str = ALL,
           gen_positions: str = ALL) -> Iterator[Intervener]:
     """``Directions.apply``: hooks for the duration of a ``with`` block. Plain forwards edit ``positions``; every
     ``model.generate`` call inside the block edits ``gen_positions`` by absolute position (its own prompt length)."""

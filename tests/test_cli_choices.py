@@ -8,8 +8,9 @@ import click
 import pytest
 
 from lm_eval_iti.cli import COMMANDS, LazyGroup, cli
-from lm_eval_iti.experiments.baselines import (GEN_POSITION_TEXT, MC_POSITION_TEXT, hooked_positions,
-                                               validate_variants)
+from lm_eval_iti.experiments.baselines import (GEN_POSITION_TEXT, MC_POSITION_TEXT, SELECT_COLUMNS,
+                                               hooked_positions, validate_variants)
+from lm_eval_iti.experiments.runner import ENGINE_MODES
 from lm_eval_iti.export import EXPORT_FORMATS
 from lm_eval_iti.intervene import GEN_POSITIONS, MC_POSITIONS
 from lm_eval_iti.judges.config import BACKENDS
@@ -29,7 +30,10 @@ EXPECTED = {
     "probe_backend": set(PROBE_BACKENDS),
     "target": set(EXPORT_FORMATS),
     "backend": set(BACKENDS) - {"none"},
+    "engine": set(ENGINE_MODES),
+    "select_by": set(SELECT_COLUMNS),
 }
+SELECT_BY_SWEEP = {"auto", "none"}  # sweep's --select-by also offers these (validate's always selects)
 WEIGHT_DTYPE_COMMANDS = {"export", "bake"}  # they write weights: a named dtype, not "auto"
 
 
@@ -52,6 +56,8 @@ def test_every_choice_list_equals_the_library_constant():
         else:
             assert param.name in EXPECTED, f"{command} --{param.name}: add its library constant to EXPECTED"
             expected = EXPECTED[param.name]
+            if param.name == "select_by" and command == "sweep":
+                expected = expected | SELECT_BY_SWEEP
         assert choices == expected, (command, param.name)
         seen.add(param.name)
     assert {"mc_positions", "gen_positions", "method", "dtype", "instruction"} <= seen

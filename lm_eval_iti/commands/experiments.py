@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import ITIError
+from ..experiments.runner import ENGINE_MODES
+from ..experiments.baselines import SELECT_COLUMNS
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
 from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
@@ -102,6 +104,9 @@ def common_options(func):
         click.option("--gen-kwargs", default=None, help="lm-eval --gen_kwargs."),
         click.option("--bootstrap-iters", default=100000, type=int, help="lm-eval bootstrap iterations."),
         click.option("--max-length", default=None, type=int, help="lm-eval HFLM max_length."),
+        click.option("--engine", type=click.Choice(ENGINE_MODES), default="auto",
+                     help="Score hooked rows of loglikelihood tasks with the shared-prefix engine (auto: when every "
+                     "task is one; off: every row through lm-eval's hf-iti). See docs/sweeps.md."),
         click.option("--side-effects/--no-side-effects", default=True, help="Measure CE/KL for every row."),
         click.option("--corpus", default="wikitext",
                      help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
@@ -133,7 +138,7 @@ def _config(kw: dict):
         detokenize=not kw["no_detokenize"], bootstrap_iters=kw["bootstrap_iters"],
         apply_chat_template=kw["apply_chat_template"], system_instruction=kw["system_instruction"],
         gen_kwargs=kw["gen_kwargs"], max_length=kw["max_length"], batch_size=kw["batch_size"],
-        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"],
+        fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"], engine=kw["engine"],
         folds=None if kw["only_folds"] is None else tuple(_parse_ints(kw["only_folds"], "--folds")))
 
 
@@ -149,7 +154,15 @@ def _positions(kw):
 @click.command(context_settings={"show_default": True})
 @common_options
 @click.option("--alpha", default="15", help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
-              "held-out WikiText stays within --kl-budget (the way to start on a new model).")
+              "held-out WikiText stays within --kl-budget (the way to start on a new model), or 'select': per fold, "
+              "alpha and K chosen by nested cross-validation on its training folds (--select-alphas, "
+              "--select-num-heads; the grid scored by the shared-prefix engine, the chosen row by lm-eval).")
+@click.option("--select-alphas", default="5,10,15,20", help="For --alpha select: the strengths to choose from.")
+@click.option("--select-num-heads", default="16,32,48",
+              help="For --alpha select: the K values to choose from (each at most --num-heads, the fit's size).")
+@click.option("--select-by", type=click.Choice(tuple(SELECT_COLUMNS)), default="MC2",
+              help="For --alpha select: the metric maximised on the inner folds.")
+@click.option("--inner-folds", default=2, type=int, help="For --alpha select: folds of each training part.")
 @click.option("--kl-budget", default=0.2, type=float,
               help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
 @click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
@@ -163,15 +176,24 @@ def validate(**kw):
 
     from ..experiments.side_effects import parse_alpha_option
 
-    alpha = parse_alpha_option(kw["alpha"])
-    tail = f"a{alpha:g}" if alpha != "auto" else f"aauto-kl{kw['kl_budget']:g}"
+    selecting = str(kw["alpha"]).strip().lower() == "select"
+    alpha = "select" if selecting else parse_alpha_option(kw["alpha"])
+    selection = None
+    if selecting:
+        from ..experiments.sweep import parse_list
+
+        selection = {"alphas": parse_list(kw["select_alphas"], float, "--select-alphas"),
+                     "num_heads": parse_list(kw["select_num_heads"], int, "--select-num-heads"),
+                     "by": kw["select_by"], "inner_folds": kw["inner_folds"]}
+    tail = (f"a{alpha:g}" if alpha not in ("auto", "select") else "aselect" if selecting
+            else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
     config = _config(kw)
     if alpha == "auto":
         config.kl_budget = kw["kl_budget"]
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
                            baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
-                           random_draws=kw["random_draws"],
+                           random_draws=kw["random_draws"], selection=selection,
                            **_positions(kw))
     _echo_run(results, out)
 
@@ -180,6 +202,9 @@ def validate(**kw):
 @common_options
 @click.option("--alphas", default="0,5,10,15,20,25", help="Comma-separated strengths.")
 @click.option("--num-heads", default="16,48,96", help="Comma-separated K values.")
+@click.option("--select-by", type=click.Choice(("auto", "none") + tuple(SELECT_COLUMNS)), default="auto",
+              help="Where the engine scored the grid: score the best row by this column again through lm-eval's "
+              "hf-iti (auto: MC2, else MC1, MC3, binary; none: skip).")
 def sweep(**kw):
     """validate over alpha x K, reusing cached activations and one fit per fold; table and plots."""
     from ..experiments.sweep import parse_list, sweep as run_sweep
@@ -188,7 +213,8 @@ def sweep(**kw):
     ks = parse_list(kw["num_heads"], int, "--num-heads")
     kw_for_name = dict(kw)
     out = kw["out"] or _default_out("sweep", kw_for_name, f"a{kw['alphas']}_k{kw['num_heads']}")
-    results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], **_positions(kw))
+    results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], select_by=kw["select_by"],
+                        **_positions(kw))
     _echo_run(results, out)
     for name, path in (results.get("plots") or {}).items():
         click.echo(f"plot {name}: {path if path else 'not drawn (no such metric in the results)'}")

@@ -14,6 +14,7 @@ from ..intervene import GEN_POSITIONS, MC_POSITIONS
 
 KINDS = ("hf", "hf-iti", "baked", "steered")
 AUTO = "auto"  # alpha chosen per fold by the side-effect budget (side_effects.alpha_for_kl_budget)
+SELECT = "select"  # alpha and K chosen per fold by nested cross-validation on its training folds (runner)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Variant:
 
     @property
     def num_heads(self) -> int | None:
-        if self.fit is None or self.alpha == 0:
+        if self.fit is None or self.alpha == 0 or self.alpha == SELECT:  # SELECT: K is chosen per fold
             return None
         return self.heads or self.fit.num_heads
 
@@ -92,7 +93,7 @@ def baseline_variant(instruction: str = "default") -> Variant:
 
 
 def _strength(alpha) -> float | str:
-    return AUTO if alpha == AUTO else float(alpha)
+    return alpha if alpha in (AUTO, SELECT) else float(alpha)
 
 
 def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, instruction: str = "default",
@@ -106,8 +107,8 @@ def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, inst
 
 def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
-                      mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5
-                      ) -> list[Variant]:
+                      mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5,
+                      selection: dict | None = None) -> list[Variant]:
     """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order).
 
     ``alpha="auto"``: each fold's strength is chosen by the side-effect budget on ITI's own fit of that fold, and every
@@ -122,7 +123,12 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
     rows = []
     if baseline:
         rows.append(baseline_variant(instruction))
-    rows.append(iti_variant(main_fit, alpha, **hooked))
+    main = iti_variant(main_fit, alpha, **hooked)
+    if alpha == SELECT:
+        selection = check_selection(selection, num_heads)
+        main = replace(main, label=f"ITI ({method}), α and K by nested selection",
+                       extra=dict(main.extra, select=selection))
+    rows.append(main)
     for name in BASELINE_NAMES:
         if name not in baselines:
             continue
@@ -152,6 +158,27 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
             rows.append(Variant("steered", f"lm-eval steered ({method})", "steered", EVERY_POSITION_STEERED,
                                 alpha=_strength(alpha), fit=main_fit, instruction=instruction))
     return rows
+
+
+SELECT_COLUMNS = {"MC1": "truthfulqa_iti_mc1", "MC2": "truthfulqa_iti_mc2", "MC3": "truthfulqa_iti_mc3",
+                  "binary": "truthfulqa_iti_binary"}
+
+
+def check_selection(selection: dict | None, fit_num_heads: int) -> dict:
+    """{"alphas", "num_heads", "by", "inner_folds"} of ``--alpha select``, checked."""
+    if not selection or not selection.get("alphas") or not selection.get("num_heads"):
+        raise ITIError("--alpha select needs --select-alphas and --select-num-heads (the grid to choose from)")
+    ks = [int(k) for k in selection["num_heads"]]
+    if any(k < 1 or k > fit_num_heads for k in ks):
+        raise ITIError(f"--select-num-heads {','.join(map(str, ks))}: every K must be between 1 and --num-heads "
+                       f"{fit_num_heads} (the fit's size)")
+    by = selection.get("by", "MC2")
+    if by not in SELECT_COLUMNS:
+        raise ITIError(f"--select-by {by!r} is not one of {', '.join(SELECT_COLUMNS)}")
+    inner = int(selection.get("inner_folds", 2))
+    if inner < 2:
+        raise ITIError(f"--inner-folds {inner}: need at least 2")
+    return {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner}
 
 
 def sweep_name(alpha: float, k: int) -> str:

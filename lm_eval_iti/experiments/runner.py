@@ -6,6 +6,11 @@ evaluate the variant on fold i through lm-eval (the tasks' fold metadata), check
 the directions file's recorded ``train_question_ids``, and measure CE/KL. Each fold x variant result is written to
 ``<run>/folds/fold_<i>_<variant>.json`` as soon as it is done, with a hash of every setting that defines it; a rerun
 skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed.
+
+The hooked grid rows of a sweep over loglikelihood tasks are scored by the
+shared-prefix engine (``harness.engine``: lm-eval builds the requests and computes the metrics, every such row of a
+fold in one pass); each fold result and table row records ``scored_by`` ("engine" or "lm-eval"). ``engine="off"``
+scores every row through lm-eval's hf-iti, as before.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from . import aggregate as agg
-from .baselines import AUTO, Variant
+from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant
 
 log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
 RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
-NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds")
+NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
+              "engine_max_batch_bytes")
+ENGINE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -70,6 +77,10 @@ class ExperimentConfig:
     progress: bool = True
     kl_budget: float = 0.2  # for alpha "auto" (side_effects.DEFAULT_KL_BUDGET)
     folds: tuple[int, ...] | None = None  # evaluate only these held-out folds (None: every fold)
+    # hooked rows of loglikelihood tasks scored by the shared-prefix engine (harness.engine): auto = when every task
+    # is a loglikelihood task; off = every row through lm-eval's hf-iti; on = refuse tasks it cannot score
+    engine: str = "auto"
+    engine_max_batch_bytes: int = 1 << 30
 
     def check(self) -> None:
         if self.num_folds < 2:
@@ -78,6 +89,10 @@ class ExperimentConfig:
             raise ITIError("--tasks: give at least one task")
         if self.folds is not None and (not self.folds or any(not 0 <= f < self.num_folds for f in self.folds)):
             raise ITIError(f"folds {list(self.folds)}: each must be between 0 and num_folds - 1 = {self.num_folds - 1}")
+        if self.engine not in ENGINE_MODES:
+            raise ITIError(f"--engine {self.engine!r} is not one of {', '.join(ENGINE_MODES)}")
+        if self.engine_max_batch_bytes <= 0:
+            raise ITIError(f"engine_max_batch_bytes={self.engine_max_batch_bytes} must be positive")
         if self.limit is not None and self.limit <= 0:
             raise ITIError(f"--limit {self.limit} must be positive")
         reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
@@ -111,6 +126,8 @@ class Experiment:
         self._model = None
         self._tokenizer = None
         self._fits: dict = {}
+        self._engine_ok: bool | None = None
+        self._engine_results: dict[tuple[int, str], dict] = {}
         self._docs = None
         self._corpus_info = None
         self._base_side_effects = None
@@ -159,8 +176,59 @@ class Experiment:
         return s
 
     def fold_hash(self, fold: int, variant: Variant) -> str:
-        return _sha({"settings": self.settings(), "variant": variant.describe(), "fold": fold,
-                     "format": RESULTS_VERSION})
+        key = {"settings": self.settings(), "variant": variant.describe(), "fold": fold, "format": RESULTS_VERSION}
+        if self.engine_candidate(variant):  # an engine row and an lm-eval row are different results
+            key["engine"] = self.config.engine
+        return _sha(key)
+
+    # the shared-prefix engine ---------------------------------------------------------------------------------
+    def engine_enabled(self) -> bool:
+        """--engine auto: only when every task is a loglikelihood task; on: refuse the others; off: never."""
+        if self._engine_ok is None:
+            c = self.config
+            if c.engine == "off":
+                self._engine_ok = False
+            else:
+                from ..harness.engine import loglikelihood_only
+
+                others = loglikelihood_only(list(c.tasks), self.task_metadata(0, "default"))
+                if others and c.engine == "on":
+                    raise ITIError(f"--engine on: the engine scores loglikelihood tasks only, and "
+                                   f"{', '.join(others)} is not one; use --engine auto or off")
+                self._engine_ok = not others
+        return self._engine_ok
+
+    def engine_candidate(self, variant: Variant) -> bool:
+        """Sweep grid rows: hooked at a fixed strength, not a control draw nor the row meant for lm-eval itself.
+        validate's rows are the published ones: lm-eval scores them."""
+        return (self.kind == "sweep" and variant.kind == "hf-iti" and variant.alpha != AUTO
+                and "control_seed" not in variant.extra and not variant.extra.get("lm_eval"))
+
+    def uses_engine(self, variant: Variant) -> bool:
+        return self.engine_candidate(variant) and self.engine_enabled()
+
+    def engine_evaluation(self, fold: int, variant: Variant) -> dict:
+        """The run_tasks-style evaluation of ``variant`` on ``fold``; the first request scores, in one engine call,
+        every engine row of the fold that shares its fit, positions and instruction (and is not on disk yet)."""
+        key = (fold, variant.name)
+        if key not in self._engine_results:
+            from ..harness.engine import score_points
+
+            c = self.config
+            model, tokenizer = self.model()
+            group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
+                     and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
+                     and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+            directions = self.fit(fold, variant.fit)["directions"]
+            evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
+                                       directions, [(v.alpha, v.heads) for v in group],
+                                       mc_positions=variant.mc_positions, limit=c.limit,
+                                       bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, max_length=c.max_length,
+                                       batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+            for v, evaluation in zip(group, evaluations):
+                self._engine_results[(fold, v.name)] = evaluation
+        return self._engine_results.pop(key)
 
     def fold_path(self, fold: int, variant: Variant) -> Path:
         return self.out / "folds" / f"fold_{fold}_{variant.name}.json"
@@ -250,6 +318,79 @@ class Experiment:
         write_json_atomic(path, choice)
         return choice
 
+    def nested_selection(self, fold: int) -> dict:
+        """alpha and K for outer ``fold``, chosen on its training questions only: they become a local data folder
+        with ``inner_folds`` folds of their own; for each inner fold, directions are fitted on the other inner folds
+        and the grid is scored on it by the engine (``by``'s task); the best mean over inner folds wins (ties: the
+        first in grid order, smaller alpha and K first). Saved to ``folds/fold_<i>_select.json`` (reused on resume)."""
+        from ..artifact import load_directions
+        from ..fit import fit_and_save
+        from ..folds import fold_assignment
+        from ..harness.engine import score_points
+        from .aggregate import fold_columns
+        from .subset import write_truthfulqa_subset
+
+        main = next(v for v in self.variants if v.alpha == SELECT and "select" in v.extra)
+        spec = main.extra["select"]
+        key = {"settings": self.settings(), "variant": main.describe(), "fold": fold}
+        path = self.out / "folds" / f"fold_{fold}_select.json"
+        previous = _read_json(path)
+        if previous is not None and previous.get("settings_hash") == _sha(key):
+            return previous
+        c = self.config
+        model, tokenizer = self.model()
+        assignment = fold_assignment(self.questions, c.num_folds, c.seed, c.contiguous_folds)
+        held_out = {q.strip() for q, f in zip(self.questions, assignment) if f == fold}
+        training = {q.strip() for q, f in zip(self.questions, assignment) if f != fold}
+        work = self.out / "select" / f"fold_{fold}"
+        sub = write_truthfulqa_subset(self.source, work / "data", None, self.binary_data, keep=training)
+        grid = [(a, k) for a in spec["alphas"] for k in spec["num_heads"]]
+        task = SELECT_COLUMNS[spec["by"]]
+        from ..folds import question_id
+
+        held_out_ids = {question_id(q) for q in held_out}
+        scores, inner_records = [[] for _ in grid], []
+        for inner in range(spec["inner_folds"]):
+            directions_path = work / "directions" / f"inner_{inner}.safetensors"
+            fit_and_save(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
+                           num_heads=main.fit.num_heads, method=main.fit.method, random_heads=main.fit.random_heads,
+                           val_ratio=c.val_ratio, seed=c.seed, num_folds=spec["inner_folds"], fold=inner,
+                           contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format,
+                           sigma_data=c.sigma_data, batch_size=c.fit_batch_size, cache_dir=c.cache_dir,
+                           probe_backend=c.probe_backend, revision=c.revision, progress=c.progress,
+                           collect_all_folds=True, write_plot=False)
+            directions = load_directions(directions_path)
+            metadata = dict(c.metadata, num_folds=spec["inner_folds"], fold=inner, seed=c.seed,
+                            contiguous_folds=c.contiguous_folds, instruction=main.instruction,
+                            data_dir=sub["data_dir"])
+            if sub["binary_data"] is not None:
+                metadata["binary_data"] = sub["binary_data"]
+            evaluations = score_points(model, tokenizer, [task], metadata, directions, grid,
+                                       mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
+                                       apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, max_length=c.max_length,
+                                       batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+            evaluated = set(evaluations[0]["question_ids"].get(task, []))
+            fitted = set(json.loads(directions.metadata["train_question_ids"]))
+            if evaluated & held_out_ids or evaluated & fitted:
+                raise ITIError(f"fold {fold}: nested selection scored a held-out or fitted question (inner fold "
+                               f"{inner}); the folds of fit and tasks disagree")
+            for i, evaluation in enumerate(evaluations):
+                scores[i].append(fold_columns({"metrics": evaluation["metrics"]})[spec["by"]][0])
+            inner_records.append({"inner_fold": inner, "evaluated_questions": len(evaluated),
+                                  "fit_questions": len(fitted), "directions": str(directions_path)})
+        means = [sum(s) / len(s) if s and None not in s else None for s in scores]
+        if all(m is None for m in means):
+            raise ITIError(f"fold {fold}: nested selection found no {spec['by']} value to choose by")
+        best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: (means[i], -i))
+        record = {"settings_hash": _sha(key), "fold": fold, "by": spec["by"], "task": task,
+                  "alpha": grid[best][0], "num_heads": grid[best][1], "inner_folds": inner_records,
+                  "scored_by": "engine", "training_questions": len(training),
+                  "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m}
+                           for (a, k), s, m in zip(grid, scores, means)]}
+        write_json_atomic(path, record)
+        return record
+
     # one fold x variant ---------------------------------------------------------------------------------------------
     def run_one(self, fold: int, variant: Variant) -> dict:
         from ..harness.driver import run_tasks
@@ -262,18 +403,27 @@ class Experiment:
         if fit is not None and "control_seed" in variant.extra:
             fit = self.control(fold, fit, variant)
         described, settings_hash, auto = variant.describe(), self.fold_hash(fold, variant), None
+        selected = None
         if variant.alpha == AUTO:
             auto = self.auto_alpha(fold)
             variant = replace(variant, alpha=auto["alpha"])
+        elif variant.alpha == SELECT:
+            selected = self.nested_selection(fold)
+            variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
         clock = time.perf_counter()
+        # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
+        evaluation = self.engine_evaluation(fold, variant) if self.uses_engine(variant) else None
         work = self.out / "directions"
         work.mkdir(parents=True, exist_ok=True)
         with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
                         fit["directions"] if fit else None, batch_size=c.batch_size, work_dir=work,
                         max_length=c.max_length) as (lm, logits_fns, lm_info):
-            evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction), limit=c.limit,
-                                   bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
-                                   system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+            if evaluation is None:
+                evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction),
+                                       limit=c.limit, bootstrap_iters=c.bootstrap_iters,
+                                       apply_chat_template=c.apply_chat_template,
+                                       system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+                evaluation["model_info"] = dict(evaluation["model_info"], scored_by="lm-eval")
             self.evaluations += 1
             evaluated = set().union(*evaluation["question_ids"].values()) if evaluation["question_ids"] else set()
             leak = {"evaluated_questions": len(evaluated), "checked_against": None, "overlap": None}
@@ -301,7 +451,9 @@ class Experiment:
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {
             "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": described,
-            "alpha_used": variant.alpha, "alpha_auto": auto,
+            "alpha_used": variant.alpha, "alpha_auto": auto, "scored_by": evaluation["model_info"]["scored_by"],
+            "num_heads_used": variant.heads or (variant.fit.num_heads if variant.fit else None),
+            "selection": selected,
             "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
@@ -339,9 +491,12 @@ class Experiment:
         rows, directions = [], []
         for v in self.variants:
             folds = fold_results[v.name]
-            alpha = v.alpha if v.alpha != AUTO else "auto: " + "/".join(format(f["alpha_used"], "g") for f in folds)
-            rows.append({"model": c.model, "method": v.label, "α": alpha, "K": v.num_heads, "variant": v.name,
+            alpha = v.alpha if v.alpha not in (AUTO, SELECT) else \
+                f"{v.alpha}: " + "/".join(format(f["alpha_used"], "g") for f in folds)
+            k = v.num_heads if v.alpha != SELECT else "select: " + "/".join(str(f["num_heads_used"]) for f in folds)
+            rows.append({"model": c.model, "method": v.label, "α": alpha, "K": k, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
+                         "scored_by": "/".join(sorted({f.get("scored_by", "lm-eval") for f in folds})) or None,
                          "metrics": agg.aggregate_variant(folds)})
             for f in folds:
                 if f.get("directions"):
@@ -367,6 +522,11 @@ class Experiment:
             "package_version": __version__, "lm_eval_version": _lm_eval_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def _read_hash(path: Path) -> str | None:
+    previous = _read_json(path)
+    return previous.get("settings_hash") if isinstance(previous, dict) else None
 
 
 def _read_json(path: Path):

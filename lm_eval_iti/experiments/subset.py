@@ -34,13 +34,14 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLike, num_questions: int,
-                            binary_csv: str | os.PathLike | None = None) -> dict:
-    """Write ``out_dir/mc_task.json`` (first ``num_questions`` questions of ``source``), ``out_dir/TruthfulQA.csv``
-    (their generation rows) and, with ``binary_csv``, ``out_dir/binary/TruthfulQA.csv`` (their 2025 rows).
+def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLike, num_questions: int | None,
+                            binary_csv: str | os.PathLike | None = None, *, keep: set[str] | None = None) -> dict:
+    """Write ``out_dir/mc_task.json`` (first ``num_questions`` questions of ``source``, or with ``keep`` those whose
+    stripped text is in it, in file order), ``out_dir/TruthfulQA.csv`` (their generation rows) and, with
+    ``binary_csv``, ``out_dir/binary/TruthfulQA.csv`` (their 2025 rows).
 
     Returns {"data_dir", "binary_data" (or None), "num_questions", "questions"}."""
-    if num_questions < 2:
+    if keep is None and (num_questions is None or num_questions < 2):
         raise ITIError(f"num_questions={num_questions} must be at least 2")
     mc_path = resolve_local(source, "mc_task.json")
     if mc_path is None:
@@ -51,9 +52,15 @@ def write_truthfulqa_subset(source: str | os.PathLike, out_dir: str | os.PathLik
         raise ITIError(f"{mc_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(rows, list):
         raise ITIError(f"{mc_path}: expected a list of questions")
-    if num_questions > len(rows):
+    if keep is not None:
+        kept = [r for r in rows if str(r.get("question", "")).strip() in keep]
+        if len(kept) < 2:
+            raise ITIError(f"{mc_path}: fewer than 2 of its questions are in the subset asked for")
+        num_questions = len(kept)
+    elif num_questions > len(rows):
         raise ITIError(f"num_questions={num_questions} is more than the {len(rows)} questions of {mc_path}")
-    kept = rows[:num_questions]
+    else:
+        kept = rows[:num_questions]
     questions = [str(r.get("question", "")).strip() for r in kept]
     wanted = set(questions)
     out = Path(out_dir)
