@@ -10,6 +10,8 @@ Cache: ``{cache_dir}/activations/{key}/`` with ``meta.json`` and one safetensors
 killed run leaves only whole chunks, and the next run computes only the missing ones). The key is a hash of the model
 identity (hub id + commit, or a sha256 of the weights), the token ids of the prompt set and the dtype, so a second fit
 with another K, method or fold reads everything back with no forward pass. Memory during collection is one chunk.
+Under ``accelerate launch`` with N processes the missing chunks are dealt out across ranks (rank r takes every N-th,
+starting at r); each rank writes its own into the same cache entry, then all read the others' chunks back.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .architectures import model_shape, out_projections
 from .artifact import file_sha256
 from .atomic import atomic_path, write_json_atomic
@@ -138,7 +141,9 @@ class _StopForward(Exception):
 
 
 def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    from .loading import execution_device
+
+    return execution_device(model)  # not the embedding weight's device: it is "meta" when accelerate offloaded it
 
 
 @torch.no_grad()
@@ -355,11 +360,21 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
             stats.chunks_cached += 1
         else:
             todo.append((i, rows))
+    others = []  # under accelerate launch: missing chunks other ranks compute, read back once all are written
+    if distributed.world_size() > 1:
+        if cache is None:
+            raise ITIError("data-parallel collection (accelerate launch with several processes) shares chunks through "
+                           "the activation cache: do not disable it (--no-cache / use_cache=False)")
+        distributed.barrier()  # every rank has listed the missing chunks before any rank writes one
+        mine = distributed.my_share(todo)
+        others = [item for item in todo if item not in mine]
+        todo = mine
     pending = sum(len(rows) for _, rows in todo)
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=pending, desc=desc, unit="prompt", disable=not progress or pending == 0) as bar:
+        with tqdm(total=pending, desc=desc, unit="prompt",
+                  disable=not progress or pending == 0 or not distributed.is_main_process()) as bar:
             for i, rows in todo:
                 chunk = torch.empty((len(rows), shape.num_layers, shape.num_heads * shape.head_dim), dtype=torch.float16)
                 for batch in _batches(tokens, rows, batch_size):
@@ -375,6 +390,10 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
                 stats.chunks_computed += 1
     finally:
         model.train(was_training)
+    if distributed.world_size() > 1:
+        distributed.barrier()  # every rank has written its chunks
+        for i, rows in others:
+            out[rows.start:rows.stop] = cache.read_chunk(i)
     if not torch.isfinite(out).all():
         raise ITIError("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of "
                        "the activation cache (|x| > 65504)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .architectures import model_shape
 from .artifact import Directions, validate
 from .atomic import write_json_atomic
@@ -29,7 +29,7 @@ from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
 from .folds import fold_assignment, fold_indices, question_id
-from .loading import DTYPES, load_model  # noqa: F401  (load_model: part of this module's API)
+from .loading import DTYPES, execution_device, load_model  # noqa: F401  (load_model: part of this module's API)
 from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
@@ -136,6 +136,7 @@ def _group_by_layer(selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Ten
     return heads, directions, sigmas
 
 
+@distributed.main_writes_others_wait  # under accelerate launch: rank 0 writes, the others return once it has
 def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: str = HUB_ID,
                    data_dir: str | os.PathLike | None = None, num_heads: int = 48, method: str = "mass-mean",
                    random_heads: bool = False, val_ratio: float = 0.2, seed: int = 42, num_folds: int | None = None,
@@ -145,13 +146,18 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
                    use_cache: bool = True, probe_backend: str = "torch", max_questions: int | None = None,
                    revision: str | None = None, chunk_size: int = 512, progress: bool = True,
                    write_plot: bool = True, gguf_file: str | None = None, kl_budget: float = 0.2,
-                   kl_corpus: str = "wikitext", collect_all_folds: bool = False) -> FitResult:
+                   kl_corpus: str = "wikitext", collect_all_folds: bool = False, device_map: str | dict | None = None,
+                   max_memory: str | dict | None = None,
+                   offload_folder: str | os.PathLike | None = None) -> FitResult | None:
     """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model.
 
     Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
     prompts are collected and cached, so that fits of the other folds (``validate``, ``sweep``) read them back with
     no forward pass. A complete cache of every fold, when there, is read either way. ``alpha="auto"``: the largest
     alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget`` (experiments.side_effects).
+    ``device_map``/``max_memory``/``offload_folder``: accelerate's placement (loading.load_model). Under
+    ``accelerate launch`` every rank collects a share of the chunks; rank 0 alone goes on and writes, and the other
+    ranks return None once it has.
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -176,7 +182,8 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     clock = time.perf_counter()
     if isinstance(model, (str, os.PathLike)):
         model_name = str(model)
-        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file)
+        model, tokenizer = load_model(model_name, revision, dtype, device, progress, gguf_file=gguf_file,
+                                      device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     else:
         if tokenizer is None:
             raise ITIError("fit_directions: pass tokenizer= along with an already-loaded model")
@@ -225,11 +232,13 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
                                          add_special_tokens=sigma_all.add_special_tokens,
                                          desc="activations (sigma set)", stats=stats["sigma set"], **common)
     timings["collect activations"] = time.perf_counter() - clock
+    if not distributed.is_main_process():  # the chunks are written; rank 0 fits and writes
+        return None
 
     # probes
     clock = time.perf_counter()
     if probe_backend == "torch":
-        probe_device = model.get_input_embeddings().weight.device
+        probe_device = execution_device(model)
         probes = fit_probes(acts, labels, train_rows, val_rows, device=probe_device, progress=progress)
     else:
         probes = fit_probes_sklearn(acts, labels, train_rows, val_rows, seed=seed, progress=progress)

@@ -9,6 +9,7 @@ from ..loading import DTYPES
 from ..probes import PROBE_BACKENDS
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from ..select import METHODS
+from .placement import placement_options
 
 DTYPE_CHOICES = DTYPES
 
@@ -54,9 +55,11 @@ DTYPE_CHOICES = DTYPES
                    "read everything from the cache (validate and sweep do this). Default: the training fold's only.")
 @click.option("--no-plot", is_flag=True, help="Do not write the FILE.heads.png heatmap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@placement_options
 def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, kl_budget, kl_corpus, val_ratio, seed,
                    num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
-                   batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet):
+                   batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet, device_map, max_memory,
+                   offload_folder):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
     from ..experiments.side_effects import parse_alpha_option
     from ..fit import fit_directions as run_fit, format_summary
@@ -70,5 +73,8 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
                      use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
                      revision=revision, progress=not quiet, write_plot=not no_plot,
                      gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
-                     collect_all_folds=collect_all_folds)
+                     collect_all_folds=collect_all_folds, device_map=device_map, max_memory=max_memory,
+                     offload_folder=offload_folder)
+    if result is None:  # a non-main rank of accelerate launch: rank 0 wrote the file and prints the summary
+        return
     click.echo(format_summary(result.summary))

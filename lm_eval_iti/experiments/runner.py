@@ -22,6 +22,7 @@ from .. import __version__
 from ..atomic import write_json_atomic, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
+from ..loading import execution_device
 from . import aggregate as agg
 from .baselines import AUTO, Variant
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
 RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
-NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds")
+NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "device_map", "max_memory",
+              "offload_folder")
 
 
 @dataclass
@@ -70,6 +72,9 @@ class ExperimentConfig:
     progress: bool = True
     kl_budget: float = 0.2  # for alpha "auto" (side_effects.DEFAULT_KL_BUDGET)
     folds: tuple[int, ...] | None = None  # evaluate only these held-out folds (None: every fold)
+    device_map: str | dict | None = None  # accelerate placement (loading.load_model); not part of a run's identity
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
 
     def check(self) -> None:
         if self.num_folds < 2:
@@ -172,7 +177,8 @@ class Experiment:
 
             c = self.config
             self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress,
-                                                        gguf_file=c.gguf_file)
+                                                        gguf_file=c.gguf_file, device_map=c.device_map,
+                                                        max_memory=c.max_memory, offload_folder=c.offload_folder)
         return self._model, self._tokenizer
 
     def fit(self, fold: int, spec) -> dict:
@@ -291,11 +297,11 @@ class Experiment:
                 if variant.kind == "hf":  # no edit: steered == base; measured once per run
                     if self._base_side_effects is None:
                         self._base_side_effects = measure(base_fn, base_fn, docs, c.batch_size,
-                                                          device=next(model.parameters()).device,
+                                                          device=execution_device(model),
                                                           progress=c.progress, desc="CE/KL base")
                     side = dict(self._base_side_effects)
                 else:
-                    side = measure(base_fn, steered_fn, docs, c.batch_size, device=next(model.parameters()).device,
+                    side = measure(base_fn, steered_fn, docs, c.batch_size, device=execution_device(model),
                                    progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}")
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {
