@@ -50,12 +50,14 @@ class CollectStats:
     prompts_forwarded: int = 0
     chunks_computed: int = 0
     chunks_cached: int = 0
+    chunks_by_other_ranks: int = 0  # under accelerate launch: computed by another process, read from the cache
     seconds: float = 0.0
     cache_path: str = ""
     model_identity: str = ""
 
     def add(self, other: "CollectStats") -> None:
-        for name in ("prompts", "forward_passes", "prompts_forwarded", "chunks_computed", "chunks_cached", "seconds"):
+        for name in ("prompts", "forward_passes", "prompts_forwarded", "chunks_computed", "chunks_cached",
+                     "chunks_by_other_ranks", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -394,6 +396,7 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
         distributed.barrier()  # every rank has written its chunks
         for i, rows in others:
             out[rows.start:rows.stop] = cache.read_chunk(i)
+            stats.chunks_by_other_ranks += 1
     if not torch.isfinite(out).all():
         raise ITIError("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of "
                        "the activation cache (|x| > 65504)")

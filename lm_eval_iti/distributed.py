@@ -24,7 +24,9 @@ def _launched() -> bool:
 def _state():
     from accelerate import PartialState
 
-    return PartialState()
+    # without cpu=True accelerate only sets up GPU process groups: on a CPU-only machine it would report one process
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
 
 
 def world_size() -> int:
@@ -47,7 +49,10 @@ def barrier() -> None:
 
 def process_device() -> torch.device | None:
     """This process's device under a multi-process launch (``cuda:<local rank>`` or cpu); None for one process."""
-    return _state().device if _launched() else None
+    if not _launched():
+        return None
+    device = _state().device
+    return torch.device("cpu") if device.type == "cpu" else device
 
 
 def my_share(items: list) -> list:

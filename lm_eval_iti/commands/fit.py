@@ -46,6 +46,8 @@ DTYPE_CHOICES = DTYPES
               help="Use only the first N questions of the data (quick trials; folds are then over those N).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
 @click.option("--batch-size", default=16, type=int, help="Prompts per forward pass.")
+@click.option("--chunk-size", default=512, type=int,
+              help="Prompts per activation-cache file: the unit of resuming and of the split across accelerate ranks.")
 @click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Activation cache (default: $LM_EVAL_ITI_CACHE or ~/.cache/lm_eval_iti).")
@@ -58,7 +60,7 @@ DTYPE_CHOICES = DTYPES
 @placement_options
 def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, kl_budget, kl_corpus, val_ratio, seed,
                    num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
-                   batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet, device_map, max_memory,
+                   batch_size, chunk_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet, device_map, max_memory,
                    offload_folder):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
     from ..experiments.side_effects import parse_alpha_option
@@ -69,7 +71,7 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
     result = run_fit(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
                      random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,
                      contiguous_folds=contiguous_folds, prompt_format=prompt_format, sigma_data=sigma_data,
-                     alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                     alpha=alpha, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size, device=device, cache_dir=cache_dir,
                      use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
                      revision=revision, progress=not quiet, write_plot=not no_plot,
                      gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
