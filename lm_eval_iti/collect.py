@@ -258,11 +258,62 @@ class ActivationCache:
                            "float16 (written by another model?); delete it or pass another --cache-dir")
         return acts
 
+    def read_chunk_layers(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Layers ``start:stop`` of chunk ``i``, fp16 [rows, stop-start, H, d]: only those bytes are read."""
+        from safetensors import safe_open
+
+        path = self.chunk_path(i)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                part = fh.get_slice("activations")
+                found = tuple(part.get_shape())
+                want = (len(self.chunk_rows(i)),) + self.shape
+                if found != want:
+                    raise ITIError(f"{path}: activation chunk has shape {list(found)}, expected {list(want)} (written "
+                                   "by another model?); delete it or pass another --cache-dir")
+                acts = part[:, start:stop]
+        except ITIError:
+            raise
+        except Exception as exc:
+            raise ITIError(f"{path}: unreadable activation chunk ({type(exc).__name__}); delete it to recollect") from None
+        if acts.dtype != torch.float16:
+            raise ITIError(f"{path}: activation chunk is {acts.dtype}, expected float16; delete it to recollect")
+        return acts
+
+    def layers(self, rows: list[int] | None = None) -> "CachedActivations":
+        """A streaming view of this entry (every chunk must be written) for ``probes.fit_probes``."""
+        missing = [i for i in range(self.num_chunks) if not self.has_chunk(i)]
+        if missing:
+            raise ITIError(f"{self.path}: activation chunks {missing[:5]} are missing; collect them first")
+        return CachedActivations(self, rows)
+
     def load(self) -> torch.Tensor:
         out = torch.empty((self.num_prompts,) + self.shape, dtype=torch.float16)
         for i in range(self.num_chunks):
             rows = self.chunk_rows(i)
             out[rows.start:rows.stop] = self.read_chunk(i)
+        return out
+
+
+class CachedActivations:
+    """fp16 [N, L, H, d] activations of a cache entry (optionally only ``rows``, in that order), read a block of layers
+    at a time: ``read_layers(start, stop)`` holds N x (stop-start) x H x d x 2 bytes plus one chunk's slice, never the
+    whole tensor. ``probes.fit_probes`` accepts it in place of the tensor (its streaming mode)."""
+
+    def __init__(self, cache: ActivationCache, rows: list[int] | None = None):
+        self.cache = cache
+        self.rows = torch.arange(cache.num_prompts) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+        if self.rows.numel() and (int(self.rows.min()) < 0 or int(self.rows.max()) >= cache.num_prompts):
+            raise ITIError(f"rows outside the {cache.num_prompts} prompts of {cache.path}")
+        self.shape = (len(self.rows),) + cache.shape
+
+    def read_layers(self, start: int, stop: int) -> torch.Tensor:
+        out = torch.empty((len(self.rows), stop - start) + self.cache.shape[1:], dtype=torch.float16)
+        for i in range(self.cache.num_chunks):
+            span = self.cache.chunk_rows(i)
+            wanted = ((self.rows >= span.start) & (self.rows < span.stop)).nonzero().flatten()
+            if wanted.numel():
+                out[wanted] = self.cache.read_chunk_layers(i, start, stop)[self.rows[wanted] - span.start]
         return out
 
 

@@ -1,0 +1,86 @@
+"""The probe stage's streaming mode: probes fitted from the activation cache a block of layers at a time are identical
+to the in-memory fit, and no block holds more than the stated bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lm_eval_iti.collect import ActivationCache, CachedActivations
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.probes import fit_probes
+
+N, L, H, D = 60, 5, 3, 8
+CHUNK = 7  # chunks do not line up with anything
+
+
+def planted(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(N, generator=g) < 0.45).long()
+    acts = torch.randn(N, L, H, D, generator=g)
+    strength = torch.rand(L, H, generator=g) * 2
+    acts[..., 0] += (2 * y - 1)[:, None, None] * strength
+    return acts.half(), y.numpy()
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    acts, y = planted()
+    meta = {"layout": "1", "model_identity": "test", "tokens_sha256": "x", "dtype": "float32",
+            "site": "attn_out_proj_input", "shape": [L, H, D], "num_prompts": N, "chunk_size": CHUNK}
+    cache = ActivationCache.open(tmp_path_factory.mktemp("cache"), meta)
+    for i in range(cache.num_chunks):
+        rows = cache.chunk_rows(i)
+        cache.write_chunk(i, acts[rows.start:rows.stop])
+    return cache, acts, y
+
+
+def test_the_streaming_view_reads_the_same_numbers(cached):
+    cache, acts, _ = cached
+    assert torch.equal(CachedActivations(cache).read_layers(1, 4), acts[:, 1:4])
+    rows = [50, 3, 17, 8, 59, 0]
+    view = cache.layers(rows)
+    assert view.shape == (len(rows), L, H, D)
+    assert torch.equal(view.read_layers(0, L), acts[rows])
+
+
+@pytest.mark.parametrize("max_bytes, block_bytes", [
+    (None, None),  # one group of every probe, one block of every layer
+    (3 * 40 * D * 8, 1),  # groups of 3 probes that straddle layers; blocks of just the layers a group spans
+    (2 * 40 * D * 8, 2 * N * H * D * 2),  # groups of 2 probes, blocks of 2 layers
+])
+def test_streaming_probes_equal_in_memory_probes(cached, max_bytes, block_bytes):
+    cache, acts, y = cached
+    rows = list(range(0, N, 2)) + list(range(1, N, 2))  # a reordered subset view, as fit uses
+    train, val = list(range(0, 40)), list(range(40, N))
+    memory = fit_probes(acts[rows], y[rows], train, val, max_bytes=max_bytes)
+    stream = fit_probes(cache.layers(rows), y[rows], train, val, max_bytes=max_bytes, block_bytes=block_bytes)
+    assert torch.equal(memory.accuracy, stream.accuracy)
+    assert torch.equal(memory.coef, stream.coef)
+    assert torch.equal(memory.intercept, stream.intercept)
+    assert memory.accuracy.max() > 0.8  # the planted heads were found: the comparison is not between two failures
+    assert stream.info["mode"] == "streaming"
+    if block_bytes == 1:
+        # a group of 3 probes spans at most 2 layers: no block is larger than 2 layers of every row
+        assert stream.info["largest_block_bytes"] <= 2 * N * H * D * 2
+        assert stream.info["layer_reads"] >= L - 1
+    if max_bytes is None:
+        assert stream.info["layer_reads"] == 1
+
+
+def test_a_view_of_an_incomplete_cache_fails_in_one_line(cached, tmp_path):
+    cache, acts, _ = cached
+    meta = dict(cache.meta, model_identity="other")
+    partial = ActivationCache.open(tmp_path, meta)
+    partial.write_chunk(0, acts[:CHUNK])
+    with pytest.raises(ITIError, match="missing"):
+        partial.layers()
+
+
+def test_fit_probes_rejects_a_source_without_read_layers():
+    class Shaped:
+        shape = (N, L, H, D)
+
+    with pytest.raises(TypeError, match="read_layers"):
+        fit_probes(Shaped(), np.zeros(N), [0, 1], [2])
