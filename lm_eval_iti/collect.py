@@ -33,6 +33,8 @@ from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
 CACHE_ENV = "LM_EVAL_ITI_CACHE"
+NONFINITE = ("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of the "
+             "activation cache (|x| > 65504)")
 LAYOUT_VERSION = "1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -316,6 +318,19 @@ class CachedActivations:
                 out[wanted] = self.cache.read_chunk_layers(i, start, stop)[self.rows[wanted] - span.start]
         return out
 
+    def head_activations(self, heads: torch.Tensor, rows=None) -> torch.Tensor:
+        """float32 [n, K, d] of the (layer, head) pairs ``heads`` (rows of this view, or ``rows`` of them), read one
+        layer at a time (select.head_activations for a streaming view)."""
+        import numpy as np
+
+        picked = torch.arange(len(self.rows)) if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        out = torch.empty((len(picked), len(heads), self.cache.shape[-1]), dtype=torch.float32)
+        for layer in sorted(set(heads[:, 0].tolist())):
+            columns = (heads[:, 0] == layer).nonzero().flatten()
+            block = self.read_layers(layer, layer + 1)[picked, 0]  # [n, H, d]
+            out[:, columns] = block[:, heads[columns, 1]].float()
+        return out
+
 
 def cache_meta(model: nn.Module, token_lists: list[list[int]], chunk_size: int, identity: str) -> dict:
     """What a cache entry records and is checked against: model identity, prompt token ids, dtype, shape, size."""
@@ -337,7 +352,8 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
                         use_cache: bool = True, model_name: str | None = None, revision: str | None = None,
                         identity: str | None = None, progress: bool = True, desc: str = "activations",
                         stats: CollectStats | None = None, token_lists: list[list[int]] | None = None,
-                        rows: list[int] | None = None, collect_all: bool = False) -> torch.Tensor:
+                        rows: list[int] | None = None, collect_all: bool = False,
+                        stream: bool = False) -> "torch.Tensor | CachedActivations":
     """fp16 [N, layers, heads, head_dim]: out-projection inputs at each prompt's last token, from the cache if there.
 
     ``rows`` (optional): the only prompts the caller will use; the result then holds those rows, in that order. They
@@ -345,26 +361,37 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
     set exists (then it is read) or ``collect_all`` asks for the whole set to be collected and cached anyway (for
     callers that will need the other rows later, e.g. the other folds of ``validate``).
     ``stats`` (optional) is filled in: ``forward_passes`` counts the model calls made now (0 when all chunks were cached).
+    ``stream``: return a ``CachedActivations`` view of the cache instead of the tensor (nothing but one chunk is held
+    in memory; needs the cache).
     """
     if batch_size < 1 or chunk_size < 1:
         raise ITIError(f"batch_size={batch_size} and chunk_size={chunk_size} must be positive")
     stats = stats if stats is not None else CollectStats()
+    if stream and not use_cache:
+        raise ITIError("streaming activations (probe_memory='stream') reads them from the activation cache: do not "
+                       "disable it")
     if not (token_lists if token_lists is not None else prompts):
         raise ITIError("no prompts to collect activations for")
     tokens = token_lists if token_lists is not None else tokenize_prompts(tokenizer, prompts, add_special_tokens)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     ident = identity or model_identity(model, model_name, revision, root if use_cache else None)
     common = dict(batch_size=batch_size, chunk_size=chunk_size, root=root, use_cache=use_cache, identity=ident,
-                  progress=progress, desc=desc, stats=stats)
+                  progress=progress, desc=desc, stats=stats, stream=stream)
     rows = None if rows is None else [int(r) for r in rows]
     if rows is None or rows == list(range(len(tokens))):
         return _collect(model, tokenizer, tokens, **common)
     if not rows:
         raise ITIError("no prompts to collect activations for")
     if collect_all:
-        return _collect(model, tokenizer, tokens, **common)[rows]
+        collected = _collect(model, tokenizer, tokens, **common)
+        return collected.cache.layers(rows) if stream else collected[rows]
     whole = _complete_entry(model, tokens, chunk_size, root, ident) if use_cache else None
     if whole is not None:
+        if stream:
+            stats.prompts += len(rows)
+            stats.chunks_cached += whole.num_chunks
+            stats.model_identity, stats.cache_path = ident, str(whole.path)
+            return whole.layers(rows)
         started = time.perf_counter()
         acts = whole.load()
         stats.prompts += len(rows)
@@ -386,7 +413,8 @@ def _complete_entry(model: nn.Module, tokens: list[list[int]], chunk_size: int, 
 
 
 def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size: int, chunk_size: int, root: Path,
-             use_cache: bool, identity: str, progress: bool, desc: str, stats: CollectStats) -> torch.Tensor:
+             use_cache: bool, identity: str, progress: bool, desc: str, stats: CollectStats,
+             stream: bool = False) -> "torch.Tensor | CachedActivations":
     """Every prompt of ``tokens``: cached chunks are read, the others computed (and written when ``use_cache``)."""
     from tqdm.auto import tqdm
 
@@ -401,7 +429,8 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
     cache = ActivationCache.open(root, meta) if use_cache else None
     chunking = cache.chunk_size if cache else chunk_size
     num_chunks = (n + chunking - 1) // chunking
-    out = torch.empty((n, shape.num_layers, shape.num_heads, shape.head_dim), dtype=torch.float16)
+    # streaming: nothing is assembled in memory (every chunk is on disk; the caller reads the layers it needs)
+    out = None if stream else torch.empty((n, shape.num_layers, shape.num_heads, shape.head_dim), dtype=torch.float16)
     stats.prompts += n
     stats.model_identity = ident
     stats.cache_path = str(cache.path) if cache else ""
@@ -409,7 +438,8 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
     for i in range(num_chunks):
         rows = range(i * chunking, min((i + 1) * chunking, n))
         if cache is not None and cache.has_chunk(i):
-            out[rows.start:rows.stop] = cache.read_chunk(i)
+            if out is not None:
+                out[rows.start:rows.stop] = cache.read_chunk(i)
             stats.chunks_cached += 1
         else:
             todo.append((i, rows))
@@ -437,19 +467,25 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
                     stats.prompts_forwarded += len(batch)
                     bar.update(len(batch))
                 chunk = chunk.view(len(rows), shape.num_layers, shape.num_heads, shape.head_dim)
+                if out is None and not torch.isfinite(chunk).all():  # streaming: checked here, never assembled
+                    raise ITIError(NONFINITE)
                 if cache is not None:
                     cache.write_chunk(i, chunk)
-                out[rows.start:rows.stop] = chunk
+                if out is not None:
+                    out[rows.start:rows.stop] = chunk
                 stats.chunks_computed += 1
     finally:
         model.train(was_training)
     if distributed.world_size() > 1:
         distributed.barrier()  # every rank has written its chunks
         for i, rows in others:
-            out[rows.start:rows.stop] = cache.read_chunk(i)
+            if out is not None:
+                out[rows.start:rows.stop] = cache.read_chunk(i)
             stats.chunks_by_other_ranks += 1
+    if out is None:
+        stats.seconds += time.perf_counter() - started
+        return cache.layers()
     if not torch.isfinite(out).all():
-        raise ITIError("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of "
-                       "the activation cache (|x| > 65504)")
+        raise ITIError(NONFINITE)
     stats.seconds += time.perf_counter() - started
     return out

@@ -30,7 +30,7 @@ from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
 from .folds import fold_assignment, fold_indices, question_id
 from .loading import DTYPES, execution_device, load_model  # noqa: F401  (load_model: part of this module's API)
-from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
+from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
 
@@ -148,7 +148,7 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
                    write_plot: bool = True, gguf_file: str | None = None, kl_budget: float = 0.2,
                    kl_corpus: str = "wikitext", collect_all_folds: bool = False, device_map: str | dict | None = None,
                    max_memory: str | dict | None = None,
-                   offload_folder: str | os.PathLike | None = None) -> FitResult | None:
+                   offload_folder: str | os.PathLike | None = None, probe_memory: str = "memory") -> FitResult | None:
     """Fit ITI directions and write ``out`` (+ heatmap and JSON summary). ``model``: a path/hub id or a loaded model.
 
     Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
@@ -157,12 +157,14 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget`` (experiments.side_effects).
     ``device_map``/``max_memory``/``offload_folder``: accelerate's placement (loading.load_model). Under
     ``accelerate launch`` every rank collects a share of the chunks; rank 0 alone goes on and writes, and the other
-    ranks return None once it has.
+    ranks return None once it has. ``probe_memory="stream"``: activations stay in the cache and the probes, directions
+    and sigma read them a block of layers at a time (probes.fit_probes streaming mode; identical results).
     """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     _check_options(out, num_heads, method, probe_backend, prompt_format, sigma_data, num_folds, fold, val_ratio, alpha,
                    dtype, batch_size, max_questions, sigma_ddof)
+    check_probe_memory(probe_memory, probe_backend, use_cache)
     out = Path(out)
 
     # data and folds (before the model: bad data fails fast)
@@ -221,7 +223,8 @@ def fit_directions(model, out: str | os.PathLike, *, tokenizer=None, dataset: st
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stats = {"probe set": CollectStats()}
     common = dict(batch_size=batch_size, chunk_size=chunk_size, cache_dir=cache_root, use_cache=use_cache,
-                  model_name=model_name, revision=revision, progress=progress, collect_all=collect_all_folds)
+                  model_name=model_name, revision=revision, progress=progress, collect_all=collect_all_folds,
+                  stream=probe_memory == "stream")
     acts = collect_activations(model, tokenizer, mc_all.prompts, add_special_tokens=mc_all.add_special_tokens,
                                rows=probe_rows, desc="activations (probe set)", stats=stats["probe set"], **common)
     if sigma_set is mc_set:

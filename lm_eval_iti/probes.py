@@ -21,6 +21,17 @@ import torch
 from .errors import ITIError
 
 PROBE_BACKENDS = ("torch", "sklearn")
+# memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
+PROBE_MEMORY = ("memory", "stream")
+
+
+def check_probe_memory(probe_memory: str, probe_backend: str = "torch", use_cache: bool = True) -> None:
+    if probe_memory not in PROBE_MEMORY:
+        raise ITIError(f"probe_memory={probe_memory!r} is not one of {', '.join(PROBE_MEMORY)}")
+    if probe_memory == "stream" and probe_backend != "torch":
+        raise ITIError("probe_memory='stream' needs probe_backend='torch' (the sklearn loop holds every activation)")
+    if probe_memory == "stream" and not use_cache:
+        raise ITIError("probe_memory='stream' reads activations from the activation cache: do not disable it")
 
 
 @dataclass

@@ -84,3 +84,39 @@ def test_fit_probes_rejects_a_source_without_read_layers():
 
     with pytest.raises(TypeError, match="read_layers"):
         fit_probes(Shaped(), np.zeros(N), [0, 1], [2])
+
+
+@pytest.mark.parametrize("folds", [False, True])
+def test_a_streaming_fit_writes_the_in_memory_directions_file(tiny_model_dir, tmp_path, folds):
+    from conftest import shared_data
+    from safetensors import safe_open
+
+    from lm_eval_iti.fit import fit_directions
+
+    v0 = shared_data("truthfulqa", "v0")
+    common = dict(data_dir=v0, num_heads=3, max_questions=12, progress=False, write_plot=False, batch_size=8,
+                  chunk_size=10, **(dict(num_folds=2, fold=1) if folds else {}))
+    memory = fit_directions(str(tiny_model_dir), tmp_path / "memory.safetensors", cache_dir=tmp_path / "c1", **common)
+    # a fresh cache: the streaming run collects (without assembling the tensor), then reads layers back
+    stream = fit_directions(str(tiny_model_dir), tmp_path / "stream.safetensors", cache_dir=tmp_path / "c2",
+                            probe_memory="stream", **common)
+    assert stream.forward_passes > 0 and stream.probes.info["mode"] == "streaming"
+    files = []
+    for name in ("memory", "stream"):
+        with safe_open(str(tmp_path / f"{name}.safetensors"), framework="pt") as fh:
+            files.append(({k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()))
+    assert files[0][0].keys() == files[1][0].keys()
+    assert all(torch.equal(files[0][0][k], files[1][0][k]) for k in files[0][0])
+    assert files[0][1] == files[1][1]
+    assert torch.equal(memory.probes.coef, stream.probes.coef)
+
+
+def test_streaming_needs_the_cache_and_the_torch_backend(tiny_model_dir, tmp_path):
+    from lm_eval_iti.fit import fit_directions
+
+    with pytest.raises(ITIError, match="activation cache"):
+        fit_directions(str(tiny_model_dir), tmp_path / "d.safetensors", probe_memory="stream", use_cache=False)
+    with pytest.raises(ITIError, match="sklearn"):
+        fit_directions(str(tiny_model_dir), tmp_path / "d.safetensors", probe_memory="stream", probe_backend="sklearn")
+    with pytest.raises(ITIError, match="not one of"):
+        fit_directions(str(tiny_model_dir), tmp_path / "d.safetensors", probe_memory="disk")
