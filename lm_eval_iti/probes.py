@@ -149,6 +149,12 @@ class LayerBlocks:
         raise NotImplementedError
 
 
+def probe_working_bytes(n: int, d: int) -> int:
+    """Bytes one probe of a group holds while newton_logistic runs: X and its weighted copy (fp32, n x d each) and the
+    (d+1)^2 Hessian as the fp32 product, its fp64 copy, the assembled system and its Cholesky factor."""
+    return n * d * 4 * 2 + (d + 1) * (d + 1) * (4 + 8 + 8 + 8)
+
+
 def fit_probes(acts, labels, train_rows, val_rows, *, C: float = 1.0, tol: float = 1e-5,
                max_iter: int = 50, device: str | torch.device | None = None, max_bytes: int | None = None,
                progress: bool = False, block_bytes: int | None = None) -> ProbeResult:
@@ -177,7 +183,7 @@ def fit_probes(acts, labels, train_rows, val_rows, *, C: float = 1.0, tol: float
     train_idx = torch.as_tensor(np.asarray(train_rows, dtype=np.int64))
     val_idx = torch.as_tensor(np.asarray(val_rows, dtype=np.int64))
     n = len(train_idx)
-    group = max(1, min(L * H, int(max_bytes // max(1, n * d * 4 * 2))))  # X and its weighted copy
+    group = max(1, min(L * H, int(max_bytes // probe_working_bytes(n, d))))
     coef = torch.empty(L * H, d)
     intercept = torch.empty(L * H)
     accuracy = torch.empty(L * H)
@@ -204,6 +210,7 @@ def fit_probes(acts, labels, train_rows, val_rows, *, C: float = 1.0, tol: float
     info = {"C": C, "tol": tol, "solver": "batched newton"}
     if streaming:
         info.update(mode="streaming", layer_reads=block.reads, largest_block_bytes=block.largest_bytes)
+    info["groups"] = -(-(L * H) // group)
     return ProbeResult(accuracy.view(L, H), coef.view(L, H, d), intercept.view(L, H), "torch", most_iterations,
                        time.perf_counter() - started, info)
 

@@ -9,7 +9,7 @@ import torch
 
 from lm_eval_iti.collect import ActivationCache, CachedActivations
 from lm_eval_iti.errors import ITIError
-from lm_eval_iti.probes import fit_probes
+from lm_eval_iti.probes import fit_probes, probe_working_bytes
 
 N, L, H, D = 60, 5, 3, 8
 CHUNK = 7  # chunks do not line up with anything
@@ -47,8 +47,9 @@ def test_the_streaming_view_reads_the_same_numbers(cached):
 
 @pytest.mark.parametrize("max_bytes, block_bytes", [
     (None, None),  # one group of every probe, one block of every layer
-    (3 * 40 * D * 8, 1),  # groups of 3 probes that straddle layers; blocks of just the layers a group spans
-    (2 * 40 * D * 8, 2 * N * H * D * 2),  # groups of 2 probes, blocks of 2 layers
+    (2 * probe_working_bytes(40, D), 1),  # groups of 2 probes (3 heads a layer: some straddle two layers); blocks of
+    # just the layers a group spans
+    (3 * probe_working_bytes(40, D), 2 * N * H * D * 2),  # groups of 3 probes, blocks of 2 layers
 ])
 def test_streaming_probes_equal_in_memory_probes(cached, max_bytes, block_bytes):
     cache, acts, y = cached
@@ -61,8 +62,10 @@ def test_streaming_probes_equal_in_memory_probes(cached, max_bytes, block_bytes)
     assert torch.equal(memory.intercept, stream.intercept)
     assert memory.accuracy.max() > 0.8  # the planted heads were found: the comparison is not between two failures
     assert stream.info["mode"] == "streaming"
+    groups = -(-(L * H) // max(1, (max_bytes or 1 << 40) // probe_working_bytes(40, D)))
+    assert stream.info["groups"] == groups
     if block_bytes == 1:
-        # a group of 3 probes spans at most 2 layers: no block is larger than 2 layers of every row
+        # a group of 2 probes spans at most 2 layers: no block is larger than 2 layers of every row
         assert stream.info["largest_block_bytes"] <= 2 * N * H * D * 2
         assert stream.info["layer_reads"] >= L - 1
     if max_bytes is None:
