@@ -27,6 +27,18 @@ def test_gpu_check_small_runs_and_its_correctness_figures_hold(tmp_path):
     assert figures["gpu_check (c) probes mean |acc diff|"]["pass"]
     assert figures["gpu_check (d) bf16 hf-iti(all) vs steered: max rel diff"]["pass"]
     assert figures["gpu_check (d) bf16 hf-iti(all) vs baked: max rel diff"]["pass"]
+    multi = figures["gpu_check (e) multi-GPU device_map fit vs one GPU: max |diff|"]
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        assert multi["ratio"] is None and multi["note"] == f"not run ({torch.cuda.device_count()} GPU)"
+
+
+def test_gpu_check_multi_gpu_part_compares_a_sharded_fit_with_a_single_device_fit(tmp_path):
+    """(e)'s code path on CPU: the same comparison with the "shards" on the CPU (on a GPU machine, every GPU)."""
+    gpu_check = _bench_module("gpu_check")
+    (row,) = gpu_check.multi_gpu_check(tmp_path, shards=["cpu", "cpu"], single="cpu")
+    assert row["pass"] is True and row["ratio"] <= 1e-5
 
 
 def _bench_module(name):
