@@ -55,6 +55,17 @@ def process_device() -> torch.device | None:
     return torch.device("cpu") if device.type == "cpu" else device
 
 
+def local_gpus(gpu_count: int | None = None) -> list[int]:
+    """The GPUs this process may shard a model over under a multi-process launch: every LOCAL_WORLD_SIZE-th GPU from
+    its local rank (as lm-eval's HFLM does with parallelize=True), so the processes' device_maps never overlap."""
+    count = torch.cuda.device_count() if gpu_count is None else gpu_count
+    if not _launched():
+        return list(range(count))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size())  # the launcher sets both
+    local_rank = int(os.environ.get("LOCAL_RANK") or rank())
+    return [i for i in range(count) if i % local_world == local_rank]
+
+
 def my_share(items: list) -> list:
     """The items this rank handles: every ``world_size``-th, starting at its rank (a fixed, interleaved split)."""
     return list(items)[rank()::world_size()]

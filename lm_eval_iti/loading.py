@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .distributed import process_device
+from .distributed import local_gpus, process_device, world_size
 from .errors import ITIError
 from .gguf import dequantized_folder, gguf_identity, load_gguf, resolve_model
 
@@ -134,6 +134,13 @@ def placement_kwargs(device_map=None, max_memory=None, offload_folder=None) -> d
         return {}
     kwargs = {"device_map": device_map}
     max_memory = parse_max_memory(max_memory)
+    if max_memory is None and isinstance(device_map, str) and world_size() > 1 and torch.cuda.device_count() > 1:
+        # accelerate launch with a strategy ("auto"...): each process shards over its own GPUs only
+        from accelerate.utils import get_max_memory
+
+        available = get_max_memory()
+        max_memory = {i: available[i] for i in local_gpus()}
+        max_memory["cpu"] = available["cpu"]
     if max_memory is not None:
         kwargs["max_memory"] = max_memory
     if offload_folder is not None:

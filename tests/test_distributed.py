@@ -125,3 +125,16 @@ def test_without_a_launcher_every_helper_is_a_world_of_one(monkeypatch):
     assert distributed.process_device() is None
     assert distributed.my_share([1, 2, 3]) == [1, 2, 3]
     distributed.barrier()  # returns at once
+
+
+def test_each_process_shards_over_its_own_gpus(monkeypatch):
+    from lm_eval_iti import distributed
+
+    monkeypatch.setattr(distributed, "_launched", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_gpus(8) == [1, 3, 5, 7]
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.local_gpus(8) == [0, 2, 4, 6]
+    monkeypatch.setattr(distributed, "_launched", lambda: False)
+    assert distributed.local_gpus(3) == [0, 1, 2]
