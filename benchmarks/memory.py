@@ -3,16 +3,19 @@
 The model is a random Llama with that attention geometry but hidden size 64 (q/o projections 64 <-> 8192), so its
 weights are small while every activation has the real 70B shape: 80 x 64 x 128 = 655,360 values per prompt (1.31 MB
 in fp16). Each phase runs in a fresh subprocess; a thread samples the resident set size (RSS) every 2 ms and the phase
-reports its peak above the RSS it started with. Compared with the formulas of docs/multi-device.md:
+reports its peak above the RSS it started with (glibc's mmap threshold is fixed and the heap trimmed first, so freed
+memory is not counted). Compared with the formulas of docs/multi-device.md:
 
-  collection (per process): model + chunk_size x P x 2 + batch x P x (4 + 2) + forward working set
+  collection (per process): model + chunk_size x P x 2 + batch x P x 8 (fp32 rows captured, then stacked) + forward
+      working set
       (+ N x P x 2 when the tensor is assembled, probe_memory="memory")
   probes, memory mode: N x P x 2 (the activations) + group working set (<= max_bytes) + Hessians + L x H x d x 4
   probes, stream mode: block (N x layers x H x d x 2, <= max(block_bytes, layers one group spans)) + one chunk's slice
       + group working set + Hessians + L x H x d x 4
 where P = L x H x d. Both probe modes' results are compared (they must be identical).
 
-Options: --prompts N (probe rows, default 400), --collect-prompts N (default 48). Last line: the JSON figures.
+Options: --prompts N (probe rows, default 400), --collect-prompts N (default 48), --skip-probes (collection only).
+Last line: the JSON figures.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class PeakRSS:
             time.sleep(self.interval)
 
     def __enter__(self):
+        try:  # hand freed heap back to the OS, so the phase starts from what is really in use
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         self.peak = self.start = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -75,7 +84,7 @@ def geometry_model():
     return model
 
 
-def phase_collect(args):
+def phase_collect(args, mode):
     from lm_eval_iti.collect import collect_activations
     from lm_eval_iti.tiny import build_tokenizer
 
@@ -84,17 +93,13 @@ def phase_collect(args):
     prompts = [f"Q: question number {i} about the world? A: answer {i}." for i in range(args.collect_prompts)]
     collect_activations(model, tok, prompts[:args.batch_size], batch_size=args.batch_size, use_cache=False,
                         identity="bench", progress=False)  # warm-up: one-time allocations are not a phase's cost
-    out = {}
-    for mode in ("stream", "memory"):
-        with tempfile.TemporaryDirectory() as cache, PeakRSS() as rss:
-            acts = collect_activations(model, tok, prompts, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                                       cache_dir=cache, identity="bench", progress=False, stream=mode == "stream")
-            del acts
-        out[mode] = rss.added
+    with tempfile.TemporaryDirectory() as cache, PeakRSS() as rss:
+        acts = collect_activations(model, tok, prompts, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                   cache_dir=cache, identity="bench", progress=False, stream=mode == "stream")
+        del acts
     n = args.collect_prompts
-    formula_stream = args.chunk_size * P * 2 + args.batch_size * P * 6
-    return {"weights_bytes": weights, "collect_added_stream": out["stream"], "collect_added_memory": out["memory"],
-            "formula_stream_excl_forward": formula_stream, "formula_memory_excl_forward": formula_stream + n * P * 2}
+    formula = args.chunk_size * P * 2 + args.batch_size * P * 8 + (n * P * 2 if mode == "memory" else 0)
+    return {"weights_bytes": weights, f"collect_added_{mode}": rss.added, f"formula_{mode}_excl_forward": formula}
 
 
 def _write_cache(root: Path, n: int, chunk: int):
@@ -137,7 +142,10 @@ def _sub(args, phase):
     cmd = [sys.executable, __file__, "--phase", phase, "--prompts", str(args.prompts), "--collect-prompts",
            str(args.collect_prompts), "--cache", args.cache, "--chunk-size", str(args.chunk_size), "--batch-size",
            str(args.batch_size), "--max-bytes", str(args.max_bytes)]
-    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # a fixed mmap threshold: glibc's adaptive one would keep freed blocks of up to 32 MB in the heap, so the RSS
+    # would show what was once allocated rather than what a phase holds
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -150,9 +158,10 @@ def main():
     parser.add_argument("--max-bytes", type=int, default=256 << 20)
     parser.add_argument("--phase", default=None)
     parser.add_argument("--cache", default=None)
+    parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
-    if args.phase == "collect":
-        print(json.dumps(phase_collect(args)))
+    if args.phase in ("collect-stream", "collect-memory"):
+        print(json.dumps(phase_collect(args, args.phase.split("-")[1])))
         return
     if args.phase in ("memory", "stream"):
         print(json.dumps(phase_probes(args, args.phase)))
@@ -161,12 +170,14 @@ def main():
         args.cache = cache
         figures = {"geometry": [L, H, D], "bytes_per_prompt_fp16": P * 2, "probe_rows": args.prompts,
                    "chunk_size": args.chunk_size, "batch_size": args.batch_size, "max_bytes": args.max_bytes}
-        figures.update(_sub(args, "collect"))
-        figures.update(_sub(args, "memory"))
-        figures.update(_sub(args, "stream"))
-        a, b = torch.load(Path(cache) / "probes_memory.pt"), torch.load(Path(cache) / "probes_stream.pt")
-        figures["probe_results_identical"] = all(torch.equal(a[k], b[k]) for k in a)
-        figures["activations_bytes"] = args.prompts * P * 2
+        figures.update(_sub(args, "collect-stream"))
+        figures.update(_sub(args, "collect-memory"))
+        if not args.skip_probes:
+            figures.update(_sub(args, "memory"))
+            figures.update(_sub(args, "stream"))
+            a, b = torch.load(Path(cache) / "probes_memory.pt"), torch.load(Path(cache) / "probes_stream.pt")
+            figures["probe_results_identical"] = all(torch.equal(a[k], b[k]) for k in a)
+            figures["activations_bytes"] = args.prompts * P * 2
     for key, value in figures.items():
         shown = f"{value / MB:,.1f} MB" if key.endswith(("_bytes", "_stream", "_memory", "forward")) and \
             isinstance(value, int) and key != "max_bytes" else value

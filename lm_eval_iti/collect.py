@@ -439,7 +439,7 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
         rows = range(i * chunking, min((i + 1) * chunking, n))
         if cache is not None and cache.has_chunk(i):
             if out is not None:
-                out[rows.start:rows.stop] = cache.read_chunk(i)
+                out[rows.start:rows.stop] = _finite(cache.read_chunk(i))
             stats.chunks_cached += 1
         else:
             todo.append((i, rows))
@@ -467,8 +467,7 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
                     stats.prompts_forwarded += len(batch)
                     bar.update(len(batch))
                 chunk = chunk.view(len(rows), shape.num_layers, shape.num_heads, shape.head_dim)
-                if out is None and not torch.isfinite(chunk).all():  # streaming: checked here, never assembled
-                    raise ITIError(NONFINITE)
+                _finite(chunk)  # before it is cached: a cache never holds a chunk the fit would refuse
                 if cache is not None:
                     cache.write_chunk(i, chunk)
                 if out is not None:
@@ -480,12 +479,14 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
         distributed.barrier()  # every rank has written its chunks
         for i, rows in others:
             if out is not None:
-                out[rows.start:rows.stop] = cache.read_chunk(i)
+                out[rows.start:rows.stop] = _finite(cache.read_chunk(i))
             stats.chunks_by_other_ranks += 1
-    if out is None:
-        stats.seconds += time.perf_counter() - started
-        return cache.layers()
-    if not torch.isfinite(out).all():
-        raise ITIError(NONFINITE)
     stats.seconds += time.perf_counter() - started
-    return out
+    return cache.layers() if out is None else out
+
+
+def _finite(chunk: torch.Tensor) -> torch.Tensor:
+    """The chunk, checked chunk by chunk (a check of the whole [N, L, H, d] tensor would need N x P bytes more)."""
+    if not torch.isfinite(chunk).all():
+        raise ITIError(NONFINITE)
+    return chunk

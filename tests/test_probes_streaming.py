@@ -123,3 +123,17 @@ def test_streaming_needs_the_cache_and_the_torch_backend(tiny_model_dir, tmp_pat
         fit_directions(str(tiny_model_dir), tmp_path / "d.safetensors", probe_memory="stream", probe_backend="sklearn")
     with pytest.raises(ITIError, match="not one of"):
         fit_directions(str(tiny_model_dir), tmp_path / "d.safetensors", probe_memory="disk")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_non_finite_activations_fail_in_one_line_and_are_never_cached(tmp_path, stream):
+    from lm_eval_iti.collect import collect_activations
+    from lm_eval_iti.tiny import build_model, build_tokenizer
+
+    model, tok = build_model("llama", seed=0), build_tokenizer()
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight.mul_(1e6)  # out-projection inputs beyond fp16's 65504
+    with pytest.raises(ITIError, match="NaN/inf"):
+        collect_activations(model, tok, ["Q: a? A: b.", "Q: c? A: d."], cache_dir=tmp_path, identity="huge",
+                            progress=False, stream=stream)
+    assert not list(tmp_path.rglob("chunk_*.safetensors"))
