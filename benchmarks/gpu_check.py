@@ -5,10 +5,14 @@
   (b) batched activation collection vs a batch-1 loop (target >= 10x);
   (c) batched probe fitting on the device vs the sklearn loop, 1,024 heads x d=128 x 4,700 rows (target >= 50x;
       sklearn timed on a subset of heads and extrapolated);
-  (d) bf16 agreement of hf-iti (all positions), lm-eval's `steered` model with the exported .pt, and the baked model.
+  (d) bf16 agreement of hf-iti (all positions), lm-eval's `steered` model with the exported .pt, and the baked model;
+  (e) multi-GPU (only when torch.cuda.device_count() > 1, else reported "not run (N GPU)"): fit-directions on a small
+      fp32 Llama sharded over every GPU with a device_map (layers split evenly) writes the same directions file as
+      the fit on one GPU (max |diff| <= 1e-5, metadata equal), on synthetic multiple-choice data (no dataset needed).
 
 Run:  python benchmarks/gpu_check.py            (CUDA; hidden 4096, 32 heads, 8 layers, bf16)
       python benchmarks/gpu_check.py --small    (any machine: a small shape, correctness only)
+      python benchmarks/gpu_check.py --only multi-gpu   (just (e))
 Prints one line per figure and, last, the JSON figures; --json PATH also writes them to a file.
 """
 
@@ -67,7 +71,15 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="small shape (CPU-friendly; correctness, not speed)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--only", choices=("all", "multi-gpu"), default="all", help="multi-gpu: only check (e)")
     args = ap.parse_args()
+    if args.only == "multi-gpu":
+        print(f"machine: {machine()}")
+        figures = multi_gpu_check(Path(tempfile.mkdtemp(prefix="lm_eval_iti_gpu_check_")))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"figures": figures, "machine": machine()}, indent=2))
+        emit(figures)
+        return 0
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.hf_steered import SteeredModel
@@ -194,11 +206,67 @@ def main() -> int:
         rel = max(abs(a - b) for a, b in zip(s_iti, other)) / scale
         print(f"(d) bf16 max |hf-iti(all) - {name}| / mean |loglik| = {rel:.4f}")
         figures.append(figure(f"gpu_check (d) bf16 hf-iti(all) vs {name}: max rel diff", rel, "<= 0.02", rel <= 0.02))
+    figures += multi_gpu_check(work)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"figures": figures, "machine": machine()}, indent=2))
     emit(figures)
     return 0
+
+
+def synthetic_mc(path: Path, questions: int = 24, seed: int = 0) -> Path:
+    """An mc_task.json of made-up questions (1 true, 2 false answers each): the fit needs no downloaded dataset."""
+    import random
+
+    rng = random.Random(seed)
+    words = "the of a truth myth answer question model head light focus lens mirror city year party river".split()
+    rows = []
+    for i in range(questions):
+        q = f"Q{i}: " + " ".join(rng.choice(words) for _ in range(6)) + "?"
+        answers = [" ".join(rng.choice(words) for _ in range(4)) + f" {i}{k}" for k in range(3)]
+        targets = {answers[0]: 1, answers[1]: 0, answers[2]: 0}
+        rows.append({"question": q, "mc1_targets": targets, "mc2_targets": dict(targets)})
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def multi_gpu_check(work: Path, shards: list | None = None, single: str = "cuda:0") -> list[dict]:
+    """(e): a device_map over every GPU gives the single-GPU directions file; "not run (N GPU)" below two GPUs.
+    ``shards``/``single`` (tests): the devices to shard over and the one to compare with (default: every GPU, cuda:0)."""
+    count = torch.cuda.device_count()
+    name = "gpu_check (e) multi-GPU device_map fit vs one GPU: max |diff|"
+    if shards is None and count < 2:
+        note = f"not run ({count} GPU)"
+        print(f"(e) multi-GPU fit: {note}")
+        return [figure(name, None, "<= 1e-5", None, note=note)]
+    shards = shards if shards is not None else list(range(count))
+    from safetensors import safe_open
+
+    from lm_eval_iti.fit import fit_and_save
+
+    shape = dict(hidden=256, heads=8, layers=8, mlp=512, vocab=512)
+    folder = work / "multi_gpu_model"
+    build(shape, "cpu", torch.float32, folder)
+    data = synthetic_mc(work / "mc_task.json")
+    layers = shape["layers"]
+    device_map = {"model.embed_tokens": shards[0], "model.rotary_emb": shards[-1], "model.norm": shards[-1],
+                  "lm_head": shards[-1]}
+    device_map.update({f"model.layers.{i}": shards[i * len(shards) // layers] for i in range(layers)})
+    common = dict(data_dir=data, num_heads=6, sigma_data="mc", dtype="float32", progress=False, write_plot=False,
+                  use_cache=False, batch_size=8)
+    torch.backends.cuda.matmul.allow_tf32 = False  # the same fp32 arithmetic on every GPU
+    one = fit_and_save(str(folder), work / "one_gpu.safetensors", device=single, **common)
+    sharded = fit_and_save(str(folder), work / "sharded.safetensors", device_map=device_map, **common)
+    files = []
+    for p in (one.out, sharded.out):
+        with safe_open(str(p), framework="pt") as fh:
+            files.append(({k: fh.get_tensor(k) for k in fh.keys()}, fh.metadata()))
+    diff = max(float((files[0][0][k].double() - files[1][0][k].double()).abs().max()) for k in files[0][0])
+    same_meta = files[0][1] == files[1][1] and files[0][0].keys() == files[1][0].keys()
+    used = sorted({str(v) for v in device_map.values()})
+    print(f"(e) multi-GPU fit over devices {', '.join(used)} vs {single}: max |diff| {diff:.3g}, metadata equal: "
+          f"{same_meta}")
+    return [figure(name, diff, "<= 1e-5", diff <= 1e-5 and same_meta)]
 
 
 if __name__ == "__main__":

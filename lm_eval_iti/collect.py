@@ -10,6 +10,8 @@ Cache: ``{cache_dir}/activations/{key}/`` with ``meta.json`` and one safetensors
 killed run leaves only whole chunks, and the next run computes only the missing ones). The key is a hash of the model
 identity (hub id + commit, or a sha256 of the weights), the token ids of the prompt set and the dtype, so a second fit
 with another K, method or fold reads everything back with no forward pass. Memory during collection is one chunk.
+Under ``accelerate launch`` with N processes the missing chunks are dealt out across ranks (rank r takes every N-th,
+starting at r); each rank writes its own into the same cache entry, then all read the others' chunks back.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import distributed
 from .architectures import model_shape, out_projections
 from .artifact import file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
 CACHE_ENV = "LM_EVAL_ITI_CACHE"
+NONFINITE = ("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of the "
+             "activation cache (|x| > 65504)")
 LAYOUT_VERSION = "1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -47,12 +52,14 @@ class CollectStats:
     prompts_forwarded: int = 0
     chunks_computed: int = 0
     chunks_cached: int = 0
+    chunks_by_other_ranks: int = 0  # under accelerate launch: computed by another process, read from the cache
     seconds: float = 0.0
     cache_path: str = ""
     model_identity: str = ""
 
     def add(self, other: "CollectStats") -> None:
-        for name in ("prompts", "forward_passes", "prompts_forwarded", "chunks_computed", "chunks_cached", "seconds"):
+        for name in ("prompts", "forward_passes", "prompts_forwarded", "chunks_computed", "chunks_cached",
+                     "chunks_by_other_ranks", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -138,7 +145,9 @@ class _StopForward(Exception):
 
 
 def _input_device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
+    from .loading import execution_device
+
+    return execution_device(model)  # not the embedding weight's device: it is "meta" when accelerate offloaded it
 
 
 @torch.no_grad()
@@ -251,11 +260,75 @@ class ActivationCache:
                            "float16 (written by another model?); delete it or pass another --cache-dir")
         return acts
 
+    def read_chunk_layers(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Layers ``start:stop`` of chunk ``i``, fp16 [rows, stop-start, H, d]: only those bytes are read."""
+        from safetensors import safe_open
+
+        path = self.chunk_path(i)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                part = fh.get_slice("activations")
+                found = tuple(part.get_shape())
+                want = (len(self.chunk_rows(i)),) + self.shape
+                if found != want:
+                    raise ITIError(f"{path}: activation chunk has shape {list(found)}, expected {list(want)} (written "
+                                   "by another model?); delete it or pass another --cache-dir")
+                acts = part[:, start:stop]
+        except ITIError:
+            raise
+        except Exception as exc:
+            raise ITIError(f"{path}: unreadable activation chunk ({type(exc).__name__}); delete it to recollect") from None
+        if acts.dtype != torch.float16:
+            raise ITIError(f"{path}: activation chunk is {acts.dtype}, expected float16; delete it to recollect")
+        return acts
+
+    def layers(self, rows: list[int] | None = None) -> "CachedActivations":
+        """A streaming view of this entry (every chunk must be written) for ``probes.fit_probes``."""
+        missing = [i for i in range(self.num_chunks) if not self.has_chunk(i)]
+        if missing:
+            raise ITIError(f"{self.path}: activation chunks {missing[:5]} are missing; collect them first")
+        return CachedActivations(self, rows)
+
     def load(self) -> torch.Tensor:
         out = torch.empty((self.num_prompts,) + self.shape, dtype=torch.float16)
         for i in range(self.num_chunks):
             rows = self.chunk_rows(i)
             out[rows.start:rows.stop] = self.read_chunk(i)
+        return out
+
+
+class CachedActivations:
+    """fp16 [N, L, H, d] activations of a cache entry (optionally only ``rows``, in that order), read a block of layers
+    at a time: ``read_layers(start, stop)`` holds N x (stop-start) x H x d x 2 bytes plus one chunk's slice, never the
+    whole tensor. ``probes.fit_probes`` accepts it in place of the tensor (its streaming mode)."""
+
+    def __init__(self, cache: ActivationCache, rows: list[int] | None = None):
+        self.cache = cache
+        self.rows = torch.arange(cache.num_prompts) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+        if self.rows.numel() and (int(self.rows.min()) < 0 or int(self.rows.max()) >= cache.num_prompts):
+            raise ITIError(f"rows outside the {cache.num_prompts} prompts of {cache.path}")
+        self.shape = (len(self.rows),) + cache.shape
+
+    def read_layers(self, start: int, stop: int) -> torch.Tensor:
+        out = torch.empty((len(self.rows), stop - start) + self.cache.shape[1:], dtype=torch.float16)
+        for i in range(self.cache.num_chunks):
+            span = self.cache.chunk_rows(i)
+            wanted = ((self.rows >= span.start) & (self.rows < span.stop)).nonzero().flatten()
+            if wanted.numel():
+                out[wanted] = self.cache.read_chunk_layers(i, start, stop)[self.rows[wanted] - span.start]
+        return out
+
+    def head_activations(self, heads: torch.Tensor, rows=None) -> torch.Tensor:
+        """float32 [n, K, d] of the (layer, head) pairs ``heads`` (rows of this view, or ``rows`` of them), read one
+        layer at a time (select.head_activations for a streaming view)."""
+        import numpy as np
+
+        picked = torch.arange(len(self.rows)) if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        out = torch.empty((len(picked), len(heads), self.cache.shape[-1]), dtype=torch.float32)
+        for layer in sorted(set(heads[:, 0].tolist())):
+            columns = (heads[:, 0] == layer).nonzero().flatten()
+            block = self.read_layers(layer, layer + 1)[picked, 0]  # [n, H, d]
+            out[:, columns] = block[:, heads[columns, 1]].float()
         return out
 
 
@@ -279,7 +352,8 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
                         use_cache: bool = True, model_name: str | None = None, revision: str | None = None,
                         identity: str | None = None, progress: bool = True, desc: str = "activations",
                         stats: CollectStats | None = None, token_lists: list[list[int]] | None = None,
-                        rows: list[int] | None = None, collect_all: bool = False) -> torch.Tensor:
+                        rows: list[int] | None = None, collect_all: bool = False,
+                        stream: bool = False) -> "torch.Tensor | CachedActivations":
     """fp16 [N, layers, heads, head_dim]: out-projection inputs at each prompt's last token, from the cache if there.
 
     ``rows`` (optional): the only prompts the caller will use; the result then holds those rows, in that order. They
@@ -287,26 +361,37 @@ def collect_activations(model: nn.Module, tokenizer, prompts: list[str], *, add_
     set exists (then it is read) or ``collect_all`` asks for the whole set to be collected and cached anyway (for
     callers that will need the other rows later, e.g. the other folds of ``validate``).
     ``stats`` (optional) is filled in: ``forward_passes`` counts the model calls made now (0 when all chunks were cached).
+    ``stream``: return a ``CachedActivations`` view of the cache instead of the tensor (nothing but one chunk is held
+    in memory; needs the cache).
     """
     if batch_size < 1 or chunk_size < 1:
         raise ITIError(f"batch_size={batch_size} and chunk_size={chunk_size} must be positive")
     stats = stats if stats is not None else CollectStats()
+    if stream and not use_cache:
+        raise ITIError("streaming activations (probe_memory='stream') reads them from the activation cache: do not "
+                       "disable it")
     if not (token_lists if token_lists is not None else prompts):
         raise ITIError("no prompts to collect activations for")
     tokens = token_lists if token_lists is not None else tokenize_prompts(tokenizer, prompts, add_special_tokens)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     ident = identity or model_identity(model, model_name, revision, root if use_cache else None)
     common = dict(batch_size=batch_size, chunk_size=chunk_size, root=root, use_cache=use_cache, identity=ident,
-                  progress=progress, desc=desc, stats=stats)
+                  progress=progress, desc=desc, stats=stats, stream=stream)
     rows = None if rows is None else [int(r) for r in rows]
     if rows is None or rows == list(range(len(tokens))):
         return _collect(model, tokenizer, tokens, **common)
     if not rows:
         raise ITIError("no prompts to collect activations for")
     if collect_all:
-        return _collect(model, tokenizer, tokens, **common)[rows]
+        collected = _collect(model, tokenizer, tokens, **common)
+        return collected.cache.layers(rows) if stream else collected[rows]
     whole = _complete_entry(model, tokens, chunk_size, root, ident) if use_cache else None
     if whole is not None:
+        if stream:
+            stats.prompts += len(rows)
+            stats.chunks_cached += whole.num_chunks
+            stats.model_identity, stats.cache_path = ident, str(whole.path)
+            return whole.layers(rows)
         started = time.perf_counter()
         acts = whole.load()
         stats.prompts += len(rows)
@@ -328,7 +413,8 @@ def _complete_entry(model: nn.Module, tokens: list[list[int]], chunk_size: int, 
 
 
 def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size: int, chunk_size: int, root: Path,
-             use_cache: bool, identity: str, progress: bool, desc: str, stats: CollectStats) -> torch.Tensor:
+             use_cache: bool, identity: str, progress: bool, desc: str, stats: CollectStats,
+             stream: bool = False) -> "torch.Tensor | CachedActivations":
     """Every prompt of ``tokens``: cached chunks are read, the others computed (and written when ``use_cache``)."""
     from tqdm.auto import tqdm
 
@@ -343,7 +429,8 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
     cache = ActivationCache.open(root, meta) if use_cache else None
     chunking = cache.chunk_size if cache else chunk_size
     num_chunks = (n + chunking - 1) // chunking
-    out = torch.empty((n, shape.num_layers, shape.num_heads, shape.head_dim), dtype=torch.float16)
+    # streaming: nothing is assembled in memory (every chunk is on disk; the caller reads the layers it needs)
+    out = None if stream else torch.empty((n, shape.num_layers, shape.num_heads, shape.head_dim), dtype=torch.float16)
     stats.prompts += n
     stats.model_identity = ident
     stats.cache_path = str(cache.path) if cache else ""
@@ -351,15 +438,26 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
     for i in range(num_chunks):
         rows = range(i * chunking, min((i + 1) * chunking, n))
         if cache is not None and cache.has_chunk(i):
-            out[rows.start:rows.stop] = cache.read_chunk(i)
+            if out is not None:
+                out[rows.start:rows.stop] = _finite(cache.read_chunk(i))
             stats.chunks_cached += 1
         else:
             todo.append((i, rows))
+    others = []  # under accelerate launch: missing chunks other ranks compute, read back once all are written
+    if distributed.world_size() > 1:
+        if cache is None:
+            raise ITIError("data-parallel collection (accelerate launch with several processes) shares chunks through "
+                           "the activation cache: do not disable it (--no-cache / use_cache=False)")
+        distributed.barrier()  # every rank has listed the missing chunks before any rank writes one
+        mine = distributed.my_share(todo)
+        others = [item for item in todo if item not in mine]
+        todo = mine
     pending = sum(len(rows) for _, rows in todo)
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=pending, desc=desc, unit="prompt", disable=not progress or pending == 0) as bar:
+        with tqdm(total=pending, desc=desc, unit="prompt",
+                  disable=not progress or pending == 0 or not distributed.is_main_process()) as bar:
             for i, rows in todo:
                 chunk = torch.empty((len(rows), shape.num_layers, shape.num_heads * shape.head_dim), dtype=torch.float16)
                 for batch in _batches(tokens, rows, batch_size):
@@ -369,14 +467,26 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
                     stats.prompts_forwarded += len(batch)
                     bar.update(len(batch))
                 chunk = chunk.view(len(rows), shape.num_layers, shape.num_heads, shape.head_dim)
+                _finite(chunk)  # before it is cached: a cache never holds a chunk the fit would refuse
                 if cache is not None:
                     cache.write_chunk(i, chunk)
-                out[rows.start:rows.stop] = chunk
+                if out is not None:
+                    out[rows.start:rows.stop] = chunk
                 stats.chunks_computed += 1
     finally:
         model.train(was_training)
-    if not torch.isfinite(out).all():
-        raise ITIError("activations contain NaN/inf values: the model produced them, or a value exceeded the fp16 range of "
-                       "the activation cache (|x| > 65504)")
+    if distributed.world_size() > 1:
+        distributed.barrier()  # every rank has written its chunks
+        for i, rows in others:
+            if out is not None:
+                out[rows.start:rows.stop] = _finite(cache.read_chunk(i))
+            stats.chunks_by_other_ranks += 1
     stats.seconds += time.perf_counter() - started
-    return out
+    return cache.layers() if out is None else out
+
+
+def _finite(chunk: torch.Tensor) -> torch.Tensor:
+    """The chunk, checked chunk by chunk (a check of the whole [N, L, H, d] tensor would need N x P bytes more)."""
+    if not torch.isfinite(chunk).all():
+        raise ITIError(NONFINITE)
+    return chunk

@@ -36,7 +36,13 @@ def projected_shifts(model: nn.Module, directions: Directions, alpha: float) -> 
                            f"{str(dtype).replace('torch.', '')} weights (quantized), so W_o·shift cannot be computed "
                            "from them; load the model unquantized (e.g. --dtype float32) to export or bake, or steer "
                            "the quantized model with hf-iti")
-    return {layer: project_shift(projections[layer], vec).cpu() for layer, vec in shifts.items()}
+    from accelerate.utils import align_module_device
+
+    projected = {}
+    for layer, vec in shifts.items():
+        with align_module_device(projections[layer]):  # an offloaded W_o (device_map) is moved in for the product
+            projected[layer] = project_shift(projections[layer], vec).cpu()
+    return projected
 
 
 def steered_config(model: nn.Module, directions: Directions, alpha: float) -> dict:
@@ -94,7 +100,7 @@ def bake(model: nn.Module, directions: Directions, alpha: float, out_dir: str | 
     config = model.config.__class__.from_dict(model.config.to_dict())
     config.attention_bias = True
     baked = type(model)(config).to(dtype=next(model.parameters()).dtype)
-    missing, unexpected = baked.load_state_dict(model.state_dict(), strict=False)
+    missing, unexpected = baked.load_state_dict(_full_state_dict(model), strict=False)
     if unexpected or any(not k.endswith(".bias") for k in missing):
         raise ITIError(f"cannot bake {type(model).__name__}: weights do not map onto the biased config "
                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -106,6 +112,15 @@ def bake(model: nn.Module, directions: Directions, alpha: float, out_dir: str | 
         bias.copy_(vec.to(device=bias.device, dtype=bias.dtype))
     _save_folder(baked.eval(), tokenizer, target, directions, alpha, provenance)
     return target
+
+
+def _full_state_dict(model: nn.Module) -> dict:
+    """The state dict with accelerate-offloaded weights (device_map with cpu/disk) read back in, on the CPU."""
+    from accelerate.utils.modeling import get_state_dict_offloaded_model, has_offloaded_params
+
+    if any(has_offloaded_params(m) for m in model.modules()):
+        return get_state_dict_offloaded_model(model)
+    return model.state_dict()
 
 
 def _save_folder(model, tokenizer, target: Path, directions: Directions, alpha: float, provenance):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .architectures import model_shape
 from .artifact import FORMAT, FORMAT_VERSION, SITE, Directions, ModelShape, save_directions, validate
 from .atomic import write_json_atomic
@@ -35,8 +35,8 @@ from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
 from .folds import fold_assignment, fold_indices, question_id
-from .loading import DTYPES, load_model
-from .probes import PROBE_BACKENDS, ProbeResult, fit_probes, fit_probes_sklearn
+from .loading import DTYPES, execution_device, load_model
+from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
 
@@ -217,14 +217,14 @@ class FitActivations:
 
 def collect_stage(model, tokenizer, cfg: FitConfig, prompts: FitPrompts, *, model_name: str,
                   revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                  collect_all_folds: bool = False, progress: bool = True) -> FitActivations:
+                  collect_all_folds: bool = False, progress: bool = True, stream: bool = False) -> FitActivations:
     """Stage 3: last-token activations of every head for the training fold's prompts (``cache_dir``: read/fill the
     activation cache there; None: no cache)."""
     stats = {"probe set": CollectStats()}
     common = dict(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
                   cache_dir=Path(cache_dir).expanduser() if cache_dir is not None else None,
                   use_cache=cache_dir is not None, model_name=model_name, revision=revision, progress=progress,
-                  collect_all=collect_all_folds)
+                  collect_all=collect_all_folds, stream=stream)
     acts = collect_activations(model, tokenizer, prompts.mc_all.prompts, add_special_tokens=prompts.mc_all.add_special_tokens,
                                rows=prompts.probe_rows, desc="activations (probe set)", stats=stats["probe set"], **common)
     if prompts.sigma_set is prompts.mc_set:
@@ -355,10 +355,12 @@ class FitResult:
         return sum(s.forward_passes for s in self.collect_stats.values())
 
 
-def _model_and_tokenizer(model, tokenizer, *, revision, dtype, device, progress, gguf_file):
+def _model_and_tokenizer(model, tokenizer, *, revision, dtype, device, progress, gguf_file, device_map=None,
+                         max_memory=None, offload_folder=None):
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
-        model, tokenizer = load_model(name, revision, dtype, device, progress, gguf_file=gguf_file)
+        model, tokenizer = load_model(name, revision, dtype, device, progress, gguf_file=gguf_file,
+                                      device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         return model, tokenizer, name
     if dtype not in DTYPES:
         raise ITIError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
@@ -369,10 +371,15 @@ def _model_and_tokenizer(model, tokenizer, *, revision, dtype, device, progress,
 
 def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dtype: str = "auto",
             device: str | None = None, gguf_file: str | None = None, cache_dir: str | os.PathLike | None = None,
-            collect_all_folds: bool = False, progress: bool = True, source: str = "<memory>") -> FitResult:
+            collect_all_folds: bool = False, progress: bool = True, source: str = "<memory>",
+            device_map=None, max_memory=None, offload_folder=None, probe_memory: str = "memory") -> FitResult | None:
     """Every stage in order, in memory: ``model`` is a path/hub id/.gguf or a loaded model (then pass ``tokenizer``).
-    ``cache_dir``: the activation cache to read and fill (None: none)."""
+    ``cache_dir``: the activation cache to read and fill (None: none). ``device_map``/``max_memory``/
+    ``offload_folder``: accelerate's placement (loading.load_model). ``probe_memory="stream"``: activations stay in
+    the cache and are read a block of layers at a time (identical results; needs ``cache_dir``). Under
+    ``accelerate launch`` every rank collects its share of the chunks; the other ranks then return None."""
     cfg.check()
+    check_probe_memory(probe_memory, cfg.probe_backend, use_cache=cache_dir is not None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     data = load_and_split(cfg)  # before the model: bad data fails fast
@@ -380,7 +387,8 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
 
     clock = time.perf_counter()
     model, tokenizer, model_name = _model_and_tokenizer(model, tokenizer, revision=revision, dtype=dtype, device=device,
-                                                        progress=progress, gguf_file=gguf_file)
+                                                        progress=progress, gguf_file=gguf_file, device_map=device_map,
+                                                        max_memory=max_memory, offload_folder=offload_folder)
     shape = model_shape(model)
     if cfg.num_heads > shape.num_layers * shape.num_heads:
         raise ITIError(f"num_heads={cfg.num_heads} is larger than layers x heads = {shape.num_layers} x "
@@ -391,11 +399,13 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
     prompts = build_prompt_sets(cfg, data, tokenizer)
     clock = time.perf_counter()
     acts = collect_stage(model, tokenizer, cfg, prompts, model_name=model_name, revision=revision, cache_dir=cache_dir,
-                         collect_all_folds=collect_all_folds, progress=progress)
+                         collect_all_folds=collect_all_folds, progress=progress, stream=probe_memory == "stream")
     timings["collect activations"] = time.perf_counter() - clock
+    if not distributed.is_main_process():  # the chunks are written; rank 0 fits and writes
+        return None
 
     clock = time.perf_counter()
-    probes = probe_stage(cfg, acts.probe, prompts, device=model.get_input_embeddings().weight.device, progress=progress)
+    probes = probe_stage(cfg, acts.probe, prompts, device=execution_device(model), progress=progress)
     timings["probes"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -450,9 +460,12 @@ def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitAct
     }
 
 
+@distributed.main_writes_others_wait
 def fit_directions(model, tokenizer=None, *, revision: str | None = None, dtype: str = "auto",
                    device: str | None = None, gguf_file: str | None = None,
-                   cache_dir: str | os.PathLike | None = None, progress: bool = True, **options) -> Directions:
+                   cache_dir: str | os.PathLike | None = None, progress: bool = True, device_map=None,
+                   max_memory=None, offload_folder=None, probe_memory: str = "memory",
+                   **options) -> Directions | None:
     """Fit ITI directions in memory and return them; nothing is written (``cache_dir``: an activation cache to read
     and fill, off by default).
 
@@ -461,8 +474,10 @@ def fit_directions(model, tokenizer=None, *, revision: str | None = None, dtype:
     ``alpha`` (a number or ``"auto"``), ...). Save with ``Directions.save``; steer with ``Directions.apply``.
     """
     cfg = make_config(**options)
-    return run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
-                   cache_dir=cache_dir, progress=progress).directions
+    result = run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
+                     cache_dir=cache_dir, progress=progress, device_map=device_map, max_memory=max_memory,
+                     offload_folder=offload_folder, probe_memory=probe_memory)
+    return None if result is None else result.directions  # None: a non-main rank under accelerate launch
 
 
 def companion_paths(out: str | os.PathLike) -> tuple[Path, Path]:
@@ -497,10 +512,12 @@ def write_fit(result: FitResult, out: str | os.PathLike, model_name: str | None 
     return result
 
 
+@distributed.main_writes_others_wait  # under accelerate launch: rank 0 writes, the others return once it has
 def fit_and_save(model, out: str | os.PathLike, *, tokenizer=None, revision: str | None = None, dtype: str = "auto",
                  device: str | None = None, gguf_file: str | None = None, cache_dir: str | os.PathLike | None = None,
                  use_cache: bool = True, collect_all_folds: bool = False, progress: bool = True,
-                 write_plot: bool = True, **options) -> FitResult:
+                 write_plot: bool = True, device_map=None, max_memory=None, offload_folder=None,
+                 probe_memory: str = "memory", **options) -> FitResult | None:
     """``fit-directions``: the fit (activation cache on by default) and its files: ``out``, the heatmap and the summary.
 
     Activations are collected for the training fold's prompts only, unless ``collect_all_folds``: then every fold's
@@ -512,7 +529,11 @@ def fit_and_save(model, out: str | os.PathLike, *, tokenizer=None, revision: str
     cfg = make_config(**options)
     cache = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) if use_cache else None
     result = run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
-                     cache_dir=cache, collect_all_folds=collect_all_folds, progress=progress, source=str(out))
+                     cache_dir=cache, collect_all_folds=collect_all_folds, progress=progress, source=str(out),
+                     device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
+                     probe_memory=probe_memory)
+    if result is None:  # a non-main rank under accelerate launch: rank 0 writes
+        return None
     return write_fit(result, out, write_plot=write_plot)
 
 

@@ -88,6 +88,8 @@ class Intervener:
                 # each vector lives on its own module's device (device_map across GPUs), in float32: it is cast to
                 # the activation dtype at the add (a quantized weight's uint8/int8/float8 dtype would wreck it)
                 device = projections[layer].weight.device
+                if device.type == "meta":  # offloaded by accelerate: add_at_positions moves it to the input's device
+                    device = torch.device("cpu")
                 self.vectors[layer] = vec.to(device=device, dtype=torch.float32)
         self._projections = projections
         self._handles: list = []

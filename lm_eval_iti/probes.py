@@ -21,6 +21,17 @@ import torch
 from .errors import ITIError
 
 PROBE_BACKENDS = ("torch", "sklearn")
+# memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
+PROBE_MEMORY = ("memory", "stream")
+
+
+def check_probe_memory(probe_memory: str, probe_backend: str = "torch", use_cache: bool = True) -> None:
+    if probe_memory not in PROBE_MEMORY:
+        raise ITIError(f"probe_memory={probe_memory!r} is not one of {', '.join(PROBE_MEMORY)}")
+    if probe_memory == "stream" and probe_backend != "torch":
+        raise ITIError("probe_memory='stream' needs probe_backend='torch' (the sklearn loop holds every activation)")
+    if probe_memory == "stream" and not use_cache:
+        raise ITIError("probe_memory='stream' reads activations from the activation cache: do not disable it")
 
 
 @dataclass
@@ -125,44 +136,108 @@ def _labels(y, rows, what: str) -> torch.Tensor:
     return yy
 
 
-def fit_probes(acts: torch.Tensor, labels, train_rows, val_rows, *, C: float = 1.0, tol: float = 1e-5,
+class LayerBlocks:
+    """Streaming input of ``fit_probes``: a tensor-like [N, L, H, d] of which only a block of layers is in memory.
+
+    Anything with ``shape`` and ``read_layers(start, stop) -> [N, stop-start, H, d]`` (e.g.
+    ``collect.CachedActivations``, which reads them from the activation cache's chunk files) can stand in for it.
+    """
+
+    shape: tuple[int, int, int, int]
+
+    def read_layers(self, start: int, stop: int) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def probe_working_bytes(n: int, d: int) -> int:
+    """Bytes one probe of a group holds while newton_logistic runs: X and its weighted copy (fp32, n x d each) and the
+    (d+1)^2 Hessian as the fp32 product, its fp64 copy, the assembled system and its Cholesky factor."""
+    return n * d * 4 * 2 + (d + 1) * (d + 1) * (4 + 8 + 8 + 8)
+
+
+def fit_probes(acts, labels, train_rows, val_rows, *, C: float = 1.0, tol: float = 1e-5,
                max_iter: int = 50, device: str | torch.device | None = None, max_bytes: int | None = None,
-               progress: bool = False) -> ProbeResult:
-    """Train every head's probe on ``train_rows`` and score it on ``val_rows``. acts: [N, L, H, d] (any float dtype)."""
+               progress: bool = False, block_bytes: int | None = None) -> ProbeResult:
+    """Train every head's probe on ``train_rows`` and score it on ``val_rows``. acts: [N, L, H, d] (any float dtype).
+
+    ``acts`` may also be a streaming source (``LayerBlocks``: a ``read_layers`` method): the probes are then fitted
+    from blocks of whole layers of at most ``block_bytes`` (default ``max_bytes``; at least the layers one group of
+    probes spans), so the [N, L, H, d] tensor is never in memory at once. The groups of probes are the same in both
+    modes and each group sees the same numbers, so the results are identical.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     N, L, H, d = acts.shape
+    streaming = not isinstance(acts, torch.Tensor)
+    if streaming and not hasattr(acts, "read_layers"):
+        raise TypeError(f"acts must be a tensor or have read_layers(start, stop), got {type(acts).__name__}")
     y_train = _labels(labels, train_rows, "probe-training")
     y_val = torch.as_tensor(np.asarray(labels)[np.asarray(val_rows, dtype=np.int64)], dtype=torch.float32)
     if y_val.numel() == 0:
         raise ITIError("the probe-validation split has no rows (val_ratio too small for the number of questions?)")
-    device = torch.device(device) if device is not None else acts.device
+    device = torch.device(device) if device is not None else (torch.device("cpu") if streaming else acts.device)
     if max_bytes is None:  # working memory per group of probes
         max_bytes = (2 << 30) if device.type == "cuda" else (256 << 20)
-    flat = acts.reshape(N, L * H, d)
+    flat = None if streaming else acts.reshape(N, L * H, d)
     train_idx = torch.as_tensor(np.asarray(train_rows, dtype=np.int64))
     val_idx = torch.as_tensor(np.asarray(val_rows, dtype=np.int64))
     n = len(train_idx)
-    group = max(1, min(L * H, int(max_bytes // max(1, n * d * 4 * 2))))  # X and its weighted copy
+    group = max(1, min(L * H, int(max_bytes // probe_working_bytes(n, d))))
     coef = torch.empty(L * H, d)
     intercept = torch.empty(L * H)
     accuracy = torch.empty(L * H)
     most_iterations = 0
     y_train_dev, y_val_dev = y_train.to(device), y_val.to(device)
+    if streaming:
+        row_bytes = N * H * d * 2  # one layer of every row, fp16
+        block_layers = max(1, int((block_bytes or max_bytes) // max(1, row_bytes)))
+        block = _BlockReader(acts, block_layers, H)
     for start in tqdm(range(0, L * H, group), desc="probes", unit="group", disable=not progress):
         heads = slice(start, min(start + group, L * H))
+        if streaming:
+            flat, heads = block.covering(heads)  # the layers holding these probes, and their columns in that block
         X = flat[train_idx, heads].to(device=device, dtype=torch.float32).transpose(0, 1).contiguous()
         w, b, its = newton_logistic(X, y_train_dev, C=C, tol=tol, max_iter=max_iter)
         most_iterations = max(most_iterations, its)
         del X
         Xv = flat[val_idx, heads].to(device=device, dtype=torch.float32).transpose(0, 1)
         pred = (torch.bmm(Xv, w.unsqueeze(-1)).squeeze(-1) + b[:, None]) > 0  # sklearn: decision_function > 0
-        accuracy[heads] = (pred == y_val_dev.bool()).float().mean(1).cpu()
-        coef[heads] = w.cpu()
-        intercept[heads] = b.cpu()
+        done = slice(start, start + (heads.stop - heads.start))
+        accuracy[done] = (pred == y_val_dev.bool()).float().mean(1).cpu()
+        coef[done] = w.cpu()
+        intercept[done] = b.cpu()
+    info = {"C": C, "tol": tol, "solver": "batched newton"}
+    if streaming:
+        info.update(mode="streaming", layer_reads=block.reads, largest_block_bytes=block.largest_bytes)
+    info["groups"] = -(-(L * H) // group)
     return ProbeResult(accuracy.view(L, H), coef.view(L, H, d), intercept.view(L, H), "torch", most_iterations,
-                       time.perf_counter() - started, {"C": C, "tol": tol, "solver": "batched newton"})
+                       time.perf_counter() - started, info)
+
+
+class _BlockReader:
+    """Holds one block of whole layers of a streaming source, read anew only when a group of probes leaves it."""
+
+    def __init__(self, source, block_layers: int, heads_per_layer: int):
+        self.source, self.block_layers, self.H = source, block_layers, heads_per_layer
+        self.num_layers = source.shape[1]
+        self.first = self.stop = 0
+        self.flat = None
+        self.reads = 0
+        self.largest_bytes = 0
+
+    def covering(self, heads: slice) -> tuple[torch.Tensor, slice]:
+        """(block [N, layers*H, d], the probes' columns in it) for the flattened probe indices ``heads``."""
+        first, last = heads.start // self.H, (heads.stop - 1) // self.H
+        if not (self.first <= first and last < self.stop and self.flat is not None):
+            self.flat = None  # drop the old block before reading the next one
+            self.first, self.stop = first, min(self.num_layers, max(last + 1, first + self.block_layers))
+            block = self.source.read_layers(self.first, self.stop)
+            self.flat = block.reshape(block.shape[0], -1, block.shape[-1])
+            self.reads += 1
+            self.largest_bytes = max(self.largest_bytes, block.element_size() * block.nelement())
+        offset = self.first * self.H
+        return self.flat, slice(heads.start - offset, heads.stop - offset)
 
 
 def fit_probes_sklearn(acts: torch.Tensor, labels, train_rows, val_rows, *, seed: int = 42, max_iter: int = 1000,

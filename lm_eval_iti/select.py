@@ -66,6 +66,8 @@ def _unit(v: torch.Tensor, what: str, heads: torch.Tensor) -> torch.Tensor:
 
 def head_activations(acts: torch.Tensor, heads: torch.Tensor, rows=None) -> torch.Tensor:
     """float32 [n, K, d]: the selected heads' activations (all rows, or ``rows``)."""
+    if not isinstance(acts, torch.Tensor):  # a streaming view (collect.CachedActivations): reads only these layers
+        return acts.head_activations(heads, rows)
     x = acts if rows is None else acts[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
     return x[:, heads[:, 0], heads[:, 1]].float()
 

@@ -32,6 +32,18 @@ def test_gpu_check_small_runs_and_its_correctness_figures_hold(tmp_path):
         assert figures[name]["pass"] is (value <= limit), (name, figures[name])
     # on CPU the speed targets do not apply: n/a, never a pass
     assert all(f["pass"] is None for n, f in figures.items() if n not in CORRECTNESS_LIMITS), figures
+    multi = figures["gpu_check (e) multi-GPU device_map fit vs one GPU: max |diff|"]
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        assert multi["ratio"] is None and multi["note"] == f"not run ({torch.cuda.device_count()} GPU)"
+
+
+def test_gpu_check_multi_gpu_part_compares_a_sharded_fit_with_a_single_device_fit(tmp_path):
+    """(e)'s code path on CPU: the same comparison with the "shards" on the CPU (on a GPU machine, every GPU)."""
+    gpu_check = _bench_module("gpu_check")
+    (row,) = gpu_check.multi_gpu_check(tmp_path, shards=["cpu", "cpu"], single="cpu")
+    assert row["pass"] is True and row["ratio"] <= 1e-5
 
 
 CORRECTNESS_LIMITS = {"gpu_check (c) probes mean |acc diff|": 0.01,

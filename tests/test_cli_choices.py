@@ -15,7 +15,7 @@ from lm_eval_iti.export import EXPORT_FORMATS
 from lm_eval_iti.intervene import GEN_POSITIONS, MC_POSITIONS
 from lm_eval_iti.judges.config import BACKENDS
 from lm_eval_iti.loading import DTYPES
-from lm_eval_iti.probes import PROBE_BACKENDS
+from lm_eval_iti.probes import PROBE_BACKENDS, PROBE_MEMORY
 from lm_eval_iti.prompts import INSTRUCTIONS, PRIMERS, PROMPT_FORMATS, SIGMA_DATA
 from lm_eval_iti.select import METHODS
 
@@ -28,6 +28,7 @@ EXPECTED = {
     "prompt_format": set(PROMPT_FORMATS),
     "sigma_data": set(SIGMA_DATA),
     "probe_backend": set(PROBE_BACKENDS),
+    "probe_memory": set(PROBE_MEMORY),
     "target": set(EXPORT_FORMATS),
     "backend": set(BACKENDS) - {"none"},
     "engine": set(ENGINE_MODES),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .placement import placement_options
+
 
 @click.command(context_settings={"show_default": True})
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -20,9 +22,15 @@ import click
 @click.option("--kl-budget", default=0.2, type=float, help="With --model: alpha = the largest within this KL budget.")
 @click.option("--corpus", default="wikitext", help="CE/KL and alpha-auto text: 'wikitext' (hub) or a raw text file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out, model, gguf_file, data_dir, num_questions, num_heads, kl_budget, corpus, quiet):
+@placement_options
+def demo(out, model, gguf_file, data_dir, num_questions, num_heads, kl_budget, corpus, quiet, device_map, max_memory,
+         offload_folder):
     """Fit directions, compare hf and hf-iti with lm-eval, plot the results (truth world, or a real model)."""
     if model is None:
+        if device_map or max_memory or offload_folder:
+            from ..errors import ITIError
+
+            raise ITIError("--device-map, --max-memory and --offload-folder apply to a real model (--model)")
         from ..truthworld.demo import run_demo
 
         run_demo(out or "results/demo", log=click.echo)
@@ -33,4 +41,5 @@ def demo(out, model, gguf_file, data_dir, num_questions, num_heads, kl_budget, c
 
     out = out or f"results/demo-{Path(model).name}"
     run_real_demo(out, model, gguf_file=gguf_file, data_dir=data_dir, num_questions=num_questions or None,
-                  num_heads=num_heads, kl_budget=kl_budget, corpus=corpus, progress=not quiet, log=click.echo)
+                  num_heads=num_heads, kl_budget=kl_budget, corpus=corpus, progress=not quiet, log=click.echo,
+                  device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)

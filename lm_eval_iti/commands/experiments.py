@@ -17,6 +17,7 @@ from ..probes import PROBE_BACKENDS
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from ..select import METHODS
 from ..prompts import INSTRUCTIONS
+from .placement import PLACEMENT_OPTIONS, placement_options
 
 # every choice list is the library's own constant, so the CLI offers exactly what the library accepts
 METHOD_CHOICES = METHODS
@@ -118,6 +119,7 @@ def common_options(func):
         click.option("--out", default=None, type=click.Path(file_okay=False),
                      help="Run folder (default: results/<a name from the settings>); rerun to resume."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
+        *PLACEMENT_OPTIONS,
     ]
     for option in reversed(options):
         func = option(func)
@@ -139,7 +141,8 @@ def _config(kw: dict):
         apply_chat_template=kw["apply_chat_template"], system_instruction=kw["system_instruction"],
         gen_kwargs=kw["gen_kwargs"], max_length=kw["max_length"], batch_size=kw["batch_size"],
         fit_batch_size=kw["fit_batch_size"], cache_dir=kw["cache_dir"], progress=not kw["quiet"], engine=kw["engine"],
-        folds=None if kw["only_folds"] is None else tuple(_parse_ints(kw["only_folds"], "--folds")))
+        folds=None if kw["only_folds"] is None else tuple(_parse_ints(kw["only_folds"], "--folds")),
+        device_map=kw["device_map"], max_memory=kw["max_memory"], offload_folder=kw["offload_folder"])
 
 
 def _default_out(kind: str, kw: dict, tail: str) -> str:
@@ -247,8 +250,9 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--revision", default=None)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")
 @click.option("--quiet", is_flag=True)
+@placement_options
 def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
-                 dtype, device, revision, out, quiet):
+                 dtype, device, revision, out, quiet, device_map, max_memory, offload_folder):
     """CE of base and steered model and KL(base || steered) per token, same documents, every position edited."""
     import os
 
@@ -263,7 +267,8 @@ def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, n
         raise ITIError(f"{directions}: directions file not found")
     if out and Path(out).is_dir():
         raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
-    loaded, tokenizer = load_model(model, revision, dtype, device, not quiet, gguf_file=gguf_file)
+    loaded, tokenizer = load_model(model, revision, dtype, device, not quiet, gguf_file=gguf_file,
+                                   device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     result = measure(loaded, tokenizer, directions, alpha=alpha, heads=heads, corpus=corpus, num_docs=num_docs,
                      num_tokens=num_tokens, seed=seed, detokenized=not no_detokenize, batch_size=batch_size,
                      progress=not quiet)

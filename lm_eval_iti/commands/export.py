@@ -6,17 +6,20 @@ import click
 
 from ..export import EXPORT_FORMATS
 from ..loading import DTYPES
+from .placement import placement_options
 
 WEIGHT_DTYPES = tuple(d for d in DTYPES if d != "auto")  # a file's dtype must be named
 
 
-def _load(model_id, directions_path, dtype, revision, gguf_file=None):
+def _load(model_id, directions_path, dtype, revision, gguf_file=None, device_map=None, max_memory=None,
+          offload_folder=None):
     from ..architectures import model_shape
     from ..artifact import load_directions
     from ..loading import load_model
 
-    model, tokenizer = load_model(model_id, revision=revision, dtype=dtype, device="cpu", progress=False,
-                                  gguf_file=gguf_file)
+    model, tokenizer = load_model(model_id, revision=revision, dtype=dtype, device=None if device_map else "cpu",
+                                  progress=False, gguf_file=gguf_file, device_map=device_map, max_memory=max_memory,
+                                  offload_folder=offload_folder)
     directions = load_directions(directions_path, expect=model_shape(model))
     return model, tokenizer, directions
 
@@ -39,11 +42,13 @@ def _alpha(alpha, directions):
 @click.option("--heads", "num_heads", type=int, default=None, help="Use only the file's top-K heads.")
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True)
 @click.option("--revision", default=None)
-def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype, revision):
+@placement_options
+def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype, revision, device_map, max_memory,
+           offload_folder):
     """Export W_o·(alpha·sigma·direction) per layer for `lm_eval --model steered` (edits every position)."""
     from ..export import export_steered
 
-    model, _, d = _load(model_id, directions, dtype, revision, gguf_file)
+    model, _, d = _load(model_id, directions, dtype, revision, gguf_file, device_map, max_memory, offload_folder)
     d = d.top_k(num_heads) if num_heads else d
     path = export_steered(model, d, _alpha(alpha, d), out)
     click.echo(f"wrote {path}: use --model steered --model_args pretrained={model_id},steer_path={path}")
@@ -59,7 +64,9 @@ def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True,
               help="Weights dtype of the saved model.")
 @click.option("--revision", default=None)
-def bake(model_id, gguf_file, directions, out, alpha, num_heads, dtype, revision):
+@placement_options
+def bake(model_id, gguf_file, directions, out, alpha, num_heads, dtype, revision, device_map, max_memory,
+         offload_folder):
     """Write a Hugging Face model whose attention output bias holds W_o·shift (acts at every position)."""
     from pathlib import Path
 
@@ -68,7 +75,8 @@ def bake(model_id, gguf_file, directions, out, alpha, num_heads, dtype, revision
 
     if Path(out).exists() and any(Path(out).iterdir()):  # before loading the model: fail fast
         raise ITIError(f"{out}: output folder exists and is not empty")
-    model, tokenizer, d = _load(model_id, directions, dtype, revision, gguf_file)
+    model, tokenizer, d = _load(model_id, directions, dtype, revision, gguf_file, device_map, max_memory,
+                                offload_folder)
     d = d.top_k(num_heads) if num_heads else d
     path = bake_model(model, d, _alpha(alpha, d), out, tokenizer=tokenizer, provenance={"base_model": model_id})
     click.echo(f"wrote {path} (loads with plain transformers; edits every position like hf-iti mc/gen_positions=all)")

@@ -6,9 +6,10 @@ import click
 
 from ..data import HUB_ID
 from ..loading import DTYPES
-from ..probes import PROBE_BACKENDS
+from ..probes import PROBE_BACKENDS, PROBE_MEMORY
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from ..select import METHODS
+from .placement import placement_options
 
 DTYPE_CHOICES = DTYPES
 
@@ -41,10 +42,15 @@ DTYPE_CHOICES = DTYPES
               help="Prompts sigma is measured on (always restricted to the training questions).")
 @click.option("--probe-backend", type=click.Choice(PROBE_BACKENDS), default="torch",
               help="torch: all probes batched; sklearn: the reference's per-head loop.")
+@click.option("--probe-memory", type=click.Choice(PROBE_MEMORY), default="memory",
+              help="stream: probes read the activation cache a block of layers at a time (bounded memory for large "
+                   "models; same result).")
 @click.option("--max-questions", default=None, type=int,
               help="Use only the first N questions of the data (quick trials; folds are then over those N).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
 @click.option("--batch-size", default=16, type=int, help="Prompts per forward pass.")
+@click.option("--chunk-size", default=512, type=int,
+              help="Prompts per activation-cache file: the unit of resuming and of the split across accelerate ranks.")
 @click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Activation cache (default: $LM_EVAL_ITI_CACHE or ~/.cache/lm_eval_iti).")
@@ -54,9 +60,11 @@ DTYPE_CHOICES = DTYPES
                    "read everything from the cache (validate and sweep do this). Default: the training fold's only.")
 @click.option("--no-plot", is_flag=True, help="Do not write the FILE.heads.png heatmap.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@placement_options
 def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads, method, random_heads, alpha, kl_budget, kl_corpus, val_ratio, seed,
-                   num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, max_questions, dtype,
-                   batch_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet):
+                   num_folds, fold, contiguous_folds, prompt_format, sigma_data, probe_backend, probe_memory, max_questions, dtype,
+                   batch_size, chunk_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet, device_map, max_memory,
+                   offload_folder):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
     from ..experiments.side_effects import parse_alpha_option
     from ..fit import fit_and_save, format_summary
@@ -66,9 +74,13 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
     result = fit_and_save(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
                      random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,
                      contiguous_folds=contiguous_folds, prompt_format=prompt_format, sigma_data=sigma_data,
-                     alpha=alpha, dtype=dtype, batch_size=batch_size, device=device, cache_dir=cache_dir,
-                     use_cache=not no_cache, probe_backend=probe_backend, max_questions=max_questions,
+                     alpha=alpha, dtype=dtype, batch_size=batch_size, chunk_size=chunk_size, device=device,
+                     cache_dir=cache_dir, use_cache=not no_cache, probe_backend=probe_backend,
+                     probe_memory=probe_memory, max_questions=max_questions,
                        revision=revision, progress=not quiet, write_plot=not no_plot,
                        gguf_file=gguf_file, kl_budget=kl_budget, kl_corpus=kl_corpus,
-                     collect_all_folds=collect_all_folds)
+                     collect_all_folds=collect_all_folds, device_map=device_map, max_memory=max_memory,
+                     offload_folder=offload_folder)
+    if result is None:  # a non-main rank of accelerate launch: rank 0 wrote the file and prints the summary
+        return
     click.echo(format_summary(result.summary))

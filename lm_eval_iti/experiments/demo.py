@@ -21,7 +21,8 @@ DEMO_TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2")
 def run_real_demo(out: str | os.PathLike, model: str = DEMO_MODEL, *, gguf_file: str | None = None,
                   data_dir: str | None = None, num_questions: int | None = 100, num_heads: int = 16,
                   kl_budget: float = 0.2, corpus: str = "wikitext", num_docs: int = 50, batch_size: int = 8,
-                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                  progress: bool = True, log: Callable[[str], None] = print, device_map=None, max_memory=None,
+                  offload_folder=None) -> dict:
     """Run (or resume) the demo in ``out``; returns the validate results with the plot paths added."""
     from .plots import kl_budget_curve
     from .runner import ExperimentConfig, table_markdown
@@ -31,7 +32,8 @@ def run_real_demo(out: str | os.PathLike, model: str = DEMO_MODEL, *, gguf_file:
         raise ITIError("num_questions needs data_dir (a local TruthfulQA folder to take the subset from)")
     config = ExperimentConfig(model=model, gguf_file=gguf_file, data_dir=data_dir, num_questions=num_questions,
                               tasks=DEMO_TASKS, num_folds=2, folds=(0,), corpus=corpus, num_docs=num_docs,
-                              kl_budget=kl_budget, batch_size=batch_size, bootstrap_iters=1000, progress=progress)
+                              kl_budget=kl_budget, batch_size=batch_size, bootstrap_iters=1000, progress=progress,
+                              device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     results = validate(config, out, alpha="auto", num_heads=num_heads, baselines=("random-matched",), random_draws=1)
     out = Path(out)
     choice = json.loads((out / "folds" / "fold_0_alpha_auto.json").read_text())

@@ -27,6 +27,7 @@ from .. import __version__
 from ..atomic import write_json_atomic, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
+from ..loading import execution_device
 from . import aggregate as agg
 from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant
 
@@ -35,7 +36,7 @@ RESULTS_FORMAT = "lm-eval-iti/experiment"
 RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
 NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
-              "engine_max_batch_bytes")
+              "engine_max_batch_bytes", "device_map", "max_memory", "offload_folder")
 ENGINE_MODES = ("auto", "on", "off")
 
 
@@ -81,6 +82,9 @@ class ExperimentConfig:
     # is a loglikelihood task; off = every row through lm-eval's hf-iti; on = refuse tasks it cannot score
     engine: str = "auto"
     engine_max_batch_bytes: int = 1 << 30
+    device_map: str | dict | None = None  # accelerate placement (loading.load_model); not part of a run's identity
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
 
     def check(self) -> None:
         if self.num_folds < 2:
@@ -240,7 +244,8 @@ class Experiment:
 
             c = self.config
             self._model, self._tokenizer = load_model(c.model, c.revision, c.dtype, c.device, c.progress,
-                                                        gguf_file=c.gguf_file)
+                                                        gguf_file=c.gguf_file, device_map=c.device_map,
+                                                        max_memory=c.max_memory, offload_folder=c.offload_folder)
         return self._model, self._tokenizer
 
     def fit(self, fold: int, spec) -> dict:
@@ -442,11 +447,11 @@ class Experiment:
                 if variant.kind == "hf":  # no edit: steered == base; measured once per run
                     if self._base_side_effects is None:
                         self._base_side_effects = measure(base_fn, base_fn, docs, c.batch_size,
-                                                          device=next(model.parameters()).device,
+                                                          device=execution_device(model),
                                                           progress=c.progress, desc="CE/KL base")
                     side = dict(self._base_side_effects)
                 else:
-                    side = measure(base_fn, steered_fn, docs, c.batch_size, device=next(model.parameters()).device,
+                    side = measure(base_fn, steered_fn, docs, c.batch_size, device=execution_device(model),
                                    progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}")
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {

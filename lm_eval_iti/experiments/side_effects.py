@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ITIError
+from ..loading import execution_device
 
 HUB_CORPUS = {"path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1", "split": "test"}
 DEFAULT_CORPUS = "wikitext"
@@ -256,7 +257,7 @@ def side_effects(model, tokenizer, directions, alpha: float | None = None, heads
     intervener = Intervener(model, directions, alpha).install()
     try:
         base, steered = hooked_logits(model, intervener)
-        device = next(model.parameters()).device
+        device = execution_device(model)
         result = measure(base, steered, docs, batch_size, device=device, progress=progress,
                          desc=f"CE/KL alpha={alpha:g}")
     finally:
@@ -326,7 +327,7 @@ def alpha_for_kl_budget(model, tokenizer, directions, kl_budget: float = DEFAULT
         raise ITIError(f"alpha auto: corpus {corpus} has no paragraph left beside the {len(held_out)} of the "
                        "side-effects sample")
     docs, corpus_info = corpus_docs(tokenizer, corpus, num_docs, num_tokens, seed, exclude=held_out)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
     vocab = model.get_output_embeddings().weight.shape[0]
     keep_base = sum(len(d) for d in docs) * vocab * 4 <= BASE_LOGITS_BYTES
