@@ -116,3 +116,15 @@ def project_shift(module: nn.Module, shift: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return weight @ shift
     return shift @ weight  # Conv1D stores [in, out]
+
+
+def execution_device(model) -> torch.device:
+    """Where to put inputs and side computations: the device of the input embeddings, or the CPU when accelerate
+    has offloaded them (their weights then sit on the meta device and are moved in at each forward)."""
+    embeddings = model.get_input_embeddings()
+    device = embeddings.weight.device
+    if device.type != "meta":
+        return device
+    hooked = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)  # accelerate's AlignDevicesHook
+    return torch.device(hooked if not isinstance(hooked, int) else f"cuda:{hooked}") if hooked is not None \
+        else torch.device("cpu")

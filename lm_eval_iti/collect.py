@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .architectures import model_shape, out_projections
+from .architectures import execution_device, model_shape, out_projections
 from .artifact import file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
@@ -145,8 +145,6 @@ class _StopForward(Exception):
 
 
 def _input_device(model: nn.Module) -> torch.device:
-    from .loading import execution_device
-
     return execution_device(model)  # not the embedding weight's device: it is "meta" when accelerate offloaded it
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .architectures import execution_device  # noqa: F401  (this module's API: where inputs go)
 from .distributed import local_gpus, process_device, world_size
 from .errors import ITIError
 from .gguf import dequantized_folder, gguf_identity, load_gguf, resolve_model
@@ -148,18 +149,6 @@ def placement_kwargs(device_map=None, max_memory=None, offload_folder=None) -> d
     elif isinstance(device_map, dict) and "disk" in map(str, device_map.values()):
         raise ITIError("device_map= sends modules to disk: pass offload_folder= (a folder for the offloaded weights)")
     return kwargs
-
-
-def execution_device(model) -> torch.device:
-    """Where to put inputs and side computations: the device of the input embeddings, or the CPU when accelerate
-    has offloaded them (their weights then sit on the meta device and are moved in at each forward)."""
-    embeddings = model.get_input_embeddings()
-    device = embeddings.weight.device
-    if device.type != "meta":
-        return device
-    hooked = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)  # accelerate's AlignDevicesHook
-    return torch.device(hooked if not isinstance(hooked, int) else f"cuda:{hooked}") if hooked is not None \
-        else torch.device("cpu")
 
 
 def is_dispatched(model) -> bool:
