@@ -145,7 +145,7 @@ def test_folds_that_disagree_with_the_fit_are_caught_and_not_written(config, tmp
 
 
 def test_bad_options_fail_with_one_line(config, tmp_path, capsys):
-    for kwargs, match in (({"num_folds": 1}, "at least 2 folds"), ({"metadata": {"fold": 1}}, "--metadata fold"),
+    for kwargs, match in (({"num_folds": 1}, "at least 2 folds"), ({"metadata": {"fold": 1}}, "metadata=fold"),
                           ({"num_questions": 5000}, "more than the 817 questions")):
         with pytest.raises(ITIError, match=match):
             validate(dataclasses.replace(config, **kwargs), tmp_path / "bad", alpha=ALPHA, num_heads=K)

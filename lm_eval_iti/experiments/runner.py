@@ -88,24 +88,24 @@ class ExperimentConfig:
 
     def check(self) -> None:
         if self.num_folds < 2:
-            raise ITIError(f"--num-folds {self.num_folds}: need at least 2 folds (fit on the others, test on one)")
+            raise ITIError(f"num_folds={self.num_folds}: need at least 2 folds (fit on the others, test on one)")
         if not self.tasks:
-            raise ITIError("--tasks: give at least one task")
+            raise ITIError("tasks=: give at least one task")
         if self.folds is not None and (not self.folds or any(not 0 <= f < self.num_folds for f in self.folds)):
             raise ITIError(f"folds {list(self.folds)}: each must be between 0 and num_folds - 1 = {self.num_folds - 1}")
         if self.engine not in ENGINE_MODES:
-            raise ITIError(f"--engine {self.engine!r} is not one of {', '.join(ENGINE_MODES)}")
+            raise ITIError(f"engine={self.engine!r} is not one of {', '.join(ENGINE_MODES)}")
         if self.engine_max_batch_bytes <= 0:
             raise ITIError(f"engine_max_batch_bytes={self.engine_max_batch_bytes} must be positive")
         if self.limit is not None and self.limit <= 0:
-            raise ITIError(f"--limit {self.limit} must be positive")
+            raise ITIError(f"limit={self.limit} must be positive")
         reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
         clash = sorted(reserved & set(self.metadata))
         if clash:
-            raise ITIError(f"--metadata {clash[0]}: set by the experiment itself (use its own option instead)")
+            raise ITIError(f"metadata={clash[0]}: set by the experiment itself (use its own option instead)")
         for key in ("api_key", "judge_api_key", "openai_api_key"):
             if key in self.metadata:
-                raise ITIError(f"--metadata {key}: keys are read from the environment only, never from options")
+                raise ITIError(f"metadata={key}: keys are read from the environment only, never from options")
 
 
 def _sha(obj) -> str:
@@ -125,7 +125,7 @@ class Experiment:
         self.variants = variants
         self.out = Path(out_dir)
         if self.out.exists() and not self.out.is_dir():
-            raise ITIError(f"--out {out_dir}: exists and is not a folder")
+            raise ITIError(f"out={out_dir}: exists and is not a folder")
         self.kind = kind
         self._model = None
         self._tokenizer = None
@@ -145,7 +145,7 @@ class Experiment:
             from .subset import write_truthfulqa_subset
 
             if c.data_dir is None:
-                raise ITIError("--num-questions needs --data-dir (a local TruthfulQA folder to take the subset from)")
+                raise ITIError("num_questions= needs data_dir= (a local TruthfulQA folder to take the subset from)")
             sub = write_truthfulqa_subset(c.data_dir, self.out / "data", c.num_questions, c.binary_data)
             self.source = sub["data_dir"]
             self.binary_data = sub["binary_data"]
@@ -154,7 +154,7 @@ class Experiment:
             self.binary_data = c.binary_data
         docs = load_mc(self.source)
         if len(docs) < c.num_folds:
-            raise ITIError(f"--num-folds {c.num_folds} is more than the {len(docs)} questions of {self.source}")
+            raise ITIError(f"num_folds={c.num_folds} is more than the {len(docs)} questions of {self.source}")
         self.questions = [d["question"] for d in docs]
         from ..fit import data_sha256  # the same hash the fits record
 
@@ -197,8 +197,8 @@ class Experiment:
 
                 others = loglikelihood_only(list(c.tasks), self.task_metadata(0, "default"))
                 if others and c.engine == "on":
-                    raise ITIError(f"--engine on: the engine scores loglikelihood tasks only, and "
-                                   f"{', '.join(others)} is not one; use --engine auto or off")
+                    raise ITIError(f"engine=on: the engine scores loglikelihood tasks only, and "
+                                   f"{', '.join(others)} is not one; use engine=auto or off")
                 self._engine_ok = not others
         return self._engine_ok
 
