@@ -13,6 +13,8 @@ Only loglikelihood tasks can be scored this way; generation and rolling requests
 
 from __future__ import annotations
 
+import contextlib
+
 from lm_eval.models.huggingface import HFLM
 
 from .. import prefix_scoring
@@ -66,6 +68,20 @@ class EngineLM(HFLM):
                        "--engine off or leave generation tasks out")
 
 
+@contextlib.contextmanager
+def _without_env_info():
+    """lm-eval's ``add_env_info`` (git and package versions, about 0.3 s a call) skipped: a replay's results are the
+    first pass's environment, and the engine reads only their metrics and samples."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def task_output_types(tasks: list[str], metadata: dict) -> dict[str, str]:
     """{leaf task: output_type} as lm-eval's TaskManager configures them (groups and tags expanded)."""
     from .driver import task_manager
@@ -104,9 +120,10 @@ def score_points(model, tokenizer, tasks: list[str], metadata: dict, directions,
     common = dict(limit=limit, bootstrap_iters=bootstrap_iters, apply_chat_template=apply_chat_template,
                   system_instruction=system_instruction)
     evaluations = [run_tasks(lm, list(tasks), metadata, **common)]
-    for point in range(1, len(points)):
-        lm.replay(point)
-        evaluations.append(run_tasks(lm, list(tasks), metadata, **common))
+    with _without_env_info():  # the replays run in the same environment as the first pass
+        for point in range(1, len(points)):
+            lm.replay(point)
+            evaluations.append(run_tasks(lm, list(tasks), metadata, **common))
     stats = {key: sum(s.get(key, 0) for s in lm.stats) for key in ("prefix_tokens", "suffix_tokens", "suffix_rows",
                                                                     "batches", "forward_seconds")}
     for (alpha, k), evaluation in zip(settings, evaluations):
