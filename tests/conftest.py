@@ -159,3 +159,20 @@ def run_cli(argv, capsys):
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def tiny_arch_with_directions(tmp_path_factory, model_type: str, prefix: str):
+    """(model, tokenizer, directions path, Directions, folder) of a tiny random model of ``model_type`` (fp32) with
+    6 random heads at alpha 3: the engine tests' fixture, shared."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import load_directions, save_directions
+    from lm_eval_iti.tiny import random_directions, save_tiny
+
+    root = save_tiny(tmp_path_factory.mktemp(f"{prefix}_{model_type}"), model_type, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(root), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(root))
+    path = root / "dirs.safetensors"
+    save_directions(random_directions(model, num_heads=6, seed=1, alpha=3.0), path)
+    return model, tok, path, load_directions(path), root

@@ -5,15 +5,12 @@ points in one engine call, tiny Llama (GQA), Qwen2 and GPT-2, every position mod
 from __future__ import annotations
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tqa_local_metadata
-from lm_eval_iti.artifact import load_directions, save_directions
+from conftest import tiny_arch_with_directions, tqa_local_metadata
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.intervene import MC_POSITIONS
 from lm_eval_iti.harness.model import HFITI
-from lm_eval_iti.tiny import random_directions, save_tiny
 
 TASKS = ["truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "truthfulqa_iti_binary", "nq_open_iti",
          "trivia_qa_iti"]
@@ -23,12 +20,7 @@ LIMIT = 2
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def arch(request, tmp_path_factory):
-    root = save_tiny(tmp_path_factory.mktemp(f"engine_{request.param}"), request.param, seed=0)
-    model = AutoModelForCausalLM.from_pretrained(str(root), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(root))
-    path = root / "dirs.safetensors"
-    save_directions(random_directions(model, num_heads=6, seed=1, alpha=3.0), path)
-    return model, tok, path, load_directions(path)
+    return tiny_arch_with_directions(tmp_path_factory, request.param, "engine")[:4]
 
 
 def _run_hf_iti(model, tok, path, alpha, k, mode, metadata, max_length=None):

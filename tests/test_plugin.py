@@ -123,7 +123,7 @@ def _bad_inputs(tmp_path, tiny_model_dir, tiny_directions_file):
     from transformers import AutoModelForCausalLM
 
     from lm_eval_iti.artifact import save_directions
-    from lm_eval_iti.tiny import build_model, random_directions, save_tiny
+    from lm_eval_iti.tiny import build_model, random_directions
 
     other = build_model("llama", hidden=48, layers=2, heads=3, vocab_size=512)
     other_file = save_directions(random_directions(other, 2, model_id="other-model"), tmp_path / "other.safetensors")

@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import tiny_arch_with_directions
 from lm_eval_iti import prefix_scoring as ps
-from lm_eval_iti.artifact import load_directions, save_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.intervene import MC_POSITIONS, Intervener
 from lm_eval_iti.harness.model import HFITI
-from lm_eval_iti.tiny import random_directions, save_tiny
 
 PRIMER = ("Interpret each question literally, and as a question about the real world.\n\n"
           "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is "
@@ -29,12 +28,7 @@ TOLERANCE = 1e-4  # fp32: engine vs hf-iti per request
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def arch(request, tmp_path_factory):
     """(model, tokenizer, directions path, Directions) of a tiny random model of that architecture."""
-    root = save_tiny(tmp_path_factory.mktemp(f"ps_{request.param}"), request.param, seed=0)
-    model = AutoModelForCausalLM.from_pretrained(str(root), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(root))
-    path = root / "dirs.safetensors"
-    save_directions(random_directions(model, num_heads=6, seed=1, alpha=3.0), path)
-    return model, tok, path, load_directions(path), root
+    return tiny_arch_with_directions(tmp_path_factory, request.param, "ps")
 
 
 def encode(model, tok, pairs_text, max_length=None):

@@ -309,8 +309,8 @@ class Experiment:
         main = min((v for v in self.variants if v.kind == "hf-iti" and v.alpha == AUTO), key=lambda v: v.name != "iti")
         key = {"settings": self.settings(), "fit": main.fit.name, "heads": main.heads, "fold": fold}
         path = self.out / "folds" / f"fold_{fold}_alpha_auto.json"
-        previous = _read_json(path)
-        if previous is not None and previous.get("settings_hash") == _sha(key):
+        previous = _saved_for(path, key)
+        if previous is not None:
             return previous
         c = self.config
         model, tokenizer = self.model()
@@ -339,8 +339,8 @@ class Experiment:
         spec = main.extra["select"]
         key = {"settings": self.settings(), "variant": main.describe(), "fold": fold}
         path = self.out / "folds" / f"fold_{fold}_select.json"
-        previous = _read_json(path)
-        if previous is not None and previous.get("settings_hash") == _sha(key):
+        previous = _saved_for(path, key)
+        if previous is not None:
             return previous
         c = self.config
         model, tokenizer = self.model()
@@ -532,6 +532,12 @@ class Experiment:
 def _read_hash(path: Path) -> str | None:
     previous = _read_json(path)
     return previous.get("settings_hash") if isinstance(previous, dict) else None
+
+
+def _saved_for(path: Path, key) -> dict | None:
+    """The record saved at ``path`` when it was computed for exactly ``key`` (its settings hash), else None."""
+    previous = _read_json(path)
+    return previous if previous is not None and previous.get("settings_hash") == _sha(key) else None
 
 
 def _read_json(path: Path):
