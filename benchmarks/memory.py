@@ -131,8 +131,10 @@ def phase_probes(args, mode):
     with PeakRSS() as rss:
         acts = cache.load() if mode == "memory" else cache.layers()
         result = fit_probes(acts, y, train, val, max_bytes=args.max_bytes)
-    torch.save({"coef": result.coef, "accuracy": result.accuracy, "intercept": result.intercept},
-               Path(args.cache) / f"probes_{mode}.pt")
+    from safetensors.torch import save_file  # never a pickle, even for the bench's own files
+
+    save_file({"coef": result.coef.contiguous(), "accuracy": result.accuracy.contiguous(),
+               "intercept": result.intercept.contiguous()}, str(Path(args.cache) / f"probes_{mode}.safetensors"))
     return {f"probes_added_{mode}": rss.added, f"probes_seconds_{mode}": result.seconds, **(
         {"largest_block_bytes": result.info["largest_block_bytes"], "layer_reads": result.info["layer_reads"]}
         if mode == "stream" else {})}
@@ -175,7 +177,9 @@ def main():
         if not args.skip_probes:
             figures.update(_sub(args, "memory"))
             figures.update(_sub(args, "stream"))
-            a, b = torch.load(Path(cache) / "probes_memory.pt"), torch.load(Path(cache) / "probes_stream.pt")
+            from safetensors.torch import load_file
+
+            a, b = (load_file(str(Path(cache) / f"probes_{mode}.safetensors")) for mode in ("memory", "stream"))
             figures["probe_results_identical"] = all(torch.equal(a[k], b[k]) for k in a)
             figures["activations_bytes"] = args.prompts * P * 2
     for key, value in figures.items():
