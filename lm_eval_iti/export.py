@@ -18,7 +18,7 @@ from .artifact import Directions, file_sha256
 from .atomic import atomic_path, write_json_atomic
 from .errors import ITIError
 
-EXPORT_FORMATS = ("steered",)  # lm-eval's own steered model (.pt)
+from .choices import EXPORT_FORMATS  # noqa: F401,E402
 
 
 # W_o·shift needs W_o itself: a quantized weight (bitsandbytes uint8/int8, FP8 with separate scales) is not it

@@ -42,9 +42,9 @@ class FromColumn(NamedTuple):
 
 Plan = Union[None, str, FromColumn, torch.Tensor]
 
-MC_POSITIONS = ("answer", "all", "legacy")
+from .choices import MC_POSITIONS  # noqa: F401,E402
 # legacy: the reference baukit code edited from len(prompt)+4, i.e. (Llama tokenizer) from the second answer token
-GEN_POSITIONS = ("last", "generated", "all")
+from .choices import GEN_POSITIONS  # noqa: F401,E402
 # the first edited absolute position during generation, relative to the prompt length P
 _FIRST_EDITED = {"last": lambda p: p - 1, "generated": lambda p: p, "all": lambda p: 0}
 _OWNER_ATTRIBUTE = "_lm_eval_iti_intervener"

@@ -13,7 +13,7 @@ from .distributed import local_gpus, process_device, world_size
 from .errors import ITIError
 from .gguf import dequantized_folder, gguf_identity, load_gguf, resolve_model
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+from .choices import DTYPES  # noqa: F401,E402
 
 
 def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str | None = None,

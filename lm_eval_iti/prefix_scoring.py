@@ -257,12 +257,16 @@ def rows_per_chunk(prefix_length: int, suffix_length: int, kv_per_token: int, vo
 @torch.no_grad()
 def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: str = "answer",
           max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, max_rows: int | None = None,
-          softmax_dtype: torch.dtype | None = None, stats: dict | None = None) -> list[list[tuple[float, bool]]]:
+          softmax_dtype: torch.dtype | None = None, stats: dict | None = None,
+          progress: bool = False) -> list[list[tuple[float, bool]]]:
     """[point][request] -> (loglikelihood, is_greedy), the numbers hf-iti returns for each request at each point.
 
     ``pairs``: (context_ids, continuation_ids) per request, as lm-eval builds them; ``max_length``: the lm-eval
     model's; ``max_batch_bytes`` / ``max_rows``: the memory bound (module docstring); ``softmax_dtype``: lm-eval's
-    option of the same name (None: the logits' dtype); ``stats`` (a dict): filled with the forward counts."""
+    option of the same name (None: the logits' dtype); ``stats`` (a dict): filled with the forward counts;
+    ``progress``: a progress bar over the prompts (each prompt's requests at every point)."""
+    from tqdm.auto import tqdm
+
     if mc_positions not in MC_POSITIONS:
         raise ITIError(f"mc_positions={mc_positions!r} is not one of {', '.join(MC_POSITIONS)}")
     if not points:
@@ -292,11 +296,15 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
     try:
         # answer / legacy: one unedited prefix pass shared by all points; all: one per point
         variants = [(None, scored)] if mc_positions != "all" else [(p, [p]) for p in scored]
+        bar = tqdm(total=counters["prefixes"] * len(variants), disable=not progress, unit="prompt",
+                   desc=f"engine: {len(every)} requests x {len(points)} point(s)")
         for prefix_point, point_ids in variants:
             _score_variant(runner, hooks, requests, points, prefix_point, point_ids, results, counters,
-                           max_batch_bytes, max_rows, softmax_dtype)
+                           max_batch_bytes, max_rows, softmax_dtype, bar)
     finally:
         hooks.remove()
+        if "bar" in locals():
+            bar.close()
         counters["forward_seconds"] = runner.seconds
     for i in unedited[1:]:
         results[i] = list(results[unedited[0]])
@@ -307,7 +315,7 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
 
 
 def _score_variant(runner, hooks, requests, points, prefix_point, point_ids, results, counters, max_batch_bytes,
-                   max_rows, softmax_dtype):
+                   max_rows, softmax_dtype, bar):
     model = runner.model
     prefix_vectors = [points[prefix_point].vectors] if prefix_point is not None else [{}]
 
@@ -342,6 +350,7 @@ def _score_variant(runner, hooks, requests, points, prefix_point, point_ids, res
                 run_prefix(cache, list(prefix), 0)
             _score_group(runner, hooks, cache, prefix, groups[prefix], points, point_ids, results, counters,
                          kv_per_token, vocab, logits_bytes, max_batch_bytes, max_rows, softmax_dtype)
+            bar.update(1)
 
 
 def _score_group(runner, hooks, cache, prefix, members, points, point_ids, results, counters, kv_per_token, vocab,

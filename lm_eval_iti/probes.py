@@ -20,9 +20,9 @@ import torch
 
 from .errors import ITIError
 
-PROBE_BACKENDS = ("torch", "sklearn")
+from .choices import PROBE_BACKENDS  # noqa: F401,E402
 # memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
-PROBE_MEMORY = ("memory", "stream")
+from .choices import PROBE_MEMORY  # noqa: F401,E402
 
 
 def check_probe_memory(probe_memory: str, probe_backend: str = "torch", use_cache: bool = True) -> None:

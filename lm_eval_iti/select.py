@@ -17,7 +17,7 @@ import torch
 
 from .errors import ITIError
 
-METHODS = ("mass-mean", "probe", "random")
+from .choices import METHODS  # noqa: F401,E402
 
 
 def split_train_val(question_indices: list[int], val_ratio: float = 0.2, seed: int = 42) -> tuple[list[int], list[int]]:

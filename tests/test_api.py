@@ -201,6 +201,33 @@ def test_cli_help_loads_neither_torch_nor_lm_eval():
     assert "fit-directions" in out and out.split()[-2:] == ["False", "False"]
 
 
+def test_every_subcommand_help_loads_neither_torch_nor_lm_eval():
+    from lm_eval_iti.cli import COMMANDS
+
+    code = ("import sys\nfrom lm_eval_iti.cli import main\nfor name in sys.argv[1:]:\n    try:\n"
+            "        main([name, '--help'])\n    except SystemExit:\n        pass\n"
+            "print('LOADED', 'torch' in sys.modules, 'lm_eval' in sys.modules, 'transformers' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    own = [name for name in COMMANDS if name != "run"]  # run --help is lm_eval's own help: it must load lm_eval
+    out = subprocess.run([sys.executable, "-c", code, *own], capture_output=True, text=True, env=env,
+                         check=True, timeout=120).stdout
+    assert "--num-heads" in out and "--kl-budget" in out  # the subcommands' own help was printed
+    assert out.split("LOADED")[-1].split() == ["False", "False", "False"]
+
+
+def test_option_choices_are_the_library_s_own():
+    """The CLI reads its choices from the torch-free ``choices`` module; the library modules use the same objects."""
+    from lm_eval_iti import choices, export, intervene, loading, probes, select
+    from lm_eval_iti.experiments import baselines, runner
+
+    assert loading.DTYPES is choices.DTYPES and select.METHODS is choices.METHODS
+    assert intervene.MC_POSITIONS is choices.MC_POSITIONS and intervene.GEN_POSITIONS is choices.GEN_POSITIONS
+    assert probes.PROBE_BACKENDS is choices.PROBE_BACKENDS and probes.PROBE_MEMORY is choices.PROBE_MEMORY
+    assert runner.ENGINE_MODES is choices.ENGINE_MODES and baselines.SELECT_COLUMNS is choices.SELECT_COLUMNS
+    assert export.EXPORT_FORMATS is choices.EXPORT_FORMATS
+
+
 def test_every_public_name_resolves():
     import lm_eval_iti as iti
 

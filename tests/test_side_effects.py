@@ -138,3 +138,31 @@ def test_cli_writes_the_json_and_bad_input_is_one_line(tiny_model_dir, tiny_dire
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and match in err, err
         assert not bad_out.exists()
+
+
+def test_a_base_logits_cache_kept_across_calls_gives_the_same_numbers_with_one_base_pass(loaded, corpus_file):
+    model, tok = loaded
+    docs, _ = se.corpus_docs(tok, str(corpus_file), 5, 40, 0)
+    calls = []
+
+    def base(ids):
+        calls.append(ids.shape[0])
+        return model(input_ids=ids).logits
+
+    def shifted(scale):
+        return lambda ids: model(input_ids=ids).logits * scale
+
+    cache: dict = {}
+    plain = [se.measure(base, shifted(s), docs, batch_size=2) for s in (1.0, 0.7)]
+    assert len(calls) == 2 * 3
+    calls.clear()
+    kept = [se.measure(base, shifted(s), docs, batch_size=2, base_cache=cache) for s in (1.0, 0.7)]
+    assert len(calls) == 3  # the second call read all three batches from the cache
+    for a, b in zip(plain, kept):
+        assert a["per_doc"] == b["per_doc"]
+    assert kept[1]["kl"] > 0 and kept[0]["kl"] == 0
+    # other documents at the same batch positions are not answered from the cache
+    other, _ = se.corpus_docs(tok, str(corpus_file), 5, 40, 1)
+    calls.clear()
+    fresh = se.measure(base, shifted(0.7), other, batch_size=2, base_cache=cache)
+    assert len(calls) == 3 and fresh["per_doc"] == se.measure(base, shifted(0.7), other, batch_size=2)["per_doc"]

@@ -167,9 +167,9 @@ def all_baselines(config, tmp_path_factory):
 def test_baselines_are_in_the_same_table_with_their_token_semantics(all_baselines):
     results, out = all_baselines
     rows = {r["variant"]: r for r in results["rows"]}
-    assert list(rows) == ["baseline", "iti", "random-directions", "random-matched-0", "random-heads", "probe-weights",
-                          "no-instruction", "baked", "steered"]
-    assert results["evaluations_this_process"] == 18 and results["leak_check"]["overlap_total"] == 0
+    assert list(rows) == ["baseline", "iti", "random-directions", "random-matched-0", "random-matched-kl-0",
+                          "random-heads", "probe-weights", "no-instruction", "baked", "steered"]
+    assert results["evaluations_this_process"] == 20 and results["leak_check"]["overlap_total"] == 0
     table = (out / "table.md").read_text()
     for row in rows.values():
         assert f"**{row['method']}**: {row['positions']}" in table

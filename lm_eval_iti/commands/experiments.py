@@ -9,14 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import ITIError
-from ..experiments.runner import ENGINE_MODES
-from ..experiments.baselines import SELECT_COLUMNS
-from ..intervene import GEN_POSITIONS, MC_POSITIONS
-from ..loading import DTYPES
-from ..probes import PROBE_BACKENDS
-from ..prompts import PROMPT_FORMATS, SIGMA_DATA
-from ..select import METHODS
-from ..prompts import INSTRUCTIONS
+from ..choices import DTYPES, ENGINE_MODES, GEN_POSITIONS, MC_POSITIONS, METHODS, PROBE_BACKENDS, SELECT_COLUMNS
+from ..prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
 from .placement import PLACEMENT_OPTIONS, placement_options
 
 # every choice list is the library's own constant, so the CLI offers exactly what the library accepts
@@ -106,8 +100,9 @@ def common_options(func):
         click.option("--bootstrap-iters", default=100000, type=int, help="lm-eval bootstrap iterations."),
         click.option("--max-length", default=None, type=int, help="lm-eval HFLM max_length."),
         click.option("--engine", type=click.Choice(ENGINE_MODES), default="auto",
-                     help="Score hooked rows of loglikelihood tasks with the shared-prefix engine (auto: when every "
-                     "task is one; off: every row through lm-eval's hf-iti). See docs/sweeps.md."),
+                     help="Score hooked rows of loglikelihood tasks with the shared-prefix engine (auto: a sweep's "
+                     "grid when every task is one; on: also every hf and hf-iti row of validate, controls included; "
+                     "off: every row through lm-eval). See docs/sweeps.md."),
         click.option("--side-effects/--no-side-effects", default=True, help="Measure CE/KL for every row."),
         click.option("--corpus", default="wikitext",
                      help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
@@ -159,7 +154,8 @@ def _positions(kw):
 @click.option("--alpha", default="15", help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
               "held-out WikiText stays within --kl-budget (the way to start on a new model), or 'select': per fold, "
               "alpha and K chosen by nested cross-validation on its training folds (--select-alphas, "
-              "--select-num-heads; the grid scored by the shared-prefix engine, the chosen row by lm-eval).")
+              "--select-num-heads; the grid scored by the shared-prefix engine, the chosen row by lm-eval, or by the engine "
+              "with --engine on).")
 @click.option("--select-alphas", default="5,10,15,20", help="For --alpha select: the strengths to choose from.")
 @click.option("--select-num-heads", default="16,32,48",
               help="For --alpha select: the K values to choose from (each at most --num-heads, the fit's size).")
@@ -167,12 +163,14 @@ def _positions(kw):
               help="For --alpha select: the metric maximised on the inner folds.")
 @click.option("--inner-folds", default=2, type=int, help="For --alpha select: folds of each training part.")
 @click.option("--kl-budget", default=0.2, type=float,
-              help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
+              help="For --alpha auto and select: KL(base||steered) budget in nats/token on held-out WikiText (the "
+              "ITI paper's LLaMA-7B point cost 0.17); select scores only grid points within it.")
 @click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
 @click.option("--no-baseline", is_flag=True, help="Skip the alpha-0 baseline row.")
 @click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-matched, "
+              "random-matched-kl, "
               "random-heads, probe-weights, no-instruction, baked, steered.")
-@click.option("--random-draws", default=5, type=int, help="Draws of the random-matched control (one row each).")
+@click.option("--random-draws", default=5, type=int, help="Draws of the random-matched(-kl) controls (one row each).")
 def validate(**kw):
     """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
     from ..experiments.validate import parse_baselines, validate as run_validate
@@ -187,7 +185,7 @@ def validate(**kw):
 
         selection = {"alphas": parse_list(kw["select_alphas"], float, "--select-alphas"),
                      "num_heads": parse_list(kw["select_num_heads"], int, "--select-num-heads"),
-                     "by": kw["select_by"], "inner_folds": kw["inner_folds"]}
+                     "by": kw["select_by"], "inner_folds": kw["inner_folds"], "kl_budget": kw["kl_budget"]}
     tail = (f"a{alpha:g}" if alpha not in ("auto", "select") else "aselect" if selecting
             else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..export import EXPORT_FORMATS
-from ..loading import DTYPES
+from ..choices import DTYPES, EXPORT_FORMATS
 from .placement import placement_options
 
 WEIGHT_DTYPES = tuple(d for d in DTYPES if d != "auto")  # a file's dtype must be named

@@ -5,10 +5,8 @@ from __future__ import annotations
 import click
 
 from ..data import HUB_ID
-from ..loading import DTYPES
-from ..probes import PROBE_BACKENDS, PROBE_MEMORY
+from ..choices import DTYPES, METHODS, PROBE_BACKENDS, PROBE_MEMORY
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
-from ..select import METHODS
 from .placement import placement_options
 
 DTYPE_CHOICES = DTYPES

@@ -115,3 +115,55 @@ def positions_legend(rows: list[dict]) -> str:
         seen.add(key)
         lines.append(f"- **{row['method']}**: {row['positions']}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def draw_group(variant: str) -> str | None:
+    """The control a row is one draw of ("random-matched", "random-matched-kl"), or None."""
+    head, _, tail = variant.rpartition("-")
+    return head if head in ("random-matched", "random-matched-kl") and tail.isdigit() else None
+
+
+def summarise_draws(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> list[dict]:
+    """One row per group of random draws: over the draws' (fold-averaged) values, the mean, the sample standard
+    deviation ("spread") and the range; a draw that lacks a column leaves that column out of the summary."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        group = draw_group(str(row.get("variant", "")))
+        if group is not None:
+            groups.setdefault(group, []).append(row)
+    out = []
+    for group, members in groups.items():
+        metrics = {}
+        for column in columns:
+            values = [((r.get("metrics") or {}).get(column) or {}).get("mean") for r in members]
+            if not values or any(v is None for v in values):
+                continue
+            mean = sum(values) / len(values)
+            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+            metrics[column] = {"mean": mean, "spread": spread, "min": min(values), "max": max(values),
+                               "draws": len(values)}
+        out.append({"group": group, "draws": len(members), "variants": [r["variant"] for r in members],
+                    "α": "/".join(str(r.get("α")) for r in members), "metrics": metrics})
+    return out
+
+
+def draws_markdown(summaries: list[dict], columns: tuple[str, ...] = ("MC1", "MC2", "MC3", "CE", "KL")) -> str:
+    """The draw summaries as a table: mean ± spread (sample sd over draws) [min, max]."""
+    if not summaries:
+        return ""
+    header = ["control", "draws"] + list(columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for s in summaries:
+        cells = [s["group"], str(s["draws"])]
+        for column in columns:
+            cell = s["metrics"].get(column)
+            if cell is None:
+                cells.append("")
+                continue
+            digits = DECIMALS.get(column, 3)
+            text = f"{cell['mean']:.{digits}f}"
+            if cell["spread"] is not None:
+                text += f" ± {cell['spread']:.{digits}f}"
+            cells.append(text + f" [{cell['min']:.{digits}f}, {cell['max']:.{digits}f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -84,8 +84,9 @@ EVERY_POSITION_BIAS = "baked o_proj bias: every position (instruction, primer, q
 EVERY_POSITION_STEERED = "lm-eval steered (W_o·shift added at the o_proj output): every position, like the baked bias"
 
 # random-matched: ITI's own heads and sigmas with seeded random directions (the same shift size), one row per draw
-BASELINE_NAMES = ("random-directions", "random-matched", "random-heads", "probe-weights", "no-instruction", "baked",
-                  "steered")
+# random-matched-kl: the same draws at the alpha where each costs ITI's own KL (matched in side effects, not size)
+BASELINE_NAMES = ("random-directions", "random-matched", "random-matched-kl", "random-heads", "probe-weights",
+                  "no-instruction", "baked", "steered")
 
 
 def baseline_variant(instruction: str = "default") -> Variant:
@@ -142,6 +143,13 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
                 variant = iti_variant(main_fit, alpha, name=f"random-matched-{draw}",
                                       label=f"random directions, matched size (draw {draw})", **hooked)
                 rows.append(replace(variant, extra=dict(variant.extra, control_seed=draw)))
+        elif name == "random-matched-kl":
+            if random_draws < 1:
+                raise ITIError(f"random_draws={random_draws} must be at least 1")
+            for draw in range(random_draws):
+                variant = iti_variant(main_fit, alpha, name=f"random-matched-kl-{draw}",
+                                      label=f"random directions, matched KL (draw {draw})", **hooked)
+                rows.append(replace(variant, extra=dict(variant.extra, control_seed=draw, match_kl=True)))
         elif name == "random-heads":
             rows.append(iti_variant(FitSpec("mass-mean", True, num_heads), alpha, name=name,
                                     label="random heads (mass-mean)", **hooked))
@@ -160,8 +168,7 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
     return rows
 
 
-SELECT_COLUMNS = {"MC1": "truthfulqa_iti_mc1", "MC2": "truthfulqa_iti_mc2", "MC3": "truthfulqa_iti_mc3",
-                  "binary": "truthfulqa_iti_binary"}
+from ..choices import SELECT_COLUMNS  # noqa: E402
 
 
 def check_selection(selection: dict | None, fit_num_heads: int) -> dict:
@@ -178,7 +185,11 @@ def check_selection(selection: dict | None, fit_num_heads: int) -> dict:
     inner = int(selection.get("inner_folds", 2))
     if inner < 2:
         raise ITIError(f"--inner-folds {inner}: need at least 2")
-    return {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner}
+    budget = selection.get("kl_budget")
+    if budget is not None and not float(budget) > 0:
+        raise ITIError(f"--kl-budget {budget}: must be positive")
+    return {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner,
+            "kl_budget": None if budget is None else float(budget)}
 
 
 def sweep_name(alpha: float, k: int) -> str:

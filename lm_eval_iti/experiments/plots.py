@@ -160,3 +160,81 @@ def kl_budget_curve(choice: dict, path: str | os.PathLike, title: str = "") -> P
     _style_alpha_axis(ax)
     ax.set_title(title or "alpha by side-effect budget", fontsize=9)
     return save_figure(fig, path)
+
+
+PARETO_MARKERS = {"iti": ("*", "C3"), "random-matched": ("o", "C0"), "random-matched-kl": ("^", "C1"),
+                  "random-heads": ("s", "C2"), "probe-weights": ("D", "C4"), "random-directions": ("v", "C5"),
+                  "no-instruction": ("x", "C7")}
+
+
+def _gain_points(results: dict, column: str) -> list[tuple[str, str, float, float]]:
+    """(group, label, KL, gain over the baseline row) of every row with both numbers."""
+    from .aggregate import draw_group
+
+    rows = {r["variant"]: r for r in results["rows"]}
+    base = _value(rows.get("baseline", {}), column)[0]
+    if base is None:
+        return []
+    points = []
+    for name, row in rows.items():
+        value, kl = _value(row, column)[0], _value(row, "KL")[0]
+        if name == "baseline" or value is None or kl is None:
+            continue
+        points.append((draw_group(name) or name, row["method"], kl, value - base))
+    return points
+
+
+def pareto(results: dict, path: str | os.PathLike, columns=("MC1", "MC2"), title: str = "") -> Path | None:
+    """MC gain over the unedited baseline against KL(base || steered), one panel per column for the held-out rows of a
+    validate run (ITI and every control; draws of a random control as small markers, their mean as a large one), and,
+    when alpha and K were chosen by nested selection, one panel of the selection grid itself (inner folds: gain of
+    each scored (alpha, K) over the inner folds' unedited score, one line per K, the KL budget dashed)."""
+    panels = [c for c in columns if _gain_points(results, c)]
+    selections = [f["selection"] for f in results.get("folds", {}).get("iti", []) if f.get("selection")]
+    with_grid = [s for s in selections if s.get("unedited") and any(g.get("kl_mean") is not None for g in s["grid"])]
+    if not panels and not with_grid:
+        return None
+    count = len(panels) + (1 if with_grid else 0)
+    fig = new_figure(4.2 * count, 3.6)
+    for i, column in enumerate(panels):
+        ax = fig.add_subplot(1, count, i + 1)
+        points = _gain_points(results, column)
+        for group in dict.fromkeys(p[0] for p in points):
+            marker, colour = PARETO_MARKERS.get(group, ("o", "C8"))
+            members = [p for p in points if p[0] == group]
+            draws = len(members) > 1
+            xs, ys = [p[2] for p in members], [p[3] for p in members]
+            label = members[0][1].split(" (draw")[0] + (f" ({len(members)} draws, mean)" if draws else "")
+            if draws:
+                ax.scatter(xs, ys, marker=marker, color=colour, alpha=0.35, s=14)
+                ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], marker=marker, color=colour, s=60,
+                           edgecolor="black", label=label)
+            else:
+                ax.scatter(xs, ys, marker=marker, color=colour, s=90 if group == "iti" else 50, label=label)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("KL(base‖steered), nats/token (WikiText)")
+        ax.set_ylabel(f"{column} − baseline {column}")
+        ax.set_title(f"held-out folds: {column}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    if with_grid:
+        ax = fig.add_subplot(1, count, count)
+        for f, selection in enumerate(with_grid):
+            for j, k in enumerate(sorted({g["num_heads"] for g in selection["grid"]})):
+                grid = sorted((g for g in selection["grid"] if g["num_heads"] == k and g["mean"] is not None),
+                              key=lambda g: g["alpha"])
+                if not grid:
+                    continue
+                base = selection["unedited"]["mean"]
+                ax.plot([0.0] + [g["kl_mean"] for g in grid], [0.0] + [g["mean"] - base for g in grid],
+                        marker="o", markersize=3, color=f"C{j}", linestyle="-" if f == 0 else "--",
+                        label=f"outer fold {selection['fold']}, K={k}")
+            if selection.get("kl_budget"):
+                ax.axvline(selection["kl_budget"], color="C3", linestyle=":", linewidth=1)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("KL(base‖steered), nats/token (WikiText)")
+        ax.set_ylabel(f"inner-fold {with_grid[0]['by']} − unedited")
+        ax.set_title("ITI selection grid (training folds only)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _save_panels(fig, title, path)

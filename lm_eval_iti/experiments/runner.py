@@ -37,7 +37,7 @@ RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
 NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
               "engine_max_batch_bytes", "device_map", "max_memory", "offload_folder")
-ENGINE_MODES = ("auto", "on", "off")
+from ..choices import ENGINE_MODES  # noqa: E402
 
 
 @dataclass
@@ -134,6 +134,8 @@ class Experiment:
         self._engine_results: dict[tuple[int, str], dict] = {}
         self._docs = None
         self._corpus_info = None
+        self._kl_meter = None
+        self._base_logits: dict = {}  # CE/KL: the unedited logits of each document batch, computed once per run
         self._base_side_effects = None
         self.evaluations = 0  # variants evaluated in this process (resume skips do not count)
         self.fits_run: list[dict] = []
@@ -204,28 +206,36 @@ class Experiment:
 
     def engine_candidate(self, variant: Variant) -> bool:
         """Sweep grid rows: hooked at a fixed strength, not a control draw nor the row meant for lm-eval itself.
-        validate's rows are the published ones: lm-eval scores them."""
+        validate's rows are the published ones: lm-eval scores them, unless engine="on" asks the engine to score
+        every hf and hf-iti row (the engine equals hf-iti per request within 1e-4, tests/test_engine.py)."""
+        if self.kind == "validate":
+            return self.config.engine == "on" and variant.kind in ("hf", "hf-iti")
         return (self.kind == "sweep" and variant.kind == "hf-iti" and variant.alpha != AUTO
                 and "control_seed" not in variant.extra and not variant.extra.get("lm_eval"))
 
     def uses_engine(self, variant: Variant) -> bool:
         return self.engine_candidate(variant) and self.engine_enabled()
 
-    def engine_evaluation(self, fold: int, variant: Variant) -> dict:
-        """The run_tasks-style evaluation of ``variant`` on ``fold``; the first request scores, in one engine call,
-        every engine row of the fold that shares its fit, positions and instruction (and is not on disk yet)."""
+    def engine_evaluation(self, fold: int, variant: Variant, directions=None) -> dict:
+        """The run_tasks-style evaluation of ``variant`` on ``fold``; in a sweep the first request scores, in one
+        engine call, every engine row of the fold that shares its fit, positions and instruction (and is not on disk
+        yet). validate's rows (alpha and K resolved per fold, controls with their own directions) are scored one by
+        one with ``directions`` (None for an unedited row)."""
         key = (fold, variant.name)
         if key not in self._engine_results:
             from ..harness.engine import score_points
 
             c = self.config
             model, tokenizer = self.model()
-            group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
-                     and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
-                     and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
-            directions = self.fit(fold, variant.fit)["directions"]
+            if self.kind == "validate":
+                group = [variant]
+            else:
+                group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
+                         and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
+                         and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+                directions = self.fit(fold, variant.fit)["directions"]
             evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
-                                       directions, [(v.alpha, v.heads) for v in group],
+                                       directions, [(v.alpha if v.kind != "hf" else 0.0, v.heads) for v in group],
                                        mc_positions=variant.mc_positions, limit=c.limit,
                                        bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
                                        system_instruction=c.system_instruction, max_length=c.max_length,
@@ -323,6 +333,39 @@ class Experiment:
         write_json_atomic(path, choice)
         return choice
 
+    def kl_meter(self):
+        """One held-out text sample (not the reported CE/KL sample) for every KL the run chooses by."""
+        if self._kl_meter is None:
+            from .side_effects import AUTO_NUM_DOCS, KLMeter
+
+            c = self.config
+            model, tokenizer = self.model()
+            self._kl_meter = KLMeter(model, tokenizer, c.corpus, AUTO_NUM_DOCS, c.num_tokens,
+                                     batch_size=c.batch_size, held_out_from=(c.num_docs, c.corpus_seed),
+                                     what="KL budget")
+        return self._kl_meter
+
+    def kl_match(self, fold: int, variant: Variant, control: dict) -> dict:
+        """The alpha at which the control's directions cost the KL that the fold's ITI row (same fit, alpha and K,
+        already resolved in ``variant``) costs on the KL sample; saved to ``folds/fold_<i>_<name>_kl_match.json``."""
+        from .side_effects import alpha_for_kl_target
+
+        key = {"settings": self.settings(), "variant": variant.describe(), "fold": fold,
+               "control_sha256": control["record"]["sha256"]}
+        path = self.out / "folds" / f"fold_{fold}_{variant.name}_kl_match.json"
+        previous = _saved_for(path, key)
+        if previous is not None:
+            return previous
+        meter = self.kl_meter()
+        fitted = self.fit(fold, variant.fit)["directions"]
+        fitted = fitted.top_k(variant.heads) if variant.heads else fitted
+        target = meter(fitted, variant.alpha)
+        mine = control["directions"].top_k(variant.heads) if variant.heads else control["directions"]
+        match = alpha_for_kl_target(meter, mine, target, start=float(variant.alpha))
+        match.update(settings_hash=_sha(key), iti_alpha=variant.alpha, iti_num_heads=variant.heads)
+        write_json_atomic(path, match)
+        return match
+
     def nested_selection(self, fold: int) -> dict:
         """alpha and K for outer ``fold``, chosen on its training questions only: they become a local data folder
         with ``inner_folds`` folds of their own; for each inner fold, directions are fitted on the other inner folds
@@ -355,6 +398,7 @@ class Experiment:
 
         held_out_ids = {question_id(q) for q in held_out}
         scores, inner_records = [[] for _ in grid], []
+        kl_per_point, unedited = [[] for _ in grid], []
         for inner in range(spec["inner_folds"]):
             directions_path = work / "directions" / f"inner_{inner}.safetensors"
             fit_and_save(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
@@ -365,12 +409,20 @@ class Experiment:
                            probe_backend=c.probe_backend, revision=c.revision, progress=c.progress,
                            collect_all_folds=True, write_plot=False)
             directions = load_directions(directions_path)
+            budget = spec.get("kl_budget")
+            kls = [self.kl_meter()(directions.top_k(k), a) for a, k in grid] if budget else [None] * len(grid)
+            allowed = [i for i, kl in enumerate(kls) if kl is None or kl <= budget]
             metadata = dict(c.metadata, num_folds=spec["inner_folds"], fold=inner, seed=c.seed,
                             contiguous_folds=c.contiguous_folds, instruction=main.instruction,
                             data_dir=sub["data_dir"])
             if sub["binary_data"] is not None:
                 metadata["binary_data"] = sub["binary_data"]
-            evaluations = score_points(model, tokenizer, [task], metadata, directions, grid,
+            if not allowed:
+                raise ITIError(f"fold {fold}: every (alpha, K) of the selection grid costs more than the KL budget "
+                               f"{budget:g} on inner fold {inner} (smallest {min(kls):.3g}); add smaller alphas or K")
+            # alpha 0 first: the unedited reference of the inner fold (recorded, never chosen)
+            evaluations = score_points(model, tokenizer, [task], metadata, directions,
+                                       [(0.0, None)] + [grid[i] for i in allowed],
                                        mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
                                        apply_chat_template=c.apply_chat_template,
                                        system_instruction=c.system_instruction, max_length=c.max_length,
@@ -380,19 +432,28 @@ class Experiment:
             if evaluated & held_out_ids or evaluated & fitted:
                 raise ITIError(f"fold {fold}: nested selection scored a held-out or fitted question (inner fold "
                                f"{inner}); the folds of fit and tasks disagree")
-            for i, evaluation in enumerate(evaluations):
-                scores[i].append(fold_columns({"metrics": evaluation["metrics"]})[spec["by"]][0])
+            unedited.append(fold_columns({"metrics": evaluations[0]["metrics"]})[spec["by"]][0])
+            scored = dict(zip(allowed, evaluations[1:]))
+            for i in range(len(grid)):  # a point over the KL budget is not scored: it cannot be chosen
+                value = fold_columns({"metrics": scored[i]["metrics"]})[spec["by"]][0] if i in scored else None
+                scores[i].append(value)
+                kl_per_point[i].append(kls[i])
             inner_records.append({"inner_fold": inner, "evaluated_questions": len(evaluated),
                                   "fit_questions": len(fitted), "directions": str(directions_path)})
         means = [sum(s) / len(s) if s and None not in s else None for s in scores]
         if all(m is None for m in means):
-            raise ITIError(f"fold {fold}: nested selection found no {spec['by']} value to choose by")
+            raise ITIError(f"fold {fold}: nested selection found no {spec['by']} value to choose by"
+                           + (f" within the KL budget {spec['kl_budget']:g} on every inner fold"
+                              if spec.get("kl_budget") else ""))
         best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: (means[i], -i))
         record = {"settings_hash": _sha(key), "fold": fold, "by": spec["by"], "task": task,
                   "alpha": grid[best][0], "num_heads": grid[best][1], "inner_folds": inner_records,
-                  "scored_by": "engine", "training_questions": len(training),
-                  "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m}
-                           for (a, k), s, m in zip(grid, scores, means)]}
+                  "scored_by": "engine", "training_questions": len(training), "kl_budget": spec.get("kl_budget"),
+                  "kl_sample": self.kl_meter().describe() if spec.get("kl_budget") else None,
+                  "unedited": {"per_inner_fold": unedited, "mean": sum(unedited) / len(unedited)},
+                  "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m, "kl_per_inner_fold": kl,
+                            "kl_mean": sum(kl) / len(kl) if kl and None not in kl else None}
+                           for (a, k), s, m, kl in zip(grid, scores, means, kl_per_point)]}
         write_json_atomic(path, record)
         return record
 
@@ -415,9 +476,14 @@ class Experiment:
         elif variant.alpha == SELECT:
             selected = self.nested_selection(fold)
             variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
+        kl_matched = None
+        if variant.extra.get("match_kl"):
+            kl_matched = self.kl_match(fold, variant, fit)
+            variant = replace(variant, alpha=kl_matched["alpha"])
         clock = time.perf_counter()
         # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
-        evaluation = self.engine_evaluation(fold, variant) if self.uses_engine(variant) else None
+        evaluation = (self.engine_evaluation(fold, variant, fit["directions"] if fit else None)
+                      if self.uses_engine(variant) else None)
         work = self.out / "directions"
         work.mkdir(parents=True, exist_ok=True)
         with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
@@ -448,17 +514,19 @@ class Experiment:
                     if self._base_side_effects is None:
                         self._base_side_effects = measure(base_fn, base_fn, docs, c.batch_size,
                                                           device=execution_device(model),
-                                                          progress=c.progress, desc="CE/KL base")
+                                                          progress=c.progress, desc="CE/KL base",
+                                                          base_cache=self._base_logits)
                     side = dict(self._base_side_effects)
                 else:
                     side = measure(base_fn, steered_fn, docs, c.batch_size, device=execution_device(model),
-                                   progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}")
+                                   progress=c.progress, desc=f"CE/KL fold {fold} {variant.name}",
+                                   base_cache=self._base_logits)
                 side = {k: v for k, v in side.items() if k != "per_doc"}
         return {
             "format": RESULTS_FORMAT, "fold": fold, "num_folds": c.num_folds, "variant": described,
             "alpha_used": variant.alpha, "alpha_auto": auto, "scored_by": evaluation["model_info"]["scored_by"],
             "num_heads_used": variant.heads or (variant.fit.num_heads if variant.fit else None),
-            "selection": selected,
+            "selection": selected, "kl_match": kl_matched,
             "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
@@ -487,6 +555,12 @@ class Experiment:
             write_json_atomic(path, result)
             fold_results[variant.name].append(result)
         results = self.summarise(fold_results, resumed)
+        results["draw_summaries"] = agg.summarise_draws(results["rows"])
+        if self.kind == "validate":
+            from .plots import pareto
+
+            figure = pareto(results, self.out / "pareto.png", title=f"{c.model}: MC gain against KL")
+            results["plots"] = {"pareto": str(figure) if figure else None}
         write_json_atomic(self.out / "results.json", results)
         write_text_atomic(self.out / "table.md", table_markdown(results))
         return results
@@ -498,6 +572,8 @@ class Experiment:
             folds = fold_results[v.name]
             alpha = v.alpha if v.alpha not in (AUTO, SELECT) else \
                 f"{v.alpha}: " + "/".join(format(f["alpha_used"], "g") for f in folds)
+            if v.extra.get("match_kl"):
+                alpha = "KL-matched: " + "/".join(format(f["alpha_used"], ".3g") for f in folds)
             k = v.num_heads if v.alpha != SELECT else "select: " + "/".join(str(f["num_heads_used"]) for f in folds)
             rows.append({"model": c.model, "method": v.label, "α": alpha, "K": k, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
@@ -565,4 +641,7 @@ def table_markdown(results: dict) -> str:
     only = f", evaluated on held-out fold {', '.join(map(str, evaluated))} only" if len(evaluated) < s["num_folds"] else ""
     head = (f"{results['kind']} of {s['model']}: {s['num_folds']} folds (seed {s['seed']}"
             f"{', contiguous' if s['contiguous_folds'] else ''}){only}, tasks {', '.join(s['tasks'])}{limit}\n\n")
-    return head + agg.markdown_table(rows) + "\nPositions edited:\n" + agg.positions_legend(rows)
+    draws = agg.draws_markdown(agg.summarise_draws(rows))
+    if draws:
+        draws = "\nRandom controls over their draws (mean ± sample sd [min, max]):\n\n" + draws
+    return head + agg.markdown_table(rows) + draws + "\nPositions edited:\n" + agg.positions_legend(rows)

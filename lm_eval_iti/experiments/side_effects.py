@@ -172,10 +172,12 @@ def right_padded(batch: list[list[int]], device=None) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int]], batch_size: int = 8,
-            device=None, progress: bool = False, desc: str = "CE/KL") -> dict:
+            device=None, progress: bool = False, desc: str = "CE/KL", base_cache: dict | None = None) -> dict:
     """CE of both models and KL(base || steered) on the same token documents, batch by batch (hooks off, then on).
 
-    ``base_logits`` / ``steered_logits`` map input ids [B, T] (right-padded with 0) to logits [B, T, V]."""
+    ``base_logits`` / ``steered_logits`` map input ids [B, T] (right-padded with 0) to logits [B, T, V].
+    ``base_cache``: a dict kept by the caller across calls with the same unedited model, so the base logits of a
+    batch are computed once per run (filled up to BASE_LOGITS_BYTES; a batch whose ids differ is recomputed)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -184,7 +186,15 @@ def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int
     starts = range(0, len(docs), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         ids, lengths = right_padded(docs[start:start + batch_size], device)
-        base = base_logits(ids)
+        cached = base_cache.get(start) if base_cache is not None else None
+        if cached is not None and cached[0].shape == ids.shape and cached[0].equal(ids):
+            base = cached[1]
+        else:
+            base = base_logits(ids)
+            if base_cache is not None and base.numel() * base.element_size() + base_cache.get("bytes", 0) <= \
+                    BASE_LOGITS_BYTES:
+                base_cache[start] = (ids, base)
+                base_cache["bytes"] = base_cache.get("bytes", 0) + base.numel() * base.element_size()
         steered = steered_logits(ids)
         ce_base += doc_cross_entropy(base, ids, lengths).tolist()
         ce_steered += doc_cross_entropy(steered, ids, lengths).tolist()
@@ -299,60 +309,86 @@ def parse_alpha_option(text) -> float | str:
     return value
 
 
+class KLMeter:
+    """KL(base || steered) in nats/token of any (directions, alpha) on one fixed held-out text sample.
+
+    The sample is ``num_docs`` paragraphs (fewer if the corpus has fewer left) that are not in the side-effects
+    sample ``held_out_from`` = (num_docs, seed) the results report; every position is edited; the unsteered logits are
+    computed once and kept (up to BASE_LOGITS_BYTES), so each further measurement costs one steered pass."""
+
+    def __init__(self, model, tokenizer, corpus: str = DEFAULT_CORPUS, num_docs: int = AUTO_NUM_DOCS,
+                 num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = AUTO_SEED, batch_size: int = 8,
+                 held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0), what: str = "alpha auto"):
+        reported = load_corpus(corpus, *held_out_from)
+        held_out = frozenset(reported.info["paragraph_indices"])
+        num_docs = min(num_docs, reported.info["paragraphs_available"] - len(held_out))
+        if num_docs < 1:
+            raise ITIError(f"{what}: corpus {corpus} has no paragraph left beside the {len(held_out)} of the "
+                           "side-effects sample")
+        docs, self.corpus_info = corpus_docs(tokenizer, corpus, num_docs, num_tokens, seed, exclude=held_out)
+        self.model = model
+        self.held_out_from = held_out_from
+        self.device = execution_device(model)
+        self.batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.keep_base = sum(len(d) for d in docs) * vocab * 4 <= BASE_LOGITS_BYTES
+        self.base_cache: dict[int, torch.Tensor] = {}
+
+    def _base_logits(self, i, ids):
+        if i in self.base_cache:
+            return self.base_cache[i]
+        logits = self.model(input_ids=ids).logits
+        if self.keep_base:
+            self.base_cache[i] = logits
+        return logits
+
+    @torch.no_grad()
+    def __call__(self, directions, alpha: float) -> float:
+        from ..intervene import Intervener
+
+        if float(alpha) == 0.0:
+            return 0.0
+        intervener = Intervener(self.model, directions, float(alpha))
+        steered_fn = hooked_logits(self.model, intervener.install())[1]
+        try:
+            kls = []
+            for i, batch in enumerate(self.batches):
+                ids, lengths = right_padded(batch, self.device)
+                kls += doc_kl(self._base_logits(i, ids), steered_fn(ids), lengths).tolist()
+        finally:
+            intervener.remove()
+        return float(np.mean(kls))
+
+    def describe(self) -> dict:
+        return {"corpus": {k: v for k, v in self.corpus_info.items() if k != "paragraph_indices"},
+                "held_out_from": f"the side-effects sample ({self.held_out_from[0]} docs, seed "
+                                 f"{self.held_out_from[1]})"}
+
+
 @torch.no_grad()
 def alpha_for_kl_budget(model, tokenizer, directions, kl_budget: float = DEFAULT_KL_BUDGET,
                         grid=DEFAULT_ALPHA_GRID, corpus: str = DEFAULT_CORPUS, num_docs: int = AUTO_NUM_DOCS,
                         num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = AUTO_SEED, batch_size: int = 8,
-                        progress: bool = True, held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0)) -> dict:
+                        progress: bool = True, held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0),
+                        meter: KLMeter | None = None) -> dict:
     """The largest alpha of ``grid`` whose KL(base || steered) stays within ``kl_budget`` (nats/token).
 
     Alphas are tried in increasing order and the scan stops at the first one over budget (KL grows with alpha), so
-    the next grid value above the choice is over budget. KL is measured with every position edited on ``num_docs``
-    paragraphs (fewer if the corpus has fewer left) that are not in the side-effects sample ``held_out_from`` =
-    (num_docs, seed) the results report. Returns the choice and every measurement.
+    the next grid value above the choice is over budget. KL is measured by a ``KLMeter`` (every position edited, on
+    paragraphs that are not in the side-effects sample the results report). Returns the choice and every measurement.
     """
     from tqdm.auto import tqdm
-
-    from ..intervene import Intervener
 
     if not (kl_budget > 0):
         raise ITIError(f"kl_budget {kl_budget} must be positive")
     grid = sorted({float(a) for a in grid})
     if not grid or grid[0] <= 0:
         raise ITIError("alpha grid: give positive strengths")
-    reported = load_corpus(corpus, *held_out_from)
-    held_out = frozenset(reported.info["paragraph_indices"])
-    num_docs = min(num_docs, reported.info["paragraphs_available"] - len(held_out))
-    if num_docs < 1:
-        raise ITIError(f"alpha auto: corpus {corpus} has no paragraph left beside the {len(held_out)} of the "
-                       "side-effects sample")
-    docs, corpus_info = corpus_docs(tokenizer, corpus, num_docs, num_tokens, seed, exclude=held_out)
-    device = execution_device(model)
-    batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
-    vocab = model.get_output_embeddings().weight.shape[0]
-    keep_base = sum(len(d) for d in docs) * vocab * 4 <= BASE_LOGITS_BYTES
-    base_cache: dict[int, torch.Tensor] = {}
-
-    def base_logits(i, ids):
-        if i in base_cache:
-            return base_cache[i]
-        logits = model(input_ids=ids).logits
-        if keep_base:
-            base_cache[i] = logits
-        return logits
-
+    if meter is None:
+        meter = KLMeter(model, tokenizer, corpus, num_docs, num_tokens, seed, batch_size, held_out_from)
     measured, chosen = [], None
     for alpha in tqdm(grid, desc=f"alpha auto (KL <= {kl_budget:g})", disable=not progress):
-        intervener = Intervener(model, directions, alpha)
-        steered_fn = hooked_logits(model, intervener.install())[1]
-        try:
-            kls = []
-            for i, batch in enumerate(batches):
-                ids, lengths = right_padded(batch, device)
-                kls += doc_kl(base_logits(i, ids), steered_fn(ids), lengths).tolist()
-        finally:
-            intervener.remove()
-        kl = float(np.mean(kls))
+        kl = meter(directions, alpha)
         measured.append({"alpha": alpha, "kl": kl})
         if kl > kl_budget:
             break
@@ -362,5 +398,40 @@ def alpha_for_kl_budget(model, tokenizer, directions, kl_budget: float = DEFAULT
                        f"{kl_budget:g} nats/token; raise the budget or use fewer heads")
     return {"alpha": chosen, "kl_budget": kl_budget, "grid": grid, "measured": measured,
             "rule": "largest grid alpha with KL(base||steered) <= budget, scanning upward until the first over budget",
-            "corpus": {k: v for k, v in corpus_info.items() if k != "paragraph_indices"},
-            "held_out_from": f"the side-effects sample ({held_out_from[0]} docs, seed {held_out_from[1]})"}
+            **meter.describe()}
+
+
+def alpha_for_kl_target(meter: KLMeter, directions, target_kl: float, start: float = 1.0, tolerance: float = 0.02,
+                        max_steps: int = 24) -> dict:
+    """The alpha at which ``directions`` cost ``target_kl`` nats/token on ``meter``'s sample (a control matched in
+    side effects rather than in size): double from ``start`` until the KL passes the target, then bisect until it is
+    within ``tolerance`` (relative) of it. KL grows with alpha; every measurement is returned."""
+    if not (target_kl > 0):
+        raise ITIError(f"target_kl={target_kl}: a KL-matched control needs a positive KL to match")
+    if not (start > 0):
+        raise ITIError(f"start={start} must be positive")
+    measured = []
+
+    def kl_at(alpha):
+        kl = meter(directions, alpha)
+        measured.append({"alpha": alpha, "kl": kl})
+        return kl
+
+    low, high = 0.0, float(start)
+    kl = kl_at(high)
+    while kl < target_kl and len(measured) < max_steps:
+        low, high = high, high * 2
+        kl = kl_at(high)
+    if kl < target_kl:
+        raise ITIError(f"KL-matched control: KL reached only {kl:.3g} at alpha {high:g}, below the target "
+                       f"{target_kl:.3g}")
+    best = min(measured, key=lambda m: abs(m["kl"] - target_kl))
+    while abs(best["kl"] - target_kl) > tolerance * target_kl and len(measured) < max_steps:
+        middle = (low + high) / 2
+        if kl_at(middle) < target_kl:
+            low = middle
+        else:
+            high = middle
+        best = min(measured, key=lambda m: abs(m["kl"] - target_kl))
+    return {"alpha": best["alpha"], "kl": best["kl"], "target_kl": target_kl, "tolerance": tolerance,
+            "measured": measured, "rule": "double alpha until KL passes the target, then bisect", **meter.describe()}

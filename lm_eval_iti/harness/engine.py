@@ -48,7 +48,8 @@ class EngineLM(HFLM):
             stats: dict = {}
             results = prefix_scoring.score(self.model, pairs, self.points, max_length=self.max_length,
                                            mc_positions=self.mc_positions, max_batch_bytes=self.max_batch_bytes,
-                                           max_rows=self.max_rows, softmax_dtype=self.softmax_dtype, stats=stats)
+                                           max_rows=self.max_rows, softmax_dtype=self.softmax_dtype, stats=stats,
+                                           progress=not disable_tqdm)
             self.calls.append((pairs, results))
             self.stats.append(stats)
             return results[0]

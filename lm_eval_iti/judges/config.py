@@ -55,7 +55,7 @@ DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 ENV_PREFIX = "LM_EVAL_ITI_"
 
 def _model_dtypes() -> tuple[str, ...]:
-    from ..loading import DTYPES  # the one list (loading imports torch: only when a dtype is given)
+    from ..choices import DTYPES
 
     return DTYPES
 

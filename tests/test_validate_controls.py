@@ -1,0 +1,146 @@
+"""validate's study rows: every row scored by the engine (--engine on) against the same rows through lm-eval,
+controls matched in KL (against a fresh KL measurement and an analytic KL curve), and nested selection under a KL
+budget. Tiny Llama; TruthfulQA v0 from ../shared/data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import shared_data, write_wikitext_corpus
+from lm_eval_iti.errors import ITIError
+from lm_eval_iti.experiments.side_effects import alpha_for_kl_target
+
+TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2")
+
+
+def _config(tiny_model_dir, root, **kw):
+    from lm_eval_iti.experiments import ExperimentConfig
+
+    settings = dict(model=str(tiny_model_dir), dtype="float32", device="cpu",
+                    data_dir=str(shared_data("truthfulqa", "v0")), num_questions=24, tasks=TASKS,
+                    corpus=str(write_wikitext_corpus(root / "corpus.raw")), num_docs=3, num_tokens=32,
+                    cache_dir=str(root / "cache"), progress=False, folds=(0,), bootstrap_iters=0)
+    settings.update(kw)
+    return ExperimentConfig(**settings)
+
+
+class _QuadraticMeter:
+    """KL = c * alpha^2, the small-shift behaviour of KL; counts its calls."""
+
+    def __init__(self, c):
+        self.c, self.calls = c, 0
+
+    def __call__(self, directions, alpha):
+        self.calls += 1
+        return self.c * alpha * alpha
+
+    def describe(self):
+        return {}
+
+
+@pytest.mark.parametrize("start", [0.5, 3.0, 40.0])
+def test_alpha_for_kl_target_finds_the_analytic_alpha(start):
+    meter = _QuadraticMeter(0.01)
+    match = alpha_for_kl_target(meter, None, 0.25, start=start, tolerance=0.01)
+    assert match["alpha"] == pytest.approx(math.sqrt(0.25 / 0.01), rel=0.01)
+    assert abs(match["kl"] - 0.25) <= 0.01 * 0.25 and meter.calls == len(match["measured"]) <= 24
+
+
+def test_alpha_for_kl_target_refuses_an_unreachable_or_empty_target():
+    with pytest.raises(ITIError, match="below the target"):
+        alpha_for_kl_target(_QuadraticMeter(1e-30), None, 0.5, start=1.0)
+    with pytest.raises(ITIError, match="target_kl=0"):
+        alpha_for_kl_target(_QuadraticMeter(1.0), None, 0.0)
+
+
+@pytest.fixture(scope="module")
+def engine_and_lm_eval_runs(tiny_model_dir, tmp_path_factory):
+    from lm_eval_iti.experiments import validate
+
+    root = tmp_path_factory.mktemp("study_rows")
+    runs = {}
+    for engine in ("on", "off"):
+        config = _config(tiny_model_dir, root, engine=engine)
+        runs[engine] = validate(config, root / f"run_{engine}", alpha=6.0, num_heads=3, random_draws=2,
+                                baselines=("random-matched", "random-matched-kl", "no-instruction"))
+    return root, runs
+
+
+def test_engine_on_scores_every_validate_row_as_lm_eval_does(engine_and_lm_eval_runs):
+    _, runs = engine_and_lm_eval_runs
+    on, off = ({r["variant"]: r for r in runs[e]["rows"]} for e in ("on", "off"))
+    assert set(on) == set(off) == {"baseline", "iti", "random-matched-0", "random-matched-1", "random-matched-kl-0",
+                                   "random-matched-kl-1", "no-instruction"}
+    for name in on:
+        assert on[name]["scored_by"] == "engine" and off[name]["scored_by"] == "lm-eval"
+        assert on[name]["metrics"]["MC1"]["mean"] == off[name]["metrics"]["MC1"]["mean"], name
+        assert on[name]["metrics"]["MC2"]["mean"] == pytest.approx(off[name]["metrics"]["MC2"]["mean"], abs=1e-4)
+        assert on[name]["metrics"]["KL"]["mean"] == pytest.approx(off[name]["metrics"]["KL"]["mean"], abs=1e-6)
+    # the steered rows differ from the unedited ones: the comparison above is not between identical numbers
+    assert on["iti"]["metrics"]["KL"]["mean"] > 0 and on["baseline"]["metrics"]["KL"]["mean"] == 0
+
+
+def test_kl_matched_controls_cost_the_kl_of_iti_on_a_fresh_measurement(engine_and_lm_eval_runs, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.experiments.side_effects import AUTO_NUM_DOCS, KLMeter
+
+    root, runs = engine_and_lm_eval_runs
+    folds = runs["on"]["folds"]
+    iti = folds["iti"][0]
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    meter = KLMeter(model, tok, str(root / "corpus.raw"), AUTO_NUM_DOCS, 32, held_out_from=(3, 0))
+    target = meter(load_directions(iti["directions"]["path"]), iti["alpha_used"])
+    for draw in (0, 1):
+        sized, matched = folds[f"random-matched-{draw}"][0], folds[f"random-matched-kl-{draw}"][0]
+        assert sized["alpha_used"] == iti["alpha_used"] and sized["kl_match"] is None
+        record = matched["kl_match"]
+        assert record["target_kl"] == pytest.approx(target, rel=1e-6)
+        control = load_directions(matched["directions"]["path"])
+        # the same random draw as the size-matched row, at its own alpha
+        sized_directions = load_directions(sized["directions"]["path"]).directions
+        assert control.directions.keys() == sized_directions.keys()
+        assert all(control.directions[key].equal(sized_directions[key]) for key in sized_directions)
+        assert meter(control, matched["alpha_used"]) == pytest.approx(target, rel=0.02)
+        assert matched["alpha_used"] == record["alpha"] != iti["alpha_used"]
+    row = next(r for r in runs["on"]["rows"] if r["variant"] == "random-matched-kl-0")
+    assert row["α"].startswith("KL-matched: ")
+
+
+def test_nested_selection_scores_only_points_within_the_kl_budget(tiny_model_dir, tmp_path):
+    from lm_eval_iti.experiments import validate
+
+    config = _config(tiny_model_dir, tmp_path, tasks=("truthfulqa_iti_mc2",), side_effects=False, engine="on")
+    free = {"alphas": [2.0, 30.0], "num_heads": [1, 3], "by": "MC2", "inner_folds": 2}
+    unconstrained = validate(config, tmp_path / "free", alpha="select", num_heads=3, selection=free)
+    grid = unconstrained["folds"]["iti"][0]["selection"]["grid"]
+    assert all(g["kl_mean"] is None and g["mean"] is not None for g in grid)
+    # a budget between the KLs of the grid: measure them first on the same sample
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.experiments.side_effects import AUTO_NUM_DOCS, KLMeter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    meter = KLMeter(model, tok, config.corpus, AUTO_NUM_DOCS, config.num_tokens, held_out_from=(3, 0))
+    inner = [load_directions(r["directions"]) for r in unconstrained["folds"]["iti"][0]["selection"]["inner_folds"]]
+    kls = {(a, k): [meter(d.top_k(k), a) for d in inner] for a in (2.0, 30.0) for k in (1, 3)}
+    budget = (max(max(v) for v in kls.values()) + min(max(v) for v in kls.values())) / 2
+    chosen = validate(config, tmp_path / "budget", alpha="select", num_heads=3,
+                      selection=dict(free, kl_budget=budget))["folds"]["iti"][0]
+    for point in chosen["selection"]["grid"]:
+        expected = kls[(point["alpha"], point["num_heads"])]
+        assert point["kl_per_inner_fold"] == pytest.approx(expected, rel=1e-6)
+        within = max(expected) <= budget
+        assert (point["mean"] is not None) == within
+        if within:
+            free_point = next(g for g in grid if (g["alpha"], g["num_heads"]) == (point["alpha"], point["num_heads"]))
+            assert point["mean"] == pytest.approx(free_point["mean"], abs=1e-9)
+    assert max(kls[(chosen["alpha_used"], chosen["num_heads_used"])]) <= budget
+    assert chosen["scored_by"] == "engine"
+    with pytest.raises(ITIError, match="costs more than the KL budget"):
+        validate(config, tmp_path / "tight", alpha="select", num_heads=3, selection=dict(free, kl_budget=1e-12))
