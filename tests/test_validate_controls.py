@@ -27,30 +27,48 @@ def _config(tiny_model_dir, root, **kw):
 
 
 class _QuadraticMeter:
-    """KL = c * alpha^2, the small-shift behaviour of KL; counts its calls."""
+    """KL = c * alpha^power (power 2: the small-shift behaviour of KL); counts its calls."""
 
-    def __init__(self, c):
-        self.c, self.calls = c, 0
+    def __init__(self, c, power=2.0):
+        self.c, self.power, self.calls = c, power, 0
 
     def __call__(self, directions, alpha):
         self.calls += 1
-        return self.c * alpha * alpha
+        return self.c * alpha ** self.power
 
     def describe(self):
         return {}
 
 
+class _SaturatingMeter(_QuadraticMeter):
+    """KL = c * (1 - exp(-alpha^2 / 50)): quadratic at first, then flattening (a curve no secant step fits)."""
+
+    def __call__(self, directions, alpha):
+        self.calls += 1
+        return self.c * (1 - math.exp(-alpha * alpha / 50))
+
+
 @pytest.mark.parametrize("start", [0.5, 3.0, 40.0])
-def test_alpha_for_kl_target_finds_the_analytic_alpha(start):
-    meter = _QuadraticMeter(0.01)
+@pytest.mark.parametrize("power", [2.0, 1.3, 3.5])
+def test_alpha_for_kl_target_finds_the_analytic_alpha(start, power):
+    meter = _QuadraticMeter(0.01, power)
     match = alpha_for_kl_target(meter, None, 0.25, start=start, tolerance=0.01)
-    assert match["alpha"] == pytest.approx(math.sqrt(0.25 / 0.01), rel=0.01)
-    assert abs(match["kl"] - 0.25) <= 0.01 * 0.25 and meter.calls == len(match["measured"]) <= 24
+    assert match["alpha"] == pytest.approx((0.25 / 0.01) ** (1 / power), rel=0.01)
+    assert abs(match["kl"] - 0.25) <= 0.01 * 0.25 and match["within_tolerance"]
+    assert meter.calls == len(match["measured"]) <= 8
+
+
+@pytest.mark.parametrize("start", [0.5, 6.0, 60.0])
+def test_alpha_for_kl_target_on_a_flattening_curve(start):
+    meter = _SaturatingMeter(1.0)
+    match = alpha_for_kl_target(meter, None, 0.9, start=start, tolerance=0.01)
+    assert match["alpha"] == pytest.approx(math.sqrt(-50 * math.log(0.1)), rel=0.02)
+    assert match["within_tolerance"] and meter.calls <= 24
 
 
 def test_alpha_for_kl_target_refuses_an_unreachable_or_empty_target():
     with pytest.raises(ITIError, match="below the target"):
-        alpha_for_kl_target(_QuadraticMeter(1e-30), None, 0.5, start=1.0)
+        alpha_for_kl_target(_SaturatingMeter(0.1), None, 0.5, start=1.0)  # KL never exceeds 0.1
     with pytest.raises(ITIError, match="target_kl=0"):
         alpha_for_kl_target(_QuadraticMeter(1.0), None, 0.0)
 
@@ -142,5 +160,12 @@ def test_nested_selection_scores_only_points_within_the_kl_budget(tiny_model_dir
             assert point["mean"] == pytest.approx(free_point["mean"], abs=1e-9)
     assert max(kls[(chosen["alpha_used"], chosen["num_heads_used"])]) <= budget
     assert chosen["scored_by"] == "engine"
+    # the table shows the whole grid: scored points with their gain, the others as over budget, the choice marked
+    table = (tmp_path / "budget" / "table.md").read_text()
+    grid_part = table.split("Nested selection of alpha and K")[1].split("Positions edited")[0]
+    assert sum(line.startswith("| 0 | ") for line in grid_part.splitlines()) == 1 + 4
+    assert table.count("over budget") == sum(g["mean"] is None for g in chosen["selection"]["grid"]) >= 1
+    assert f"| 0 | {chosen['alpha_used']:g} | {chosen['num_heads_used']} |" in table and "**yes**" in table
+    assert (tmp_path / "budget" / "pareto.png").stat().st_size > 0
     with pytest.raises(ITIError, match="costs more than the KL budget"):
         validate(config, tmp_path / "tight", alpha="select", num_heads=3, selection=dict(free, kl_budget=1e-12))

@@ -644,4 +644,33 @@ def table_markdown(results: dict) -> str:
     draws = agg.draws_markdown(agg.summarise_draws(rows))
     if draws:
         draws = "\nRandom controls over their draws (mean ± sample sd [min, max]):\n\n" + draws
-    return head + agg.markdown_table(rows) + draws + "\nPositions edited:\n" + agg.positions_legend(rows)
+    selections = [f["selection"] for f in results["folds"].get("iti", []) if f.get("selection")]
+    grid = selection_markdown(selections)
+    return (head + agg.markdown_table(rows) + draws + grid + "\nPositions edited:\n"
+            + agg.positions_legend(rows))
+
+
+def selection_markdown(selections: list[dict]) -> str:
+    """The nested-selection grids (training folds only): per outer fold, every (alpha, K) with its KL on the KL sample
+    and its inner-fold score; points over the KL budget were not scored; the chosen point is marked."""
+    if not selections:
+        return ""
+    by = selections[0]["by"]
+    lines = [f"\nNested selection of alpha and K on each outer fold's training questions ({by}, mean over "
+             f"{len(selections[0]['inner_folds'])} inner folds; KL in nats/token on held-out WikiText):\n",
+             "| outer fold | α | K | KL | inner " + by + " | − unedited | chosen |", "|---|---|---|---|---|---|---|"]
+    for s in selections:
+        base = (s.get("unedited") or {}).get("mean")
+        budget = s.get("kl_budget")
+        lines.append(f"| {s['fold']} | 0 |  | 0 | {base:.4f} |  |  |" if base is not None else "")
+        for g in s["grid"]:
+            kl = "" if g.get("kl_mean") is None else f"{g['kl_mean']:.4f}"
+            if g["mean"] is None:
+                score = f"over budget {budget:g}" if budget is not None and g.get("kl_mean") is not None else ""
+                gain = ""
+            else:
+                score = f"{g['mean']:.4f}"
+                gain = f"{g['mean'] - base:+.4f}" if base is not None else ""
+            chosen = "**yes**" if (g["alpha"], g["num_heads"]) == (s["alpha"], s["num_heads"]) else ""
+            lines.append(f"| {s['fold']} | {g['alpha']:g} | {g['num_heads']} | {kl} | {score} | {gain} | {chosen} |")
+    return "\n".join(line for line in lines if line) + "\n"
