@@ -96,6 +96,10 @@ def test_engine_on_scores_every_validate_row_as_lm_eval_does(engine_and_lm_eval_
         assert on[name]["metrics"]["MC1"]["mean"] == off[name]["metrics"]["MC1"]["mean"], name
         assert on[name]["metrics"]["MC2"]["mean"] == pytest.approx(off[name]["metrics"]["MC2"]["mean"], abs=1e-4)
         assert on[name]["metrics"]["KL"]["mean"] == pytest.approx(off[name]["metrics"]["KL"]["mean"], abs=1e-6)
+    # one engine call scored every row sharing the instruction (each with its own directions and alpha)
+    folds = runs["on"]["folds"]
+    assert {folds[name][0]["model_info"]["engine_rows_in_call"] for name in on if name != "no-instruction"} == {6}
+    assert folds["no-instruction"][0]["model_info"]["engine_rows_in_call"] == 1
     # the steered rows differ from the unedited ones: the comparison above is not between identical numbers
     assert on["iti"]["metrics"]["KL"]["mean"] > 0 and on["baseline"]["metrics"]["KL"]["mean"] == 0
 

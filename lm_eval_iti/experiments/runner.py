@@ -135,6 +135,7 @@ class Experiment:
         self._docs = None
         self._corpus_info = None
         self._kl_meter = None
+        self._resolved: dict = {}
         self._base_logits: dict = {}  # CE/KL: the unedited logits of each document batch, computed once per run
         self._base_side_effects = None
         self.evaluations = 0  # variants evaluated in this process (resume skips do not count)
@@ -228,7 +229,8 @@ class Experiment:
             c = self.config
             model, tokenizer = self.model()
             if self.kind == "validate":
-                group = [variant]
+                self._engine_validate_group(fold, variant)
+                return self._engine_results.pop(key)
             else:
                 group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
                          and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
@@ -243,6 +245,35 @@ class Experiment:
             for v, evaluation in zip(group, evaluations):
                 self._engine_results[(fold, v.name)] = evaluation
         return self._engine_results.pop(key)
+
+    def _engine_validate_group(self, fold: int, variant: Variant) -> None:
+        """Score, in one engine call, every engine row of validate on ``fold`` that shares ``variant``'s positions
+        and instruction and is not on disk yet, each at its own resolved alpha and K with its own directions (ITI,
+        the control draws, random heads, probe weights, the unedited rows): one forward per prompt serves every row,
+        which is what makes a table of controls affordable."""
+        from .. import prefix_scoring
+        from ..harness.engine import score_points
+
+        c = self.config
+        model, tokenizer = self.model()
+        names = [v for v in self.variants if self.uses_engine(v) and v.mc_positions == variant.mc_positions
+                 and v.instruction == variant.instruction
+                 and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+        points, labels = [], []
+        for v in names:
+            resolved, fit = self.resolve(fold, v)[:2]
+            alpha = 0.0 if resolved.kind == "hf" else float(resolved.alpha)
+            directions = fit["directions"] if fit is not None else None
+            points += prefix_scoring.make_points(directions, [(alpha, resolved.heads)])
+            labels.append((alpha, resolved.heads))
+        evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
+                                   None, labels, points=points, mc_positions=variant.mc_positions, limit=c.limit,
+                                   bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
+                                   system_instruction=c.system_instruction, max_length=c.max_length,
+                                   batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+        for v, evaluation in zip(names, evaluations):
+            evaluation["model_info"] = dict(evaluation["model_info"], engine_rows_in_call=len(names))
+            self._engine_results[(fold, v.name)] = evaluation
 
     def fold_path(self, fold: int, variant: Variant) -> Path:
         return self.out / "folds" / f"fold_{fold}_{variant.name}.json"
@@ -458,6 +489,28 @@ class Experiment:
         return record
 
     # one fold x variant ---------------------------------------------------------------------------------------------
+    def resolve(self, fold: int, variant: Variant):
+        """(variant with its fold's alpha and K, its fit or control (None for an unedited row), the alpha-auto,
+        selection and KL-match records); every record is saved, so resolving again reads them back."""
+        key = (fold, variant.name)
+        if key in self._resolved:
+            return self._resolved[key]
+        fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
+        if fit is not None and "control_seed" in variant.extra:
+            fit = self.control(fold, fit, variant)
+        auto = selected = kl_matched = None
+        if variant.alpha == AUTO:
+            auto = self.auto_alpha(fold)
+            variant = replace(variant, alpha=auto["alpha"])
+        elif variant.alpha == SELECT:
+            selected = self.nested_selection(fold)
+            variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
+        if variant.extra.get("match_kl"):
+            kl_matched = self.kl_match(fold, variant, fit)
+            variant = replace(variant, alpha=kl_matched["alpha"])
+        self._resolved[key] = (variant, fit, auto, selected, kl_matched)
+        return self._resolved[key]
+
     def run_one(self, fold: int, variant: Variant) -> dict:
         from ..harness.driver import run_tasks
         from ..harness.variants import variant_lm
@@ -465,21 +518,8 @@ class Experiment:
 
         c = self.config
         model, tokenizer = self.model()
-        fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
-        if fit is not None and "control_seed" in variant.extra:
-            fit = self.control(fold, fit, variant)
-        described, settings_hash, auto = variant.describe(), self.fold_hash(fold, variant), None
-        selected = None
-        if variant.alpha == AUTO:
-            auto = self.auto_alpha(fold)
-            variant = replace(variant, alpha=auto["alpha"])
-        elif variant.alpha == SELECT:
-            selected = self.nested_selection(fold)
-            variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
-        kl_matched = None
-        if variant.extra.get("match_kl"):
-            kl_matched = self.kl_match(fold, variant, fit)
-            variant = replace(variant, alpha=kl_matched["alpha"])
+        described, settings_hash = variant.describe(), self.fold_hash(fold, variant)
+        variant, fit, auto, selected, kl_matched = self.resolve(fold, variant)
         clock = time.perf_counter()
         # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
         evaluation = (self.engine_evaluation(fold, variant, fit["directions"] if fit else None)

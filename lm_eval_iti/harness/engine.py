@@ -101,16 +101,21 @@ def score_points(model, tokenizer, tasks: list[str], metadata: dict, directions,
                  mc_positions: str = "answer", limit=None, bootstrap_iters: int = 100000,
                  apply_chat_template=False, system_instruction: str | None = None, max_length: int | None = None,
                  batch_size: int = 8, max_batch_bytes: int = prefix_scoring.DEFAULT_MAX_BATCH_BYTES,
-                 max_rows: int | None = None, engine_lm: list | None = None) -> list[dict]:
+                 max_rows: int | None = None, engine_lm: list | None = None,
+                 points: list | None = None) -> list[dict]:
     """One ``driver.run_tasks`` result per (alpha, K) of ``settings``, scored by the engine.
 
     ``directions``: a Directions object (K None: all its heads); ``engine_lm``: a list that receives the EngineLM
-    (tests read its recorded requests and numbers)."""
+    (tests read its recorded requests and numbers); ``points``: ready-made ``prefix_scoring.Point``s instead (e.g.
+    from several Directions), one per entry of ``settings``, which then only labels them."""
     from .driver import run_tasks
 
     if not settings:
         raise ITIError("score_points needs at least one (alpha, K) setting")
-    points = prefix_scoring.make_points(directions, list(settings))
+    if points is None:
+        points = prefix_scoring.make_points(directions, list(settings))
+    elif len(points) != len(settings):
+        raise ITIError(f"score_points: {len(points)} points but {len(settings)} settings to label them")
     kwargs = dict(tokenizer=tokenizer, batch_size=batch_size)
     if max_length:
         kwargs["max_length"] = max_length
