@@ -136,20 +136,15 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
         if name == "random-directions":
             rows.append(iti_variant(FitSpec("random", False, num_heads), alpha, name=name,
                                     label="random directions (top-K probe heads)", **hooked))
-        elif name == "random-matched":
+        elif name in ("random-matched", "random-matched-kl"):
             if random_draws < 1:
                 raise ITIError(f"random_draws={random_draws} must be at least 1")
+            by_kl = name == "random-matched-kl"  # draw d of both controls is the same random direction
             for draw in range(random_draws):
-                variant = iti_variant(main_fit, alpha, name=f"random-matched-{draw}",
-                                      label=f"random directions, matched size (draw {draw})", **hooked)
-                rows.append(replace(variant, extra=dict(variant.extra, control_seed=draw)))
-        elif name == "random-matched-kl":
-            if random_draws < 1:
-                raise ITIError(f"random_draws={random_draws} must be at least 1")
-            for draw in range(random_draws):
-                variant = iti_variant(main_fit, alpha, name=f"random-matched-kl-{draw}",
-                                      label=f"random directions, matched KL (draw {draw})", **hooked)
-                rows.append(replace(variant, extra=dict(variant.extra, control_seed=draw, match_kl=True)))
+                variant = iti_variant(main_fit, alpha, name=f"{name}-{draw}", label=f"random directions, matched "
+                                      f"{'KL' if by_kl else 'size'} (draw {draw})", **hooked)
+                extra = dict(variant.extra, control_seed=draw, **({"match_kl": True} if by_kl else {}))
+                rows.append(replace(variant, extra=extra))
         elif name == "random-heads":
             rows.append(iti_variant(FitSpec("mass-mean", True, num_heads), alpha, name=name,
                                     label="random heads (mass-mean)", **hooked))
