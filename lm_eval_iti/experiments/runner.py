@@ -217,25 +217,23 @@ class Experiment:
     def uses_engine(self, variant: Variant) -> bool:
         return self.engine_candidate(variant) and self.engine_enabled()
 
-    def engine_evaluation(self, fold: int, variant: Variant, directions=None) -> dict:
-        """The run_tasks-style evaluation of ``variant`` on ``fold``; in a sweep the first request scores, in one
-        engine call, every engine row of the fold that shares its fit, positions and instruction (and is not on disk
-        yet). validate's rows (alpha and K resolved per fold, controls with their own directions) are scored one by
-        one with ``directions`` (None for an unedited row)."""
+    def engine_evaluation(self, fold: int, variant: Variant) -> dict:
+        """The run_tasks-style evaluation of ``variant`` on ``fold``; the first request scores, in one engine call,
+        every engine row of the fold that shares its positions and instruction (and, in a sweep, its fit) and is not
+        on disk yet (validate: ``_engine_validate_group``, each row with its own directions and alpha)."""
         key = (fold, variant.name)
         if key not in self._engine_results:
+            if self.kind == "validate":
+                self._engine_validate_group(fold, variant)
+                return self._engine_results.pop(key)
             from ..harness.engine import score_points
 
             c = self.config
             model, tokenizer = self.model()
-            if self.kind == "validate":
-                self._engine_validate_group(fold, variant)
-                return self._engine_results.pop(key)
-            else:
-                group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
-                         and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
-                         and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
-                directions = self.fit(fold, variant.fit)["directions"]
+            group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
+                     and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
+                     and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+            directions = self.fit(fold, variant.fit)["directions"]
             evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
                                        directions, [(v.alpha if v.kind != "hf" else 0.0, v.heads) for v in group],
                                        mc_positions=variant.mc_positions, limit=c.limit,
@@ -522,8 +520,7 @@ class Experiment:
         variant, fit, auto, selected, kl_matched = self.resolve(fold, variant)
         clock = time.perf_counter()
         # before variant_lm: the engine adds each point's shift itself and refuses a model with hf-iti's hooks
-        evaluation = (self.engine_evaluation(fold, variant, fit["directions"] if fit else None)
-                      if self.uses_engine(variant) else None)
+        evaluation = self.engine_evaluation(fold, variant) if self.uses_engine(variant) else None
         work = self.out / "directions"
         work.mkdir(parents=True, exist_ok=True)
         with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
