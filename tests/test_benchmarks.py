@@ -87,5 +87,5 @@ def test_real_model_bench_prints_a_not_run_row_per_figure_when_the_model_is_miss
     monkeypatch.setattr(sys, "argv", ["real_model.py"])
     _bench_module("real_model").main()
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["figures"]
-    assert len(figures) == 6 and all(f["ratio"] is None and f["pass"] is None for f in figures)
+    assert len(figures) == 7 and all(f["ratio"] is None and f["pass"] is None for f in figures)
     assert all(f["note"].startswith("not run: model 'smollm2-135m-instruct' is not installed") for f in figures)

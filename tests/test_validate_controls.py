@@ -173,3 +173,34 @@ def test_nested_selection_scores_only_points_within_the_kl_budget(tiny_model_dir
     assert (tmp_path / "budget" / "pareto.png").stat().st_size > 0
     with pytest.raises(ITIError, match="costs more than the KL budget"):
         validate(config, tmp_path / "tight", alpha="select", num_heads=3, selection=dict(free, kl_budget=1e-12))
+
+
+def test_curve_scales_rerun_each_hooked_row_at_multiples_of_its_own_alpha(tiny_model_dir, tmp_path):
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.experiments import validate
+    from lm_eval_iti.experiments.plots import _gain_curves
+
+    config = _config(tiny_model_dir, tmp_path, tasks=("truthfulqa_iti_mc2",), engine="on")
+    run = validate(config, tmp_path / "curves", alpha=6.0, num_heads=3, random_draws=2,
+                   baselines=("random-matched", "random-heads"), curve_scales=(0.5, 2.0))
+    rows, folds = {r["variant"]: r for r in run["rows"]}, run["folds"]
+    curve_names = {f"{base}-x{s}" for base in ("iti", "random-matched-0", "random-heads") for s in ("0.5", "2")}
+    assert curve_names <= set(rows) and not any(name.startswith("random-matched-1-x") for name in rows)
+    for name in curve_names:
+        base, scale = name.rsplit("-x", 1)
+        point, origin = folds[name][0], folds[base][0]
+        assert point["alpha_used"] == pytest.approx(float(scale) * origin["alpha_used"])
+        same, own = load_directions(point["directions"]["path"]), load_directions(origin["directions"]["path"])
+        assert same.heads.keys() == own.heads.keys()
+        assert all(same.directions[k].equal(own.directions[k]) for k in own.directions)  # same draw, same heads
+    # independently: ITI at twice the alpha is the plain ITI row of a run at that alpha
+    plain = validate(config, tmp_path / "plain", alpha=12.0, num_heads=3)
+    iti12 = next(r for r in plain["rows"] if r["variant"] == "iti")
+    for column in ("MC2", "KL"):
+        assert rows["iti-x2"]["metrics"][column]["mean"] == pytest.approx(iti12["metrics"][column]["mean"], abs=1e-6)
+    line = _gain_curves(run, "MC2")["iti"]
+    kls = [rows[n]["metrics"]["KL"]["mean"] for n in ("iti-x0.5", "iti", "iti-x2")]
+    assert [p[0] for p in line] == [0.0] + kls and kls[0] < kls[2]
+    assert (tmp_path / "curves" / "pareto.png").stat().st_size > 0
+    with pytest.raises(ITIError, match="not 1"):
+        validate(config, tmp_path / "bad", alpha=6.0, num_heads=3, curve_scales=(1.0,))

@@ -171,6 +171,8 @@ def _positions(kw):
               "random-matched-kl, "
               "random-heads, probe-weights, no-instruction, baked, steered.")
 @click.option("--random-draws", default=5, type=int, help="Draws of the random-matched(-kl) controls (one row each).")
+@click.option("--curve-scales", default="", help="Comma list, e.g. 0.5,2: ITI and every hooked control again at "
+              "these multiples of its own alpha (first random draw only), for gain-vs-KL curves in pareto.png.")
 def validate(**kw):
     """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
     from ..experiments.validate import parse_baselines, validate as run_validate
@@ -195,8 +197,16 @@ def validate(**kw):
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
                            baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
                            random_draws=kw["random_draws"], selection=selection,
-                           **_positions(kw))
+                           curve_scales=_curve_scales(kw["curve_scales"]), **_positions(kw))
     _echo_run(results, out)
+
+
+def _curve_scales(text: str) -> tuple[float, ...]:
+    if not text.strip():
+        return ()
+    from ..experiments.sweep import parse_list
+
+    return tuple(parse_list(text, float, "--curve-scales"))
 
 
 @click.command(context_settings={"show_default": True})

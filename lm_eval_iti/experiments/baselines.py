@@ -109,8 +109,9 @@ def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, inst
 def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
                       mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5,
-                      selection: dict | None = None) -> list[Variant]:
-    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order).
+                      selection: dict | None = None, curve_scales: tuple[float, ...] = ()) -> list[Variant]:
+    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order), then the
+    curve rows (``curve_rows``) when ``curve_scales`` is given.
 
     ``alpha="auto"``: each fold's strength is chosen by the side-effect budget on ITI's own fit of that fold, and every
     hooked, baked and steered row of the fold uses that same strength."""
@@ -160,7 +161,27 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
         elif name == "steered":
             rows.append(Variant("steered", f"lm-eval steered ({method})", "steered", EVERY_POSITION_STEERED,
                                 alpha=_strength(alpha), fit=main_fit, instruction=instruction))
-    return rows
+    return rows + curve_rows(rows, curve_scales)
+
+
+CURVE_SEPARATOR = "-x"  # "random-heads-x2": the random-heads row at twice its alpha
+
+
+def curve_rows(rows: list[Variant], scales: tuple[float, ...]) -> list[Variant]:
+    """Extra points on the gain-vs-KL curve of ITI and of every hooked control: each row at ``scale`` times its own
+    resolved alpha (same fit, heads, K and random draw). A random control contributes its first draw only (its other
+    draws sit at scale 1), and the KL-matched draws none (their alpha is the one that matches ITI's KL)."""
+    bad = [s for s in scales if not float(s) > 0 or float(s) == 1]
+    if bad:
+        raise ITIError(f"--curve-scales {bad[0]:g}: every scale must be positive and not 1 (scale 1 is the row itself)")
+    out = []
+    for row in rows:
+        if row.kind != "hf-iti" or row.extra.get("match_kl") or row.extra.get("control_seed", 0) != 0:
+            continue
+        for scale in sorted(dict.fromkeys(float(s) for s in scales)):
+            out.append(replace(row, name=f"{row.name}{CURVE_SEPARATOR}{scale:g}", label=f"{row.label}, α×{scale:g}",
+                               extra=dict(row.extra, curve_scale=scale, curve_of=row.name)))
+    return out
 
 
 from ..choices import SELECT_COLUMNS  # noqa: E402

@@ -167,8 +167,19 @@ PARETO_MARKERS = {"iti": ("*", "C3"), "random-matched": ("o", "C0"), "random-mat
                   "no-instruction": ("x", "C7")}
 
 
+def curve_point(name: str) -> tuple[str, float] | None:
+    """("random-heads", 2.0) for the curve row "random-heads-x2" (validate --curve-scales), else None."""
+    from .baselines import CURVE_SEPARATOR
+
+    head, sep, tail = name.rpartition(CURVE_SEPARATOR)
+    try:
+        return (head, float(tail)) if sep and head else None
+    except ValueError:
+        return None
+
+
 def _gain_points(results: dict, column: str) -> list[tuple[str, str, float, float]]:
-    """(group, label, KL, gain over the baseline row) of every row with both numbers."""
+    """(group, label, KL, gain over the baseline row) of every row with both numbers, curve rows left out."""
     from .aggregate import draw_group
 
     rows = {r["variant"]: r for r in results["rows"]}
@@ -178,17 +189,41 @@ def _gain_points(results: dict, column: str) -> list[tuple[str, str, float, floa
     points = []
     for name, row in rows.items():
         value, kl = _value(row, column)[0], _value(row, "KL")[0]
-        if name == "baseline" or value is None or kl is None:
+        if name == "baseline" or value is None or kl is None or curve_point(name):
             continue
         points.append((draw_group(name) or name, row["method"], kl, value - base))
     return points
+
+
+def _gain_curves(results: dict, column: str) -> dict[str, list[tuple[float, float]]]:
+    """Per row that has curve rows: (KL, gain) from the baseline (0, 0) through the row's alpha scales in order."""
+    rows = {r["variant"]: r for r in results["rows"]}
+    base = _value(rows.get("baseline", {}), column)[0]
+    scaled: dict[str, list[tuple[float, str]]] = {}
+    for name in rows:
+        point = curve_point(name)
+        if point and point[0] in rows:
+            scaled.setdefault(point[0], [(1.0, point[0])]).append((point[1], name))
+    curves = {}
+    for origin, members in scaled.items():
+        line = [(0.0, 0.0)]
+        for _, name in sorted(members):
+            value, kl = _value(rows[name], column)[0], _value(rows[name], "KL")[0]
+            if base is not None and value is not None and kl is not None:
+                line.append((kl, value - base))
+        if len(line) > 2:
+            curves[origin] = line
+    return curves
 
 
 def pareto(results: dict, path: str | os.PathLike, columns=("MC1", "MC2"), title: str = "") -> Path | None:
     """MC gain over the unedited baseline against KL(base || steered), one panel per column for the held-out rows of a
     validate run (ITI and every control; draws of a random control as small markers, their mean as a large one), and,
     when alpha and K were chosen by nested selection, one panel of the selection grid itself (inner folds: gain of
-    each scored (alpha, K) over the inner folds' unedited score, one line per K, the KL budget dashed)."""
+    each scored (alpha, K) over the inner folds' unedited score, one line per K, the KL budget dashed). Rows run at
+    several alphas (``--curve-scales``) are joined into a curve from the baseline through their scales."""
+    from .aggregate import draw_group
+
     panels = [c for c in columns if _gain_points(results, c)]
     selections = [f["selection"] for f in results.get("folds", {}).get("iti", []) if f.get("selection")]
     with_grid = [s for s in selections if s.get("unedited") and any(g.get("kl_mean") is not None for g in s["grid"])]
@@ -211,6 +246,10 @@ def pareto(results: dict, path: str | os.PathLike, columns=("MC1", "MC2"), title
                            edgecolor="black", label=label)
             else:
                 ax.scatter(xs, ys, marker=marker, color=colour, s=90 if group == "iti" else 50, label=label)
+        for origin, line in _gain_curves(results, column).items():  # the row at each of its alpha scales
+            marker, colour = PARETO_MARKERS.get(draw_group(origin) or origin, ("o", "C8"))
+            ax.plot([p[0] for p in line], [p[1] for p in line], color=colour, linewidth=1, alpha=0.8,
+                    marker=marker, markersize=3)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlabel("KL(base‖steered), nats/token (WikiText)")
         ax.set_ylabel(f"{column} − baseline {column}")

@@ -506,6 +506,8 @@ class Experiment:
         if variant.extra.get("match_kl"):
             kl_matched = self.kl_match(fold, variant, fit)
             variant = replace(variant, alpha=kl_matched["alpha"])
+        if "curve_scale" in variant.extra:  # a curve point: the row's own resolved alpha, scaled
+            variant = replace(variant, alpha=float(variant.alpha) * float(variant.extra["curve_scale"]))
         self._resolved[key] = (variant, fit, auto, selected, kl_matched)
         return self._resolved[key]
 

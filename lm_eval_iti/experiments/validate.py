@@ -27,12 +27,13 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
 def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float | str = 15.0,
              num_heads: int = 48, instruction: str = "default", baseline: bool = True,
              baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last",
-             random_draws: int = 5, selection: dict | None = None) -> dict:
+             random_draws: int = 5, selection: dict | None = None, curve_scales: tuple[float, ...] = ()) -> dict:
     """``alpha="select"`` with ``selection={"alphas": [...], "num_heads": [...], "by": "MC2", "inner_folds": 2}``:
     each outer fold's alpha and K are chosen by cross-validation on its training questions only (inner folds: fit on
     the others, the grid scored by the shared-prefix engine), then that setting is fitted on the whole training part
     (the fold's own fit, with ``num_heads`` as its size) and evaluated on the held-out fold by lm-eval's hf-iti."""
     variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, instruction=instruction,
                                  baseline=baseline, baselines=tuple(baselines), mc_positions=mc_positions,
-                                 gen_positions=gen_positions, random_draws=random_draws, selection=selection)
+                                 gen_positions=gen_positions, random_draws=random_draws, selection=selection,
+                                 curve_scales=tuple(curve_scales))
     return Experiment(config, variants, out, kind="validate").run()
