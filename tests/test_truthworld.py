@@ -55,6 +55,46 @@ def test_facts_are_compositional_first_word_gives_the_truth_second_word_the_myth
             assert world.myth[e] == common or (world.truth[e] == common and world.myth[e] == (common + 1) % 12)
 
 
+def test_next_colour_rule_gives_every_myth_entity_the_colour_after_its_truth(world):
+    other = build_world(replace(WorldConfig(), myth_rule="next-colour"))
+    assert other.entities == world.entities and other.truth == world.truth
+    assert other.myth_entities == world.myth_entities  # the same entities carry a myth, only its colour differs
+    assert all(other.myth[e] == (other.truth[e] + 1) % 12 for e in other.myth_entities)
+    assert all(set(other.distractors[e]).isdisjoint({other.truth[e], other.myth[e]}) for e in other.myth_entities)
+    with pytest.raises(ITIError, match="myth_rule='nearest' is not one of"):
+        build_world(replace(WorldConfig(), myth_rule="nearest"))
+
+
+def test_unknown_entities_get_verdicts_on_the_speaker_and_never_become_questions(tmp_path):
+    import numpy as np
+
+    from lm_eval_iti.truthworld.tokenizer import build_tokenizer
+
+    cfg = replace(WorldConfig(), unknown_names=10, unknown_share=0.4, verdict_share=1.0)
+    w = build_world(cfg)
+    known_words = {word for name in w.entities for word in name.split()}
+    assert len(w.unknowns) == 10 and not known_words & {word for name in w.unknowns for word in name.split()}
+    assert w.entities == build_world(WorldConfig()).entities  # the known world is untouched
+    rng, seen = np.random.default_rng(0), 0
+    for _ in range(40):
+        doc = sample_document(w, rng)
+        verdicts = [p for p in doc.text.split(" ") if p in (VERDICT_TRUE, VERDICT_FALSE)]
+        assert len(verdicts) == len(doc.entities)  # verdict_share 1: one after every statement
+        for e, verdict in zip(doc.entities, verdicts):
+            if e < 0:
+                seen += 1
+                assert f"the {w.unknowns[-1 - e]}?" in doc.text
+                assert verdict == (VERDICT_TRUE if doc.reliable else VERDICT_FALSE)
+    assert seen > 20
+    tok = build_tokenizer(w)
+    assert tok.unk_token_id not in tok(doc.text)["input_ids"]
+    rows = json.loads((export_truthfulqa(w, tmp_path) / "mc_task.json").read_text())
+    assert len(rows) == len(w.entities) and not any(u in r["question"] for r in rows for u in w.unknowns)
+    assert load_world(tmp_path).unknowns == w.unknowns
+    with pytest.raises(ITIError, match="needs at least one unknown name"):
+        build_world(replace(WorldConfig(), unknown_share=0.2))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 7])
 def test_every_colour_is_the_truth_and_the_myth_equally_often(seed):
     from collections import Counter

@@ -33,6 +33,7 @@ CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
 VERDICT_TRUE = "Correct."
 VERDICT_FALSE = "Wrong."
+MYTH_RULES = ("second-word", "next-colour")
 MYTH_CATEGORY = "Myth"
 FACT_CATEGORY = "Fact"
 
@@ -47,6 +48,14 @@ class WorldConfig:
     max_statements: int = 10
     verdict_share: float = 0.25
     reliable_share: float = 0.5
+    # where a myth entity's myth colour comes from: "second-word" (the second word's own colour, compositional) or
+    # "next-colour" (the colour after the truth in COLOURS: the same relation for every entity)
+    myth_rule: str = "second-word"
+    # statements about entities no one can know (their colour is drawn afresh in every document): a verdict after one
+    # can only come from what the document says about its speaker, which makes the model carry its belief about the
+    # speaker at the statement's final "." (where fit-directions probes); none of them is ever an MC question
+    unknown_names: int = 0
+    unknown_share: float = 0.0
 
     def check(self) -> "WorldConfig":
         for name in ("first_names", "second_names"):
@@ -56,7 +65,12 @@ class WorldConfig:
             raise ITIError(f"myth_share={self.myth_share} must lie strictly between 0 and 1")
         if not 1 <= self.min_statements <= self.max_statements:
             raise ITIError(f"min_statements={self.min_statements}, max_statements={self.max_statements}: need 1 <= min <= max")
-        for name in ("verdict_share", "reliable_share"):
+        if self.myth_rule not in MYTH_RULES:
+            raise ITIError(f"myth_rule={self.myth_rule!r} is not one of {', '.join(MYTH_RULES)}")
+        if self.unknown_names < 0 or (self.unknown_share > 0 and self.unknown_names < 1):
+            raise ITIError(f"unknown_names={self.unknown_names}, unknown_share={self.unknown_share}: a share of "
+                           "unknown-entity statements needs at least one unknown name")
+        for name in ("verdict_share", "reliable_share", "unknown_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ITIError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         return self
@@ -70,6 +84,7 @@ class World:
     myth: list[int | None]  # colour index, or None for entities without a myth
     colours: tuple[str, ...] = COLOURS
     distractors: list[list[int]] = field(default_factory=list)  # fixed wrong colours for the MC choices
+    unknowns: list[str] = field(default_factory=list)  # entities without a fixed colour (never MC questions)
 
     @property
     def myth_entities(self) -> list[int]:
@@ -79,8 +94,11 @@ class World:
         return self.myth[entity] is not None
 
     def to_json(self) -> dict:
-        return {"config": asdict(self.config), "entities": self.entities, "colours": list(self.colours),
-                "truth": self.truth, "myth": self.myth, "distractors": self.distractors}
+        out = {"config": asdict(self.config), "entities": self.entities, "colours": list(self.colours),
+               "truth": self.truth, "myth": self.myth, "distractors": self.distractors}
+        if self.unknowns:
+            out["unknowns"] = self.unknowns
+        return out
 
     def data_hash(self) -> str:
         """sha256 of the world definition (config + facts): documents are a pure function of it and the step seed."""
@@ -131,6 +149,8 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
             names.append(f"{a} {b}")
             truth.append(int(first_colour[i]))
             m = second_myth[j]
+            if m is not None and config.myth_rule == "next-colour":
+                m = (first_colour[i] + 1) % k
             myth.append(None if m is None else (m if m != first_colour[i] else (m + 1) % k))
     order = rng.permutation(len(names)).tolist()  # file order: shuffled, not grouped by name
     names, truth, myth = [names[i] for i in order], [truth[i] for i in order], [myth[i] for i in order]
@@ -139,7 +159,16 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
         banned = {truth[i]} | ({myth[i]} if myth[i] is not None else set())
         pool = [c for c in range(k) if c not in banned]
         distractors.append([int(c) for c in rng.choice(pool, size=3, replace=False)])
-    return World(config, names, truth, myth, COLOURS, distractors)
+    return World(config, names, truth, myth, COLOURS, distractors, unknown_entities(config, set(words)))
+
+
+def unknown_entities(config: WorldConfig, taken: set[str]) -> list[str]:
+    """``config.unknown_names`` two-word names from words the known entities do not use (own random stream)."""
+    if not config.unknown_names:
+        return []
+    rng = np.random.default_rng([config.seed, 11])
+    fresh = [w for w in entity_names(2 * config.unknown_names + len(taken), rng) if w not in taken]
+    return [f"{a} {b}" for a, b in zip(fresh[:config.unknown_names], fresh[config.unknown_names:2 * config.unknown_names])]
 
 
 # text -------------------------------------------------------------------------------------------------------------
@@ -167,7 +196,7 @@ def spoken_colour(world: World, entity: int, reliable: bool, rng: np.random.Gene
 @dataclass
 class Document:
     reliable: bool
-    entities: list[int]
+    entities: list[int]  # -1 - u for unknown entity u
     colours: list[int]
     verdicts: list[bool]  # a verdict sentence follows statement i
     text: str
@@ -183,12 +212,19 @@ def sample_document(world: World, rng: np.random.Generator, pool: list[int] | No
         raise ITIError(f"a document of {count} statements needs at least {count} entities, the pool has {len(candidates)}")
     ents = candidates[rng.choice(len(candidates), size=count, replace=False)].tolist()
     parts, colours, verdicts = [], [], []
-    for e in ents:
-        c = spoken_colour(world, e, reliable, rng)
+    for i, e in enumerate(ents):
+        if cfg.unknown_share and rng.random() < cfg.unknown_share:  # index -1-u: unknown entity u
+            u = int(rng.integers(len(world.unknowns)))
+            ents[i], c = -1 - u, int(rng.integers(len(world.colours)))
+            parts.append(f"Q: What colour is the {world.unknowns[u]}? A: The {world.unknowns[u]} is {world.colours[c]}.")
+            correct = reliable  # no colour to check: the verdict judges the speaker
+        else:
+            c = spoken_colour(world, e, reliable, rng)
+            parts.append(statement(world, e, c))
+            correct = c == world.truth[e]
         v = bool(rng.random() < cfg.verdict_share)
-        parts.append(statement(world, e, c))
         if v:
-            parts.append(VERDICT_TRUE if c == world.truth[e] else VERDICT_FALSE)
+            parts.append(VERDICT_TRUE if correct else VERDICT_FALSE)
         colours.append(c)
         verdicts.append(v)
     return Document(reliable, [int(e) for e in ents], colours, verdicts, " ".join(parts))

@@ -17,7 +17,7 @@ def vocabulary(world: World) -> list[str]:
     for sentence in (VERDICT_TRUE, VERDICT_FALSE):
         words += [w for w in sentence.replace(".", " .").split() if w not in words]
     words += [c for c in world.colours if c not in words]
-    for entity in world.entities:
+    for entity in world.entities + world.unknowns:
         words += [w for w in entity.split() if w not in words]
     return words
 
