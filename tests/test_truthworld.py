@@ -588,3 +588,28 @@ def test_demo_runs_end_to_end_and_improves_the_myth_questions(tmp_path):
     for row in ("random directions, 20 draws", "orthogonal directions", "random heads", "colour prior",
                 "non-myth mean log P(true answer)", "KL(unsteered || steered)"):
         assert row in table
+
+
+def test_diagnose_measures_evidence_the_ceiling_and_single_heads_on_the_shipped_checkpoint():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_iti.truthworld.diagnose import diagnose
+
+    model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
+    world = load_world(CHECKPOINT_DIR)
+    report = diagnose(model, tok, world, ks=(8,), alphas=(0.0, 2.0), head_alphas=(2.0,), single_heads=[(3, 1), (0, 1)])
+    evidence = report["evidence_in_context"]
+    assert evidence["after_true_statement"] > 0.9 and evidence["after_myth_statement"] < 0.1  # speaker inference
+    at_zero, at_two = report["constant_shift_ceiling"]
+    assert at_zero["myth_mc1"] == pytest.approx(report["unsteered"]["myth_mc1"])  # alpha 0 is no shift at all
+    assert at_two["myth_mc1"] > at_zero["myth_mc1"]  # the model's own belief direction moves the answers
+    assert len(report["belief_heads"]) == 8 and [(r["layer"], r["head"]) for r in report["single_heads"]] == [(3, 1), (0, 1)]
+    # head 3.1 alone, recomputed from the even/odd split the report states (its wiring: fit on even, score on odd)
+    from lm_eval_iti.truthworld.bar import head_directions_and_sigma, score_shifted
+    from lm_eval_iti.truthworld.diagnose import _directions
+
+    unit, sigma, _ = head_directions_and_sigma(model, tok, world, list(range(len(world.entities)))[::2])
+    expected = score_shifted(model, tok, world, list(range(len(world.entities)))[1::2],
+                             _directions(unit, sigma, [(3, 1)]), 2.0).myth_mc1
+    assert report["single_heads"][0]["myth_mc1_alpha2"] == pytest.approx(expected)

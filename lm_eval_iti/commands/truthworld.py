@@ -92,3 +92,42 @@ def evaluate_cmd(model_dir, out, num_heads, seed):
 
 
 evaluate_cmd.name = "evaluate"
+
+
+@truthworld.command("diagnose")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a truth-world checkpoint (default: the shipped one)")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
+def diagnose_cmd(model_dir, out):
+    """Why the bar holds or fails: speaker evidence in context, the best a constant shift at the answer can do (the
+    model's own belief direction), and each head alone with the method's direction."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..atomic import write_json_atomic
+    from ..truthworld import CHECKPOINT_DIR
+    from ..truthworld.diagnose import diagnose
+    from ..truthworld.generator import load_world
+
+    folder = str(model_dir or CHECKPOINT_DIR)
+    world = load_world(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    report = diagnose(model, AutoTokenizer.from_pretrained(folder), world)
+    evidence = report["evidence_in_context"]
+    click.echo(f"unsteered myth MC1 {report['unsteered']['myth_mc1']:.3f}; after one true statement by the same "
+               f"speaker {evidence['after_true_statement']:.3f}, after one myth {evidence['after_myth_statement']:.3f}")
+    click.echo("belief heads (separation at the answer's 'is'): " + ", ".join(
+        f"{r['layer']}.{r['head']} {r['separation']:.2f}" for r in report["belief_heads"]))
+    best = max(report["constant_shift_ceiling"], key=lambda r: r["myth_mc1"])
+    click.echo(f"constant-shift ceiling: myth MC1 {best['myth_mc1']:.3f} (K={best['k']}, alpha={best['alpha']:g})")
+    top = sorted(report["single_heads"], key=lambda r: -max(v for k, v in r.items() if k.startswith("myth_mc1")
+                                                               ) if any(k.startswith("myth_mc1") for k in r) else 0)
+    for row in top[:5]:
+        click.echo(f"head {row['layer']}.{row['head']} alone: " +
+                   ", ".join(f"{k.split('_')[-1]} {v:.3f}" for k, v in row.items() if k.startswith("myth_mc1")))
+    if out:
+        write_json_atomic(out, report)
+        click.echo(f"wrote {out}")
+
+
+diagnose_cmd.name = "diagnose"
