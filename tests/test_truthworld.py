@@ -613,3 +613,4 @@ def test_diagnose_measures_evidence_the_ceiling_and_single_heads_on_the_shipped_
     expected = score_shifted(model, tok, world, list(range(len(world.entities)))[1::2],
                              _directions(unit, sigma, [(3, 1)]), 2.0).myth_mc1
     assert report["single_heads"][0]["myth_mc1_alpha2"] == pytest.approx(expected)
+    assert -1 <= report["single_heads"][1]["cosine_with_belief"] <= 1

@@ -124,7 +124,8 @@ def diagnose_cmd(model_dir, out):
                                                                ) if any(k.startswith("myth_mc1") for k in r) else 0)
     for row in top[:5]:
         click.echo(f"head {row['layer']}.{row['head']} alone: " +
-                   ", ".join(f"{k.split('_')[-1]} {v:.3f}" for k, v in row.items() if k.startswith("myth_mc1")))
+                   ", ".join(f"{k.split('_')[-1]} {v:.3f}" for k, v in row.items() if k.startswith("myth_mc1")) +
+                   f" (cosine of its direction with its belief direction {row['cosine_with_belief']:+.2f})")
     if out:
         write_json_atomic(out, report)
         click.echo(f"wrote {out}")

@@ -8,7 +8,8 @@ steerable belief" from "ITI's probe does not find it".
    Added (unit direction, sigma from context-free prompts, top-K heads by separation) at the answer positions of
    context-free questions, exactly as hf-iti adds a shift. If this cannot lift myth MC1, no direction ITI fits can.
 3. **Each head alone** with the method's own mass-mean direction at the statement's final ``.`` (what fit-directions
-   fits): held-out myth MC1 per head, next to its probe-free separation at ``.``.
+   fits): held-out myth MC1 per head, and the cosine between that direction and the head's belief direction of (2).
+   ITI assumes they agree; a head whose cosine is negative pushes the belief the wrong way when steered.
 
 Fitted on the even-indexed questions, scored on the odd-indexed ones (a fixed split, for diagnosis only).
 """
@@ -102,10 +103,12 @@ def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0
     report["constant_shift_ceiling"] = ceiling
     # 3. every head alone with the method's direction at "."
     method_unit, method_sigma, live = head_directions_and_sigma(model, tokenizer, world, fit_q, seed=seed)
+    cosine = (method_unit * unit).sum(-1)
     heads = []
     every = [(layer, h) for layer in range(num_layers) for h in range(num_heads)]
     for layer, h in (every if single_heads is None else single_heads):
-        row = {"layer": layer, "head": h, "sigma": round(float(method_sigma[layer, h]), 4)}
+        row = {"layer": layer, "head": h, "sigma": round(float(method_sigma[layer, h]), 4),
+               "cosine_with_belief": round(float(cosine[layer, h]), 3)}
         if bool(live[layer, h]):
             shift = _directions(method_unit, method_sigma, [(layer, h)])
             for alpha in head_alphas:
