@@ -11,7 +11,7 @@ study() {
     --tasks truthfulqa_iti_mc1,truthfulqa_iti_mc2,truthfulqa_iti_mc3 \
     --alpha select --select-alphas 2,4,6,8 --select-num-heads 8,16,32 --num-heads 32 --select-by MC2 \
     --kl-budget 0.2 --baselines random-matched,random-matched-kl,random-heads,probe-weights,no-instruction \
-    --random-draws 5 --engine on --corpus ../shared/data/webtext/wikitext-2-raw-v1.test.raw --num-docs 100 \
+    --random-draws 5 --curve-scales 0.5,2 --engine on --corpus ../shared/data/webtext/wikitext-2-raw-v1.test.raw --num-docs 100 \
     --num-tokens 128 --out results/smollm2-135m-instruct/validate "$@"
 }
 study --folds 0 > results/smollm2-135m-instruct/fold0.log 2>&1 &
