@@ -300,9 +300,26 @@ def save_directions(d: Directions, path: str | os.PathLike) -> Path:
     if d.head_rank is not None:
         tensors["head_rank"] = d.head_rank.to(torch.int64).contiguous()
     target = Path(path)
+    if _same_content(target, tensors, meta):
+        return target  # keep the bytes: safetensors writes metadata in hash-map order, so a rewrite changes sha256
     with atomic_path(target, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return target
+
+
+def _same_content(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bool:
+    """True when ``path`` already holds exactly these tensors and this metadata (a resumed run re-saving its fit)."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}) != meta or set(f.keys()) != set(tensors):
+                return False
+            return all(torch.equal(f.get_tensor(k), t) and f.get_tensor(k).dtype == t.dtype for k, t in tensors.items())
+    except Exception:  # unreadable or not safetensors: overwrite it
+        return False
 
 
 def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -> Directions:

@@ -112,6 +112,23 @@ def test_missing_and_non_safetensors_files(tmp_path):
         load_directions(pickled)
 
 
+def test_saving_the_same_content_again_keeps_the_file_and_its_sha256(tmp_path):
+    from lm_eval_iti.artifact import file_sha256
+
+    path = save_directions(make(), tmp_path / "d.safetensors")
+    before, inode = file_sha256(path), path.stat().st_ino
+    # safetensors orders metadata as a hash map does, so an identical rewrite may change the bytes: none happens
+    save_directions(make(), path)
+    assert file_sha256(path) == before and path.stat().st_ino == inode  # a write would rename a new file in
+    changed = make()
+    changed.sigma[0] = changed.sigma[0] * 2
+    save_directions(changed, path)
+    assert file_sha256(path) != before and torch.equal(load_directions(path).sigma[0], changed.sigma[0].float())
+    changed_meta = make(alpha=3.0)
+    save_directions(changed_meta, path)
+    assert load_directions(path).alpha == 3.0
+
+
 def test_failed_save_writes_nothing(tmp_path):
     d = make()
     d.sigma[0] = torch.tensor([math.nan, 1.0])
