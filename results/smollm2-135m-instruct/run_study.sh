@@ -1,5 +1,5 @@
 #!/bin/bash
-# The SmolLM2-135M-Instruct study (issue 11), from the repository root after `make smollm2`.
+# The SmolLM2-135M-Instruct study (issue 11), from the repository root after `make smollm2` (about 3.5 hours).
 # Both held-out folds run at once, one process and one thread each (on 2 cores this beats one 2-thread process);
 # the last call resumes every saved fold x row and writes results.json, table.md and pareto.png.
 # Interrupted? Run it again: finished rows, fits, selections and KL matches are read back.
