@@ -7,9 +7,11 @@
     activation the fit reads (the input of the last layer's attention output projection, where collection also stops),
     with nothing captured, in the same process. The ratio is what everything else costs: tokenising, capturing,
     the cache, probes, heads, directions, sigma, the heatmap and the files.
-(b) hf-iti / hf on the same requests: loglikelihood (TruthfulQA MC prompts: instruction-free 6-shot primer + question,
-    ~200 tokens, answer continuations, batch 16, mc_positions=answer) and greedy generation (the same prompts, 32 new
-    tokens, batch 8) for every gen_positions mode. Two model instances, so hf never runs through hf-iti's hooks.
+(b) hf-iti's cost on the same requests: loglikelihood (TruthfulQA MC prompts: instruction-free 6-shot primer +
+    question, ~200 tokens, answer continuations, batch 16, mc_positions=answer) and greedy generation (the same
+    prompts, 32 new tokens, batch 8) for every gen_positions mode, each against the SAME hf-iti instance with no edit
+    (an alpha-0 intervener: no hook, HFLM's own path). A separate hf instance is timed too, and a second one (A/A):
+    two identical instances differed by up to 9% on this machine, so they are context, not the judged ratio.
 (c) the per-decode-step cost of the hooks: one decode step (batch 8, after a 200-token prompt) with hf-iti's hooks in a
     generation phase (every hooked layer adds its vector) / the same step with no hooks.
 Every timing is interleaved with its alternative; a ratio is min/min over the repeats, the spread is (max-min)/min of
@@ -35,9 +37,10 @@ FIT_TARGET, OVERHEAD_TARGET = 1.2, 1.03
 
 def figure_names(questions: int, requests: int, gen_tokens: int) -> dict[str, str]:
     names = {"fit": f"SmolLM2: fit-directions / floor ({questions} questions, fold 0 of 2, bs16)",
-             "ll": f"SmolLM2: hf-iti/hf loglikelihood ({requests} MC requests, bs16)"}
+             "ll": f"SmolLM2: hf-iti / same instance without edit, loglikelihood ({requests} MC requests, bs16)"}
     for mode in GEN_MODES:
-        names[f"gen {mode}"] = f"SmolLM2: hf-iti/hf generation gen_positions={mode} (8 x {gen_tokens} tok, bs8)"
+        names[f"gen {mode}"] = (f"SmolLM2: hf-iti / same instance without edit, generation gen_positions={mode} "
+                                f"(8 x {gen_tokens} tok, bs8)")
     names["gen aa"] = f"SmolLM2: hf/hf generation, a second identical instance (the A/A noise; 8 x {gen_tokens} tok)"
     names["step"] = "SmolLM2: decode step with hooks / without (bs8)"
     return names
@@ -213,11 +216,33 @@ def main():
     # min_new_tokens = max_gen_toks: every variant decodes the same number of steps (steering may move an early EOS)
     gen_kwargs = {"until": ["never-stop"], "max_gen_toks": args.gen_tokens, "min_new_tokens": args.gen_tokens}
     gen_reqs = [Instance("generate_until", None, (c, dict(gen_kwargs)), i) for i, c in enumerate(contexts)]
-    ll = interleaved({"hf": lambda: hf.loglikelihood(ll_reqs, disable_tqdm=True),
-                      "hf-iti": lambda: iti.loglikelihood(ll_reqs, disable_tqdm=True)}, repeats=args.repeats)
-    r, s = ratio(ll, "hf-iti", "hf"), spread(ll, "hf-iti", "hf")
-    print(f"(b) loglikelihood: hf {ll['hf'].min:.2f}s  hf-iti {ll['hf-iti'].min:.2f}s  ratio {r:.3f} (spread {s:.3f})")
-    figures["ll"] = figure(names["ll"], r, want["ll"], r <= OVERHEAD_TARGET, s)
+    # The judged ratios compare hf-iti with its hooks against the SAME instance with no edit (an alpha-0 intervener:
+    # no hook, no plan, HFLM's own code path). Two identical HFLM instances differed by up to 9% here (the A/A row
+    # below), which is weight placement, not hook cost; a second instance as the denominator cannot resolve 3%.
+    def unedited(fn):
+        def run():
+            real = iti.intervener
+            real.remove()
+            iti.intervener = Intervener(iti.model, iti.directions, 0.0)
+            try:
+                fn()
+            finally:
+                iti.intervener = real.install()
+        return run
+
+    def hf_ll():
+        hf.loglikelihood(ll_reqs, disable_tqdm=True)
+
+    def iti_ll():
+        iti.loglikelihood(ll_reqs, disable_tqdm=True)
+
+    ll = interleaved({"hf": hf_ll, "hf-iti": iti_ll, "no edit": unedited(iti_ll)}, repeats=args.repeats)
+    r, s = ratio(ll, "hf-iti", "no edit"), spread(ll, "hf-iti", "no edit")
+    print(f"(b) loglikelihood: hf-iti {ll['hf-iti'].min:.2f}s  same instance without edit {ll['no edit'].min:.2f}s  "
+          f"ratio {r:.3f} (spread {s:.3f}); separate hf instance {ll['hf'].min:.2f}s "
+          f"(ratio {ratio(ll, 'hf-iti', 'hf'):.3f})")
+    figures["ll"] = figure(names["ll"], r, want["ll"], r <= OVERHEAD_TARGET, s,
+                           note=f"hf-iti / a separate hf instance: {ratio(ll, 'hf-iti', 'hf'):.3f}")
 
     def generate(mode):
         def run():
@@ -225,25 +250,21 @@ def main():
             iti.generate_until(gen_reqs, disable_tqdm=True)
         return run
 
-    # A/A: a second, identical hf instance, timed like the others. Two runs of this bench gave hf-iti/hf 0.96-1.14
-    # for the same code, and alpha=0 (no hook at all) measured 1.065 in one run: instance-to-instance noise of this
-    # size is not hook cost (the per-step hook cost is measured directly in (c)).
     hf_again = HFLM(pretrained=str(folder), batch_size=16, **common)
     fns = {"hf": lambda: hf.generate_until(gen_reqs, disable_tqdm=True),
-           "hf again": lambda: hf_again.generate_until(gen_reqs, disable_tqdm=True)}
+           "hf again": lambda: hf_again.generate_until(gen_reqs, disable_tqdm=True),
+           "no edit": unedited(generate("last"))}
     fns.update({mode: generate(mode) for mode in GEN_MODES})
     gen = interleaved(fns, repeats=args.repeats)
     aa = ratio(gen, "hf again", "hf")
     print(f"(b) generation A/A: hf {gen['hf'].min:.2f}s  hf again {gen['hf again'].min:.2f}s  ratio {aa:.3f}")
     figures["gen aa"] = figure(names["gen aa"], aa, want["gen aa"], None, spread(gen, "hf again", "hf"))
     for mode in GEN_MODES:
-        r, s = ratio(gen, mode, "hf"), spread(gen, mode, "hf")
-        print(f"(b) generation gen_positions={mode}: hf {gen['hf'].min:.2f}s  hf-iti {gen[mode].min:.2f}s  "
-              f"ratio {r:.3f} (spread {s:.3f})")
-        row = figure(names[f"gen {mode}"], r, want[f"gen {mode}"], r <= OVERHEAD_TARGET, s)
-        if row["pass"] is False and r <= OVERHEAD_TARGET + abs(aa - 1):  # the machine cannot resolve the target
-            row.update({"pass": None, "note": f"not judged: within this run's A/A noise (hf/hf {aa:.3f})"})
-        figures[f"gen {mode}"] = row
+        r, s = ratio(gen, mode, "no edit"), spread(gen, mode, "no edit")
+        print(f"(b) generation gen_positions={mode}: hf-iti {gen[mode].min:.2f}s  same instance without edit "
+              f"{gen['no edit'].min:.2f}s  ratio {r:.3f} (spread {s:.3f}); separate hf instance {gen['hf'].min:.2f}s")
+        figures[f"gen {mode}"] = figure(names[f"gen {mode}"], r, want[f"gen {mode}"], r <= OVERHEAD_TARGET, s,
+                                        note=f"hf-iti / a separate hf instance: {ratio(gen, mode, 'hf'):.3f}")
 
     # (c) one decode step with and without the hooks, on the hf-iti model's weights
     from transformers import DynamicCache
