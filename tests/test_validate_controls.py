@@ -202,5 +202,7 @@ def test_curve_scales_rerun_each_hooked_row_at_multiples_of_its_own_alpha(tiny_m
     kls = [rows[n]["metrics"]["KL"]["mean"] for n in ("iti-x0.5", "iti", "iti-x2")]
     assert [p[0] for p in line] == [0.0] + kls and kls[0] < kls[2]
     assert (tmp_path / "curves" / "pareto.png").stat().st_size > 0
+    main, _, curve_part = (tmp_path / "curves" / "table.md").read_text().partition("other multiples of their own alpha")
+    assert "α×2" not in main and sum("α×" in line for line in curve_part.splitlines()) == len(curve_names)
     with pytest.raises(ITIError, match="not 1"):
         validate(config, tmp_path / "bad", alpha=6.0, num_heads=3, curve_scales=(1.0,))

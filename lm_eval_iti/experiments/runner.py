@@ -685,8 +685,14 @@ def table_markdown(results: dict) -> str:
         draws = "\nRandom controls over their draws (mean ± sample sd [min, max]):\n\n" + draws
     selections = [f["selection"] for f in results["folds"].get("iti", []) if f.get("selection")]
     grid = selection_markdown(selections)
-    return (head + agg.markdown_table(rows) + draws + grid + "\nPositions edited:\n"
-            + agg.positions_legend(rows))
+    from .plots import curve_point
+
+    curve_rows = [r for r in rows if curve_point(str(r.get("variant", "")))]
+    main_rows = [r for r in rows if r not in curve_rows]
+    curves = ("\nThe same rows at other multiples of their own alpha (`--curve-scales`; the curves of pareto.png):\n\n"
+              + agg.markdown_table(curve_rows)) if curve_rows else ""
+    return (head + agg.markdown_table(main_rows) + draws + curves + grid + "\nPositions edited:\n"
+            + agg.positions_legend(main_rows))
 
 
 def selection_markdown(selections: list[dict]) -> str:
