@@ -606,11 +606,10 @@ def test_diagnose_measures_evidence_the_ceiling_and_single_heads_on_the_shipped_
     assert at_two["myth_mc1"] > at_zero["myth_mc1"]  # the model's own belief direction moves the answers
     assert len(report["belief_heads"]) == 8 and [(r["layer"], r["head"]) for r in report["single_heads"]] == [(3, 1), (0, 1)]
     # head 3.1 alone, recomputed from the even/odd split the report states (its wiring: fit on even, score on odd)
-    from lm_eval_iti.truthworld.bar import head_directions_and_sigma, score_shifted
-    from lm_eval_iti.truthworld.diagnose import _directions
+    from lm_eval_iti.truthworld.bar import directions_on_heads, head_directions_and_sigma, score_shifted
 
     unit, sigma, _ = head_directions_and_sigma(model, tok, world, list(range(len(world.entities)))[::2])
     expected = score_shifted(model, tok, world, list(range(len(world.entities)))[1::2],
-                             _directions(unit, sigma, [(3, 1)]), 2.0).myth_mc1
+                             directions_on_heads(unit, sigma, [(3, 1)]), 2.0).myth_mc1
     assert report["single_heads"][0]["myth_mc1_alpha2"] == pytest.approx(expected)
     assert -1 <= report["single_heads"][1]["cosine_with_belief"] <= 1

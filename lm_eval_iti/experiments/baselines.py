@@ -167,6 +167,15 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
 CURVE_SEPARATOR = "-x"  # "random-heads-x2": the random-heads row at twice its alpha
 
 
+def curve_point(name: str) -> tuple[str, float] | None:
+    """("random-heads", 2.0) for the curve row "random-heads-x2" (validate --curve-scales), else None."""
+    head, sep, tail = name.rpartition(CURVE_SEPARATOR)
+    try:
+        return (head, float(tail)) if sep and head else None
+    except ValueError:
+        return None
+
+
 def curve_rows(rows: list[Variant], scales: tuple[float, ...]) -> list[Variant]:
     """Extra points on the gain-vs-KL curve of ITI and of every hooked control: each row at ``scale`` times its own
     resolved alpha (same fit, heads, K and random draw). A random control contributes its first draw only (its other

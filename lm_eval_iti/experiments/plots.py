@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..plots import new_figure, save_figure
+from .baselines import curve_point
 
 ALPHA_METRICS = ("MC1", "MC2", "MC3", "binary", "True", "Info", "True*Info", "True&Info")
 
@@ -165,17 +166,6 @@ def kl_budget_curve(choice: dict, path: str | os.PathLike, title: str = "") -> P
 PARETO_MARKERS = {"iti": ("*", "C3"), "random-matched": ("o", "C0"), "random-matched-kl": ("^", "C1"),
                   "random-heads": ("s", "C2"), "probe-weights": ("D", "C4"), "random-directions": ("v", "C5"),
                   "no-instruction": ("x", "C7")}
-
-
-def curve_point(name: str) -> tuple[str, float] | None:
-    """("random-heads", 2.0) for the curve row "random-heads-x2" (validate --curve-scales), else None."""
-    from .baselines import CURVE_SEPARATOR
-
-    head, sep, tail = name.rpartition(CURVE_SEPARATOR)
-    try:
-        return (head, float(tail)) if sep and head else None
-    except ValueError:
-        return None
 
 
 def _gain_points(results: dict, column: str) -> list[tuple[str, str, float, float]]:

@@ -29,7 +29,7 @@ from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from ..loading import execution_device
 from . import aggregate as agg
-from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant
+from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant, curve_point
 
 log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
@@ -685,8 +685,6 @@ def table_markdown(results: dict) -> str:
         draws = "\nRandom controls over their draws (mean ± sample sd [min, max]):\n\n" + draws
     selections = [f["selection"] for f in results["folds"].get("iti", []) if f.get("selection")]
     grid = selection_markdown(selections)
-    from .plots import curve_point
-
     curve_rows = [r for r in rows if curve_point(str(r.get("variant", "")))]
     main_rows = [r for r in rows if r not in curve_rows]
     curves = ("\nThe same rows at other multiples of their own alpha (`--curve-scales`; the curves of pareto.png):\n\n"

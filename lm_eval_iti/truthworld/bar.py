@@ -108,15 +108,23 @@ def random_heads_like(directions: Directions, unit: torch.Tensor, sigma: torch.T
     L, H = live.shape
     candidates = np.flatnonzero(live.flatten().numpy())
     pick = sorted(np.random.default_rng([seed, 17]).permutation(candidates)[:directions.num_selected].tolist())
-    heads, dirs, sig = {}, {}, {}
-    for layer in sorted({i // H for i in pick}):
-        hs = [i % H for i in pick if i // H == layer]
-        heads[layer] = torch.tensor(hs, dtype=torch.int64)
-        dirs[layer] = unit[layer, hs].clone()
-        sig[layer] = sigma[layer, hs].clone()
+    chosen = directions_on_heads(unit, sigma, [(i // H, i % H) for i in pick])
     meta = {**directions.metadata, "method": "mass-mean", "random_heads": "true"}
-    return replace(directions, heads=heads, directions=dirs, sigma=sig, metadata=meta, probe_accuracy=None,
-                   head_rank=None, source="<random heads>")
+    return replace(directions, heads=chosen.heads, directions=chosen.directions, sigma=chosen.sigma, metadata=meta,
+                   probe_accuracy=None, head_rank=None, source="<random heads>")
+
+
+def directions_on_heads(unit: torch.Tensor, sigma: torch.Tensor, heads: list[tuple[int, int]],
+                        metadata: dict | None = None) -> Directions:
+    """Directions for the given (layer, head) pairs, taken from per-head tensors ``unit`` [L, H, d], ``sigma`` [L, H]."""
+    num_layers, num_heads, head_dim = unit.shape
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in sorted(heads):
+        by_layer.setdefault(layer, []).append(head)
+    return Directions(num_layers, num_heads, head_dim,
+                      {layer: torch.tensor(hs, dtype=torch.int64) for layer, hs in by_layer.items()},
+                      {layer: unit[layer, hs].clone() for layer, hs in by_layer.items()},
+                      {layer: sigma[layer, hs].clone() for layer, hs in by_layer.items()}, metadata=dict(metadata or {}))
 
 
 def colour_prior(world, train_questions: list[int], test_questions: list[int]) -> dict:

@@ -19,23 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..artifact import Directions
-from .bar import head_directions_and_sigma, score_shifted
+from .bar import directions_on_heads, head_directions_and_sigma, score_shifted
 from .evaluate import mc_prompt, score
 from .generator import World, statement
 from .train import head_activations_at_last_token
-
-
-def _directions(unit: torch.Tensor, sigma: torch.Tensor, heads: list[tuple[int, int]]) -> Directions:
-    num_layers, num_heads, head_dim = unit.shape
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    return Directions(num_layers, num_heads, head_dim,
-                      {layer: torch.tensor(hs) for layer, hs in by_layer.items()},
-                      {layer: unit[layer, hs].clone() for layer, hs in by_layer.items()},
-                      {layer: sigma[layer, hs].clone() for layer, hs in by_layer.items()},
-                      metadata={"method": "diagnosis"})
 
 
 def context_prompts(world: World, entities: list[int], seed: int = 0) -> tuple[list[str], list[str], list[str]]:
@@ -95,7 +82,7 @@ def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0
                    reverse=True)
     ceiling = []
     for k in ks:
-        shift = _directions(unit, sigma, [(layer, h) for _, layer, h in order[:k]])
+        shift = directions_on_heads(unit, sigma, [(layer, h) for _, layer, h in order[:k]], {"method": "diagnosis"})
         for alpha in alphas:
             s = score_shifted(model, tokenizer, world, test_q, shift, alpha)
             ceiling.append({"k": k, "alpha": alpha, "myth_mc1": s.myth_mc1, "fact_logp_true": s.fact_logp_true})
@@ -110,7 +97,7 @@ def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0
         row = {"layer": layer, "head": h, "sigma": round(float(method_sigma[layer, h]), 4),
                "cosine_with_belief": round(float(cosine[layer, h]), 3)}
         if bool(live[layer, h]):
-            shift = _directions(method_unit, method_sigma, [(layer, h)])
+            shift = directions_on_heads(method_unit, method_sigma, [(layer, h)], {"method": "mass-mean"})
             for alpha in head_alphas:
                 row[f"myth_mc1_alpha{alpha:g}"] = score_shifted(model, tokenizer, world, test_q, shift, alpha).myth_mc1
         heads.append(row)

@@ -181,6 +181,10 @@ def answer(world: World, entity: int, colour: int) -> str:
 
 
 def statement(world: World, entity: int, colour: int) -> str:
+    """A question and its answer; entity -1 - u is unknown entity u (sample_document's convention)."""
+    if entity < 0:
+        name = world.unknowns[-1 - entity]
+        return f"Q: What colour is the {name}? A: The {name} is {world.colours[colour]}."
     return f"Q: {question(world, entity)} A: {answer(world, entity, colour)}"
 
 
@@ -214,9 +218,9 @@ def sample_document(world: World, rng: np.random.Generator, pool: list[int] | No
     parts, colours, verdicts = [], [], []
     for i, e in enumerate(ents):
         if cfg.unknown_share and rng.random() < cfg.unknown_share:  # index -1-u: unknown entity u
-            u = int(rng.integers(len(world.unknowns)))
-            ents[i], c = -1 - u, int(rng.integers(len(world.colours)))
-            parts.append(f"Q: What colour is the {world.unknowns[u]}? A: The {world.unknowns[u]} is {world.colours[c]}.")
+            e = ents[i] = -1 - int(rng.integers(len(world.unknowns)))
+            c = int(rng.integers(len(world.colours)))
+            parts.append(statement(world, e, c))
             correct = reliable  # no colour to check: the verdict judges the speaker
         else:
             c = spoken_colour(world, e, reliable, rng)
