@@ -57,6 +57,11 @@ class WorldConfig:
     unknown_names: int = 0
     unknown_share: float = 0.0
 
+    def recorded(self) -> dict:
+        """The fields as world.json, provenance and fingerprints record them (``LATER_FIELDS`` at their old values
+        left out, so worlds made before those fields keep their hashes)."""
+        return {k: v for k, v in asdict(self).items() if LATER_FIELDS.get(k, object()) != v}
+
     def check(self) -> "WorldConfig":
         for name in ("first_names", "second_names"):
             if not 2 <= getattr(self, name) <= len(CONSONANTS) ** 2 * len(VOWELS) ** 2 // 2:
@@ -74,6 +79,11 @@ class WorldConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ITIError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         return self
+
+
+# WorldConfig fields added after the first shipped world: left out of world.json (and so of its hash) at these
+# values, so every world made before them keeps its file and hash
+LATER_FIELDS = {"myth_rule": "second-word", "unknown_names": 0, "unknown_share": 0.0}
 
 
 @dataclass
@@ -94,7 +104,7 @@ class World:
         return self.myth[entity] is not None
 
     def to_json(self) -> dict:
-        out = {"config": asdict(self.config), "entities": self.entities, "colours": list(self.colours),
+        out = {"config": self.config.recorded(), "entities": self.entities, "colours": list(self.colours),
                "truth": self.truth, "myth": self.myth, "distractors": self.distractors}
         if self.unknowns:
             out["unknowns"] = self.unknowns

@@ -174,7 +174,7 @@ def fingerprint(world_cfg: WorldConfig, model_cfg: ModelConfig, train_cfg: Train
     import hashlib
 
     keep = {k: v for k, v in asdict(train_cfg).items() if k not in ("threads", "save_every", "probe_every")}
-    blob = json.dumps([asdict(world_cfg), asdict(model_cfg), keep], sort_keys=True)
+    blob = json.dumps([world_cfg.recorded(), asdict(model_cfg), keep], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -256,7 +256,7 @@ def _write_checkpoint(out: Path, model, tokenizer, world: World, model_cfg, trai
         "command": command or "lm-eval-iti truthworld train " + " ".join(sys.argv[1:]),
         "seed": train_cfg.seed,
         "steps": train_cfg.steps,
-        "world": asdict(world.config),
+        "world": world.config.recorded(),
         "model": asdict(model_cfg),
         "train": asdict(train_cfg),
         "config_fingerprint": config_fingerprint,  # fingerprint(world, model, train): what resume and the tests compare
