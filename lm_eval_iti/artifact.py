@@ -317,7 +317,11 @@ def _same_content(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}) != meta or set(f.keys()) != set(tensors):
                 return False
-            return all(torch.equal(f.get_tensor(k), t) and f.get_tensor(k).dtype == t.dtype for k, t in tensors.items())
+            for key, tensor in tensors.items():
+                stored = f.get_tensor(key)
+                if stored.dtype != tensor.dtype or not torch.equal(stored, tensor):
+                    return False
+            return True
     except Exception:  # unreadable or not safetensors: overwrite it
         return False
 

@@ -120,12 +120,14 @@ def diagnose_cmd(model_dir, out):
         f"{r['layer']}.{r['head']} {r['separation']:.2f}" for r in report["belief_heads"]))
     best = max(report["constant_shift_ceiling"], key=lambda r: r["myth_mc1"])
     click.echo(f"constant-shift ceiling: myth MC1 {best['myth_mc1']:.3f} (K={best['k']}, alpha={best['alpha']:g})")
-    top = sorted(report["single_heads"], key=lambda r: -max(v for k, v in r.items() if k.startswith("myth_mc1")
-                                                               ) if any(k.startswith("myth_mc1") for k in r) else 0)
+    def scores(row):  # myth MC1 per alpha of one head alone (none for a head without a direction)
+        return {k.split("_")[-1]: v for k, v in row.items() if k.startswith("myth_mc1")}
+
+    top = sorted(report["single_heads"], key=lambda r: max(scores(r).values(), default=0.0), reverse=True)
     for row in top[:5]:
-        click.echo(f"head {row['layer']}.{row['head']} alone: " +
-                   ", ".join(f"{k.split('_')[-1]} {v:.3f}" for k, v in row.items() if k.startswith("myth_mc1")) +
-                   f" (cosine of its direction with its belief direction {row['cosine_with_belief']:+.2f})")
+        click.echo(f"head {row['layer']}.{row['head']} alone: "
+                   + ", ".join(f"{alpha} {v:.3f}" for alpha, v in scores(row).items())
+                   + f" (cosine of its direction with its belief direction {row['cosine_with_belief']:+.2f})")
     if out:
         write_json_atomic(out, report)
         click.echo(f"wrote {out}")
