@@ -95,6 +95,29 @@ def test_unknown_entities_get_verdicts_on_the_speaker_and_never_become_questions
         build_world(replace(WorldConfig(), unknown_share=0.2))
 
 
+def test_verdict_rule_unknown_puts_verdicts_after_unknown_statements_only():
+    import numpy as np
+
+    cfg = replace(WorldConfig(), unknown_names=10, unknown_share=0.4, verdict_share=1.0, verdict_rule="unknown")
+    w, every = build_world(cfg), build_world(replace(cfg, verdict_rule="every"))
+    rng, rng_every, unknown_seen = np.random.default_rng(0), np.random.default_rng(0), 0
+    for _ in range(40):
+        doc, same = sample_document(w, rng), sample_document(every, rng_every)
+        assert (doc.entities, doc.colours, doc.reliable) == (same.entities, same.colours, same.reliable)  # one stream
+        assert doc.verdicts == [e < 0 for e in doc.entities]  # verdict_share 1: after every unknown statement only
+        for part in same.text.split(" "):  # the text is the "every" text without the known statements' verdicts
+            assert part in doc.text.split(" ") or part in (VERDICT_TRUE, VERDICT_FALSE)
+        verdicts = [p for p in doc.text.split(" ") if p in (VERDICT_TRUE, VERDICT_FALSE)]
+        assert verdicts == [VERDICT_TRUE if doc.reliable else VERDICT_FALSE] * sum(e < 0 for e in doc.entities)
+        unknown_seen += sum(e < 0 for e in doc.entities)
+    assert unknown_seen > 20
+    assert "verdict_rule" in w.to_json()["config"] and "verdict_rule" not in every.to_json()["config"]
+    with pytest.raises(ITIError, match="verdict_rule='some' is not one of"):
+        build_world(replace(cfg, verdict_rule="some"))
+    with pytest.raises(ITIError, match="no statement could carry a verdict"):
+        build_world(replace(WorldConfig(), verdict_rule="unknown"))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 7])
 def test_every_colour_is_the_truth_and_the_myth_equally_often(seed):
     from collections import Counter
@@ -327,9 +350,6 @@ def bar_report(tmp_path_factory):
     return run_bar(CHECKPOINT_DIR, work_dir=work), work
 
 
-@pytest.mark.xfail(strict=True, reason="known failure, issue 14: on the balanced world steered myth MC1 is 0.72 "
-                   "< 0.9 on the shipped seed 0 (0.78 and 0.55 for seeds 1 and 2); see the diagnosis in "
-                   "docs/truthworld.md. strict: this test turns red the day the bar holds, so the marker must then go")
 def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
     """The whole bar, every check at once (steered myth MC1 >= 0.9 included)."""
     s = bar_report[0]["summary"]
@@ -338,9 +358,9 @@ def test_shipped_checkpoint_meets_the_bar_on_held_out_questions(bar_report):
 
 
 def test_shipped_checkpoint_beats_every_control_on_held_out_questions(bar_report):
-    """fit-directions (2 folds, K=8), alpha from the training folds within the side-effect bounds, hf / hf-iti on the
-    held-out folds, and every control: random and orthogonal draws, random heads, the colour prior, side effects.
-    Every check of the bar except the steered >= 0.9 level (which fails today: the test above)."""
+    """fit-directions (2 folds, the design's K and sigma data), alpha from the training folds within the side-effect
+    bounds, hf / hf-iti on the held-out folds, and every control (random and orthogonal draws, random heads, the
+    colour prior, side effects), each recomputed here from the per-fold figures rather than read from the checks."""
     import numpy as np
 
     from lm_eval_iti.truthworld import bar
@@ -367,8 +387,8 @@ def test_shipped_checkpoint_beats_every_control_on_held_out_questions(bar_report
     # side effects where they can move
     assert base["fact_logp_true"] - steered["fact_logp_true"] <= bar.MAX_FACT_LOGP_DROP, s
     assert s["documents"]["kl"] <= bar.MAX_DOC_KL, s
-    assert len(s["checks"]) == 11 and [k for k, ok in s["checks"].items() if not ok] == [
-        f"steered myth MC1 >= {bar.MIN_STEERED_MC1}"]
+    assert steered["myth_mc1"] >= bar.MIN_STEERED_MC1, s
+    assert len(s["checks"]) == 11 and [k for k, ok in s["checks"].items() if not ok] == []
     for fold in report["folds"]:  # every fold is held out from its own fit, and alpha came from the training fold
         assert fold["test_questions"] == fold["unsteered"]["n_myth"] + fold["unsteered"]["n_fact"]
         allowed = [row for row in fold["alpha_search"] if row["allowed"]]
@@ -442,33 +462,39 @@ def test_orthogonal_directions_have_no_component_along_the_fitted_ones():
     assert not torch.equal(orthogonal_like(d, 4).directions[0], o.directions[0])
 
 
-def test_random_heads_get_the_directions_and_sigma_fit_directions_gives_those_heads(bar_report):
-    """head_directions_and_sigma (the random-heads control) against fit_and_save itself on its selected heads."""
+@pytest.mark.parametrize("sigma_data", ["mc", "gen_end_q"])
+def test_random_heads_get_the_directions_and_sigma_fit_directions_gives_those_heads(bar_report, sigma_data):
+    """head_directions_and_sigma (the random-heads control) against fit_and_save itself on its selected heads, for
+    the bar's sigma data ("mc") and fit-directions' default."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lm_eval_iti.fit import fit_and_save
     from lm_eval_iti.truthworld.bar import head_directions_and_sigma, random_heads_like
 
-    _, work = bar_report  # its activation cache and exported data: fit_and_save below collects nothing anew
+    _, work = bar_report  # its activation cache and exported data: fit_and_save below collects little anew
     world = load_world(CHECKPOINT_DIR)
     model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR)).eval()
     tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
-    fit = fit_and_save(model, work / "check.safetensors", tokenizer=tok, data_dir=work / "data", num_folds=2,
-                         fold=0, num_heads=8, seed=42, cache_dir=work / "cache", progress=False, write_plot=False,
-                         batch_size=64)
-    unit, sigma, live = head_directions_and_sigma(model, tok, world, sorted(fit.train_questions + fit.val_questions))
+    fit = fit_and_save(model, work / f"check-{sigma_data}.safetensors", tokenizer=tok, data_dir=work / "data",
+                       num_folds=2, fold=0, num_heads=8, seed=42, cache_dir=work / "cache", progress=False,
+                       write_plot=False, batch_size=64, sigma_data=sigma_data)
+    unit, sigma, live = head_directions_and_sigma(model, tok, world, sorted(fit.train_questions + fit.val_questions),
+                                                  sigma_data=sigma_data)
     for layer, heads in fit.directions.heads.items():
         for i, h in enumerate(heads.tolist()):
             assert live[layer, h]
             cos = float(unit[layer, h].double() @ fit.directions.directions[layer][i].double())
             assert cos == pytest.approx(1.0, abs=1e-5)
-            # sigma: same prompts but other random follow-up questions, so close, not equal
-            assert float(sigma[layer, h]) == pytest.approx(float(fit.directions.sigma[layer][i]), rel=0.15)
+            # "mc": the same prompts, so equal; "gen_end_q": other random follow-up questions, so close
+            rel = 1e-3 if sigma_data == "mc" else 0.15
+            assert float(sigma[layer, h]) == pytest.approx(float(fit.directions.sigma[layer][i]), rel=rel)
     drawn = random_heads_like(fit.directions, unit, sigma, live, seed=1)
     assert drawn.num_selected == 8 and all(bool(live[l, h]) for l, hs in drawn.heads.items() for h in hs.tolist())
     for layer, hs in drawn.heads.items():
         torch.testing.assert_close(drawn.directions[layer], unit[layer, hs])
         torch.testing.assert_close(drawn.sigma[layer], sigma[layer, hs])
+    with pytest.raises(ValueError, match="sigma_data='other'"):
+        head_directions_and_sigma(model, tok, world, [0, 1], sigma_data="other")
 
 
 def _hand_world(truths, myths, distractors):
@@ -598,18 +624,21 @@ def test_diagnose_measures_evidence_the_ceiling_and_single_heads_on_the_shipped_
     model = AutoModelForCausalLM.from_pretrained(str(CHECKPOINT_DIR), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(CHECKPOINT_DIR))
     world = load_world(CHECKPOINT_DIR)
-    report = diagnose(model, tok, world, ks=(8,), alphas=(0.0, 2.0), head_alphas=(2.0,), single_heads=[(3, 1), (0, 1)])
+    report = diagnose(model, tok, world, ks=(4,), alphas=(0.0, 2.0), head_alphas=(0.5,), single_heads=[(1, 1), (0, 1)])
     evidence = report["evidence_in_context"]
     assert evidence["after_true_statement"] > 0.9 and evidence["after_myth_statement"] < 0.1  # speaker inference
     at_zero, at_two = report["constant_shift_ceiling"]
     assert at_zero["myth_mc1"] == pytest.approx(report["unsteered"]["myth_mc1"])  # alpha 0 is no shift at all
     assert at_two["myth_mc1"] > at_zero["myth_mc1"]  # the model's own belief direction moves the answers
-    assert len(report["belief_heads"]) == 8 and [(r["layer"], r["head"]) for r in report["single_heads"]] == [(3, 1), (0, 1)]
-    # head 3.1 alone, recomputed from the even/odd split the report states (its wiring: fit on even, score on odd)
+    assert len(report["belief_heads"]) == 8 and [(r["layer"], r["head"]) for r in report["single_heads"]] == [(1, 1), (0, 1)]
+    # head 1.1 alone, recomputed from the even/odd split the report states (its wiring: fit on even, score on odd)
     from lm_eval_iti.truthworld.bar import directions_on_heads, head_directions_and_sigma, score_shifted
 
     unit, sigma, _ = head_directions_and_sigma(model, tok, world, list(range(len(world.entities)))[::2])
     expected = score_shifted(model, tok, world, list(range(len(world.entities)))[1::2],
-                             directions_on_heads(unit, sigma, [(3, 1)]), 2.0).myth_mc1
-    assert report["single_heads"][0]["myth_mc1_alpha2"] == pytest.approx(expected)
+                             directions_on_heads(unit, sigma, [(1, 1)]), 0.5).myth_mc1
+    assert report["single_heads"][0]["myth_mc1_alpha0.5"] == pytest.approx(expected)
     assert -1 <= report["single_heads"][1]["cosine_with_belief"] <= 1
+    for row in report["single_heads"]:  # the gap at the answer is the belief difference along a unit direction
+        assert row["gap_at_next_answer"] == 0 or (row["gap_at_next_answer"] > 0) == (row["cosine_with_belief"] > 0)
+    assert report["single_heads"][0]["gap_at_statement_end"] > 1  # head 1.1 reads the truth at "." 

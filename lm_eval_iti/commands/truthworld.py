@@ -127,7 +127,9 @@ def diagnose_cmd(model_dir, out):
     for row in top[:5]:
         click.echo(f"head {row['layer']}.{row['head']} alone: "
                    + ", ".join(f"{alpha} {v:.3f}" for alpha, v in scores(row).items())
-                   + f" (cosine of its direction with its belief direction {row['cosine_with_belief']:+.2f})")
+                   + f" (cosine of its direction with its belief direction {row['cosine_with_belief']:+.2f}; "
+                   f"true - myth along it: {row['gap_at_statement_end']:+.2f} at '.', "
+                   f"{row['gap_at_next_answer']:+.2f} at the next answer)")
     if out:
         write_json_atomic(out, report)
         click.echo(f"wrote {out}")

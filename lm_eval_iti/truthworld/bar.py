@@ -30,7 +30,7 @@ import torch
 
 from ..artifact import Directions
 from ..intervene import Intervener
-from .design import ALPHA_GRID, NUM_HEADS
+from .design import ALPHA_GRID, NUM_HEADS, SIGMA_DATA
 from .evaluate import Scores, document_logprobs, document_side_effects, mc1_choices, mc_prompt, score
 from .generator import answer, export_truthfulqa, fresh_documents, load_world
 
@@ -73,10 +73,12 @@ def orthogonal_like(directions: Directions, seed: int) -> Directions:
     return replace(directions, directions=dirs, metadata=meta, source="<orthogonal>")
 
 
-def head_directions_and_sigma(model, tokenizer, world, questions: list[int], seed: int = 0):
+def head_directions_and_sigma(model, tokenizer, world, questions: list[int], seed: int = 0,
+                              sigma_data: str = SIGMA_DATA):
     """For EVERY head: the method's mass-mean direction [L, H, d] from the training-fold statements at their final
-    ``.`` (fit-directions' probe set: the truth vs the mc2 wrong answer, ``Q: q A: a``), and sigma [L, H] along it
-    over every answer of the CSV followed by another training-fold question (its default ``gen_end_q`` set)."""
+    ``.`` (fit-directions' probe set: the truth vs the mc2 wrong answer, ``Q: q A: a``), and sigma [L, H] along it,
+    as fit-directions measures it: over those statements (``sigma_data="mc"``) or over every answer of the CSV
+    followed by another training-fold question (``"gen_end_q"``)."""
     from ..select import compute_sigma, mass_mean_directions
     from .generator import question, statement
     from .train import head_activations_at_last_token
@@ -96,7 +98,12 @@ def head_directions_and_sigma(model, tokenizer, world, questions: list[int], see
     raw = mass_mean_directions(acts.reshape(n, L * H, d), labels)  # [L*H, d]
     norms = raw.norm(dim=1)
     unit = torch.where(norms[:, None] > 0, raw / norms.clamp_min(1e-30)[:, None], torch.zeros_like(raw)).float()
-    sigma_acts = head_activations_at_last_token(model, tokenizer, followed).reshape(len(followed), L * H, d)
+    if sigma_data == "mc":
+        sigma_acts = acts.reshape(n, L * H, d)
+    elif sigma_data == "gen_end_q":
+        sigma_acts = head_activations_at_last_token(model, tokenizer, followed).reshape(len(followed), L * H, d)
+    else:
+        raise ValueError(f"sigma_data={sigma_data!r}: expected 'mc' or 'gen_end_q'")
     sigma = compute_sigma(sigma_acts, unit)
     return unit.view(L, H, d), sigma.view(L, H), (norms > 1e-9 * norms.max()).view(L, H)
 
@@ -270,7 +277,7 @@ def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int
     from ..fit import fit_and_save
 
     common = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=fold, num_heads=k, seed=seed,
-                  cache_dir=work / "cache", progress=progress, write_plot=False, batch_size=64)
+                  cache_dir=work / "cache", progress=progress, write_plot=False, batch_size=64, sigma_data=SIGMA_DATA)
     fit = fit_and_save(model, work / f"fold{fold}.safetensors", **common)
     train_q = sorted(fit.train_questions + fit.val_questions)
     alpha, alpha_rows = choose_alpha(model, tokenizer, world, fit.directions, train_q, alpha_grid)

@@ -22,7 +22,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..intervene import Intervener
 from . import CHECKPOINT_DIR
 from .bar import RANDOM_DRAWS, score_shifted, choose_alpha, held_out_controls, random_like
-from .design import ALPHA_GRID, NUM_HEADS, WORLD
+from .design import ALPHA_GRID, NUM_HEADS, SIGMA_DATA, WORLD
 from .evaluate import score
 from .generator import build_world, export_truthfulqa, load_world
 
@@ -110,7 +110,7 @@ def run_demo(out: str | Path, log=print) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     fit_kwargs = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=0, num_heads=NUM_HEADS, seed=42,
-                      cache_dir=out / "cache", progress=False, batch_size=64)
+                      cache_dir=out / "cache", progress=False, batch_size=64, sigma_data=SIGMA_DATA)
     fit = fit_and_save(model, out / "directions.safetensors", **fit_kwargs)
     log(f"[2/6] fit-directions (fold 0 of 2, K={NUM_HEADS}): best head probe accuracy "
         f"{float(fit.probes.accuracy.max()):.3f}; heatmap {fit.heatmap_path}")

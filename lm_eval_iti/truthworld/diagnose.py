@@ -9,7 +9,10 @@ steerable belief" from "ITI's probe does not find it".
    context-free questions, exactly as hf-iti adds a shift. If this cannot lift myth MC1, no direction ITI fits can.
 3. **Each head alone** with the method's own mass-mean direction at the statement's final ``.`` (what fit-directions
    fits): held-out myth MC1 per head, and the cosine between that direction and the head's belief direction of (2).
-   ITI assumes they agree; a head whose cosine is negative pushes the belief the wrong way when steered.
+   ITI assumes they agree; a head whose cosine is negative pushes the belief the wrong way when steered. Per head
+   also the gap between true and myth along that direction at the ``.`` (what the probe reads) and at the next
+   answer's ``is`` (the belief carried forward): a head with a large first and a small second only re-reads the
+   statement just made.
 
 Fitted on the even-indexed questions, scored on the odd-indexed ones (a fixed split, for diagnosis only).
 """
@@ -61,7 +64,7 @@ def evidence_in_context(model, tokenizer, world: World, entities: list[int], see
     return out
 
 
-def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0, 8.0), head_alphas=(2.0, 5.0),
+def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0, 8.0), head_alphas=(0.5, 1.0),
              seed: int = 0, single_heads: list[tuple[int, int]] | None = None) -> dict:
     """The three measurements of the module docstring; ``single_heads`` limits part 3 (default: every head)."""
     questions = list(range(len(world.entities)))
@@ -91,11 +94,20 @@ def diagnose(model, tokenizer, world: World, ks=(2, 4, 8), alphas=(1.0, 2.0, 4.0
     # 3. every head alone with the method's direction at "."
     method_unit, method_sigma, live = head_directions_and_sigma(model, tokenizer, world, fit_q, seed=seed)
     cosine = (method_unit * unit).sum(-1)
+    # how far apart true and myth land along the method's direction: at the statement's "." (what the probe reads)
+    # and at the next answer's "is" (the belief carried forward); ITI needs both, with the same sign
+    myth_q = [e for e in fit_q if world.is_myth(e)]
+    at_dot = [head_activations_at_last_token(model, tokenizer, [statement(world, e, c(e)) for e in myth_q])
+              for c in (lambda e: world.truth[e], lambda e: world.myth[e])]
+    gap_dot = ((at_dot[0].mean(0) - at_dot[1].mean(0)) * method_unit).sum(-1)
+    gap_is = (delta * method_unit).sum(-1)
     heads = []
     every = [(layer, h) for layer in range(num_layers) for h in range(num_heads)]
     for layer, h in (every if single_heads is None else single_heads):
         row = {"layer": layer, "head": h, "sigma": round(float(method_sigma[layer, h]), 4),
-               "cosine_with_belief": round(float(cosine[layer, h]), 3)}
+               "cosine_with_belief": round(float(cosine[layer, h]), 3),
+               "gap_at_statement_end": round(float(gap_dot[layer, h]), 3),
+               "gap_at_next_answer": round(float(gap_is[layer, h]), 3)}
         if bool(live[layer, h]):
             shift = directions_on_heads(method_unit, method_sigma, [(layer, h)], {"method": "mass-mean"})
             for alpha in head_alphas:

@@ -34,6 +34,7 @@ VOWELS = "aeiou"
 VERDICT_TRUE = "Correct."
 VERDICT_FALSE = "Wrong."
 MYTH_RULES = ("second-word", "next-colour")
+VERDICT_RULES = ("every", "unknown")
 MYTH_CATEGORY = "Myth"
 FACT_CATEGORY = "Fact"
 
@@ -56,6 +57,9 @@ class WorldConfig:
     # speaker at the statement's final "." (where fit-directions probes); none of them is ever an MC question
     unknown_names: int = 0
     unknown_share: float = 0.0
+    # which statements a verdict may follow: "every" statement, or "unknown" ones only (then every verdict judges
+    # the speaker from the rest of the document, and no head is needed that only re-reads the statement just made)
+    verdict_rule: str = "every"
 
     def recorded(self) -> dict:
         """The fields as world.json, provenance and fingerprints record them (``LATER_FIELDS`` at their old values
@@ -70,6 +74,10 @@ class WorldConfig:
             raise ITIError(f"myth_share={self.myth_share} must lie strictly between 0 and 1")
         if not 1 <= self.min_statements <= self.max_statements:
             raise ITIError(f"min_statements={self.min_statements}, max_statements={self.max_statements}: need 1 <= min <= max")
+        if self.verdict_rule not in VERDICT_RULES:
+            raise ITIError(f"verdict_rule={self.verdict_rule!r} is not one of {', '.join(VERDICT_RULES)}")
+        if self.verdict_rule == "unknown" and self.verdict_share > 0 and not (self.unknown_share > 0):
+            raise ITIError("verdict_rule='unknown' with unknown_share=0: no statement could carry a verdict")
         if self.myth_rule not in MYTH_RULES:
             raise ITIError(f"myth_rule={self.myth_rule!r} is not one of {', '.join(MYTH_RULES)}")
         if self.unknown_names < 0 or (self.unknown_share > 0 and self.unknown_names < 1):
@@ -83,7 +91,7 @@ class WorldConfig:
 
 # WorldConfig fields added after the first shipped world: left out of world.json (and so of its hash) at these
 # values, so every world made before them keeps its file and hash
-LATER_FIELDS = {"myth_rule": "second-word", "unknown_names": 0, "unknown_share": 0.0}
+LATER_FIELDS = {"myth_rule": "second-word", "unknown_names": 0, "unknown_share": 0.0, "verdict_rule": "every"}
 
 
 @dataclass
@@ -227,7 +235,8 @@ def sample_document(world: World, rng: np.random.Generator, pool: list[int] | No
     ents = candidates[rng.choice(len(candidates), size=count, replace=False)].tolist()
     parts, colours, verdicts = [], [], []
     for i, e in enumerate(ents):
-        if cfg.unknown_share and rng.random() < cfg.unknown_share:  # index -1-u: unknown entity u
+        unknown = bool(cfg.unknown_share and rng.random() < cfg.unknown_share)
+        if unknown:  # index -1-u: unknown entity u
             e = ents[i] = -1 - int(rng.integers(len(world.unknowns)))
             c = int(rng.integers(len(world.colours)))
             parts.append(statement(world, e, c))
@@ -236,7 +245,7 @@ def sample_document(world: World, rng: np.random.Generator, pool: list[int] | No
             c = spoken_colour(world, e, reliable, rng)
             parts.append(statement(world, e, c))
             correct = c == world.truth[e]
-        v = bool(rng.random() < cfg.verdict_share)
+        v = bool(rng.random() < cfg.verdict_share) and (unknown or cfg.verdict_rule == "every")
         if v:
             parts.append(VERDICT_TRUE if correct else VERDICT_FALSE)
         colours.append(c)
