@@ -1,5 +1,5 @@
-"""The truth-world bar, with the project's own pipeline: ``fit.fit_and_save`` (2 folds, defaults except K) and the
-``hf-iti`` model scoring the held-out fold.
+"""The truth-world bar, with the project's own pipeline: ``fit.fit_and_save`` (2 folds, defaults except K and sigma
+data, both from ``design.py``) and the ``hf-iti`` model scoring the held-out fold.
 
 Per fold i: fit on the other fold; choose alpha on the fitted (training-fold) questions and on fresh documents about
 training-fold entities only: the largest myth MC1 among the alphas whose side effects stay within bounds (non-myth MC1
