@@ -118,6 +118,26 @@ def test_verdict_rule_unknown_puts_verdicts_after_unknown_statements_only():
         build_world(replace(WorldConfig(), verdict_rule="unknown"))
 
 
+def test_speaker_noise_flips_single_statements_and_speaker_verdicts_judge_the_speaker():
+    import numpy as np
+
+    cfg = replace(WorldConfig(), speaker_noise=0.2, verdict_rule="speaker", verdict_share=1.0)
+    w = build_world(cfg)
+    rng, flipped, told = np.random.default_rng(0), 0, 0
+    for _ in range(200):
+        doc = sample_document(w, rng)
+        verdicts = [p for p in doc.text.split(" ") if p in (VERDICT_TRUE, VERDICT_FALSE)]
+        assert verdicts == [VERDICT_TRUE if doc.reliable else VERDICT_FALSE] * len(doc.entities)  # on the speaker
+        for e, c in zip(doc.entities, doc.colours):
+            told += 1
+            flipped += (c == w.truth[e]) != doc.reliable
+    assert 0.15 < flipped / told < 0.25, flipped / told  # about speaker_noise of the statements
+    plain = sample_document(build_world(WorldConfig()), np.random.default_rng(3))
+    assert plain == sample_document(build_world(replace(WorldConfig(), verdict_rule="speaker")), np.random.default_rng(3))
+    with pytest.raises(ITIError, match="speaker_noise=1.5 must lie in"):
+        build_world(replace(WorldConfig(), speaker_noise=1.5))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 7])
 def test_every_colour_is_the_truth_and_the_myth_equally_often(seed):
     from collections import Counter

@@ -34,7 +34,7 @@ VOWELS = "aeiou"
 VERDICT_TRUE = "Correct."
 VERDICT_FALSE = "Wrong."
 MYTH_RULES = ("second-word", "next-colour")
-VERDICT_RULES = ("every", "unknown")
+VERDICT_RULES = ("every", "unknown", "speaker")
 MYTH_CATEGORY = "Myth"
 FACT_CATEGORY = "Fact"
 
@@ -60,6 +60,9 @@ class WorldConfig:
     # which statements a verdict may follow: "every" statement, or "unknown" ones only (then every verdict judges
     # the speaker from the rest of the document, and no head is needed that only re-reads the statement just made)
     verdict_rule: str = "every"
+    # chance that a speaker states the other kind of colour in one statement (a reliable one the myth, an unreliable
+    # one the truth): one statement is then weaker evidence, and a verdict on the speaker needs the whole document
+    speaker_noise: float = 0.0
 
     def recorded(self) -> dict:
         """The fields as world.json, provenance and fingerprints record them (``LATER_FIELDS`` at their old values
@@ -83,7 +86,7 @@ class WorldConfig:
         if self.unknown_names < 0 or (self.unknown_share > 0 and self.unknown_names < 1):
             raise ITIError(f"unknown_names={self.unknown_names}, unknown_share={self.unknown_share}: a share of "
                            "unknown-entity statements needs at least one unknown name")
-        for name in ("verdict_share", "reliable_share", "unknown_share"):
+        for name in ("verdict_share", "reliable_share", "unknown_share", "speaker_noise"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ITIError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         return self
@@ -91,7 +94,8 @@ class WorldConfig:
 
 # WorldConfig fields added after the first shipped world: left out of world.json (and so of its hash) at these
 # values, so every world made before them keeps its file and hash
-LATER_FIELDS = {"myth_rule": "second-word", "unknown_names": 0, "unknown_share": 0.0, "verdict_rule": "every"}
+LATER_FIELDS = {"myth_rule": "second-word", "unknown_names": 0, "unknown_share": 0.0, "verdict_rule": "every",
+                "speaker_noise": 0.0}
 
 
 @dataclass
@@ -242,10 +246,11 @@ def sample_document(world: World, rng: np.random.Generator, pool: list[int] | No
             parts.append(statement(world, e, c))
             correct = reliable  # no colour to check: the verdict judges the speaker
         else:
-            c = spoken_colour(world, e, reliable, rng)
+            honest = reliable != bool(cfg.speaker_noise and rng.random() < cfg.speaker_noise)
+            c = spoken_colour(world, e, honest, rng)
             parts.append(statement(world, e, c))
-            correct = c == world.truth[e]
-        v = bool(rng.random() < cfg.verdict_share) and (unknown or cfg.verdict_rule == "every")
+            correct = reliable if cfg.verdict_rule == "speaker" else c == world.truth[e]
+        v = bool(rng.random() < cfg.verdict_share) and (unknown or cfg.verdict_rule != "unknown")
         if v:
             parts.append(VERDICT_TRUE if correct else VERDICT_FALSE)
         colours.append(c)
