@@ -83,6 +83,8 @@ def head_directions_and_sigma(model, tokenizer, world, questions: list[int], see
     from .generator import question, statement
     from .train import head_activations_at_last_token
 
+    if sigma_data not in ("mc", "gen_end_q"):
+        raise ValueError(f"sigma_data={sigma_data!r}: expected 'mc' or 'gen_end_q'")
     rng = np.random.default_rng([seed, 13])
     prompts, labels, followed = [], [], []
     for e in questions:
@@ -90,9 +92,10 @@ def head_directions_and_sigma(model, tokenizer, world, questions: list[int], see
         for colour, label in ((world.truth[e], 1), (wrong, 0)):
             prompts.append(statement(world, e, colour))
             labels.append(label)
-        nxt = question(world, questions[int(rng.integers(len(questions)))])
-        every_answer = [world.truth[e]] + ([world.myth[e]] if world.is_myth(e) else []) + world.distractors[e]
-        followed += [f"{statement(world, e, colour)} Q: {nxt}" for colour in every_answer]  # as the CSV lists them
+        if sigma_data == "gen_end_q":
+            nxt = question(world, questions[int(rng.integers(len(questions)))])
+            every_answer = [world.truth[e]] + ([world.myth[e]] if world.is_myth(e) else []) + world.distractors[e]
+            followed += [f"{statement(world, e, colour)} Q: {nxt}" for colour in every_answer]  # the CSV's order
     acts = head_activations_at_last_token(model, tokenizer, prompts)  # [N, L, H, d]
     n, L, H, d = acts.shape
     raw = mass_mean_directions(acts.reshape(n, L * H, d), labels)  # [L*H, d]
@@ -100,10 +103,8 @@ def head_directions_and_sigma(model, tokenizer, world, questions: list[int], see
     unit = torch.where(norms[:, None] > 0, raw / norms.clamp_min(1e-30)[:, None], torch.zeros_like(raw)).float()
     if sigma_data == "mc":
         sigma_acts = acts.reshape(n, L * H, d)
-    elif sigma_data == "gen_end_q":
-        sigma_acts = head_activations_at_last_token(model, tokenizer, followed).reshape(len(followed), L * H, d)
     else:
-        raise ValueError(f"sigma_data={sigma_data!r}: expected 'mc' or 'gen_end_q'")
+        sigma_acts = head_activations_at_last_token(model, tokenizer, followed).reshape(len(followed), L * H, d)
     sigma = compute_sigma(sigma_acts, unit)
     return unit.view(L, H, d), sigma.view(L, H), (norms > 1e-9 * norms.max()).view(L, H)
 

@@ -21,7 +21,7 @@ TRAIN = TrainConfig(seed=0, steps=2000, batch_size=32, lr=3e-3, warmup=100, weig
 # measured on the probe statements themselves (``sigma_data="mc"``, honest_llama's ``--activations_dataset tqa_mc2``;
 # the default ``gen_end_q`` measures it at the end of the next question, where the heads that carry the belief are
 # idle, so their sigma was 30-50 times smaller than their own belief gap), and the alpha grid searched on the training
-# folds only (that sigma already spans the class gap, so alpha stays below 2).
+# folds only (that sigma already spans the class gap, so alpha stays small: the shipped seed chose 0.7 and 1.5).
 NUM_HEADS = 2
 SIGMA_DATA = "mc"
 ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
