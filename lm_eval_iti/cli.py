@@ -75,6 +75,15 @@ def cli():
     """Inference-Time Intervention for lm-evaluation-harness."""
 
 
+def usage_message(exc: click.UsageError) -> str:
+    """A bad option value as '--flag VALUE problem' (the types' messages start with the value); other usage errors as
+    click words them."""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, click.BadParameter) and isinstance(param, click.Option) and param.opts:
+        return f"{max(param.opts, key=len)} {' '.join(exc.message.split())}"
+    return " ".join(exc.format_message().split())
+
+
 def main(argv=None) -> None:
     """Entry point: ITIError (bad input) ends with one line on stderr and exit status 2."""
     try:
@@ -85,6 +94,10 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, like every other refusal; --help shows the usage
+        command = exc.ctx.command_path if exc.ctx is not None else "lm-eval-iti"
+        click.echo(f"lm-eval-iti: error: {usage_message(exc)} (see {command} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -19,13 +19,72 @@ HUB_ID = "truthfulqa/truthful_qa"
 MC_COLUMNS = ("question", "mc1_targets", "mc2_targets")
 
 
+def read_text_utf8(path: str | Path) -> str:
+    """A data file's text; anything but UTF-8 (with or without BOM) is refused with one line saying what it is."""
+    raw = Path(path).read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ITIError(f"{path}: is UTF-16 text; re-save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ITIError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); re-save it as "
+                       "UTF-8") from None
+
+
+def _label(value, where: str) -> int:
+    """0 or 1 (also written "0"/"1" or true/false); anything else is refused, never coerced."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    raise ITIError(f"{where}: label {value!r} is not 0 or 1")
+
+
 def _targets(obj, where: str) -> dict:
     if isinstance(obj, dict) and "choices" in obj and "labels" in obj:
-        return {"choices": list(obj["choices"]), "labels": [int(x) for x in obj["labels"]]}
+        choices, labels = obj["choices"], obj["labels"]
+        if not isinstance(choices, list) or not isinstance(labels, list) or len(choices) != len(labels):
+            raise ITIError(f"{where}: 'choices' and 'labels' must be lists of the same length")
+        return {"choices": [_answer(c, where) for c in choices], "labels": [_label(x, where) for x in labels]}
     if isinstance(obj, dict):  # TruthfulQA's mc_task.json: {answer: label}; empty answers (2025 file) dropped
-        items = [(k, int(v)) for k, v in obj.items() if str(k).strip()]
+        items = [(k, _label(v, f"{where} answer {str(k)[:40]!r}")) for k, v in obj.items() if str(k).strip()]
         return {"choices": [k for k, _ in items], "labels": [v for _, v in items]}
     raise ITIError(f"{where}: targets must be {{answer: label}} or {{choices, labels}}, got {type(obj).__name__}")
+
+
+def _answer(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ITIError(f"{where}: an answer is empty or not text ({str(value)[:40]!r})")
+    return value
+
+
+def check_mc_row(doc: dict, where: str) -> None:
+    """What every consumer of a multiple-choice question needs (the fit and the tasks refuse alike): a question, a
+    true mc1 answer, and a true and a false mc2 answer."""
+    if not doc["question"]:
+        raise ITIError(f"{where}: empty question")
+    for key, need_false in (("mc1_targets", False), ("mc2_targets", True)):
+        if key not in doc:
+            continue
+        labels = doc[key]["labels"]
+        if 1 not in labels:
+            raise ITIError(f"{where} '{key}': no true answer (label 1)")
+        if need_false and 0 not in labels:
+            raise ITIError(f"{where} '{key}': no false answer (label 0)")
+
+
+def check_unique_questions(questions: list[str], where: str) -> None:
+    """Folds are assigned by question: a repeated question would sit in two folds (or leak between them)."""
+    seen: dict[str, int] = {}
+    for i, question in enumerate(questions):
+        key = " ".join(question.split()).lower()
+        if key in seen:
+            raise ITIError(f"{where} row {i}: repeats the question of row {seen[key]} ({question[:60]!r})")
+        seen[key] = i
 
 
 def _check_columns(row: dict, needed, where: str) -> None:
@@ -37,12 +96,18 @@ def _check_columns(row: dict, needed, where: str) -> None:
 def _mc_rows(rows: list[dict], where: str) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ITIError(f"{where} row {i}: expected an object with {', '.join(MC_COLUMNS)}")
         _check_columns(row, MC_COLUMNS, f"{where} row {i}")
-        doc = {"question": str(row["question"]).strip()}
+        if not isinstance(row["question"], str):
+            raise ITIError(f"{where} row {i}: 'question' is not text")
+        doc = {"question": row["question"].strip()}
         for key in ("mc0_targets", "mc1_targets", "mc2_targets"):
             if key in row and row[key] is not None:
                 doc[key] = _targets(row[key], f"{where} row {i} '{key}'")
+        check_mc_row(doc, f"{where} row {i}")
         out.append(doc)
+    check_unique_questions([d["question"] for d in out], where)
     return out
 
 
@@ -62,7 +127,7 @@ def resolve_local(path: str | Path, filename: str) -> Path | None:
 
 
 def _read_json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text_utf8(path)
     try:
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -115,7 +180,9 @@ def load_generation(source: str | Path = HUB_ID) -> list[dict]:
         for i, r in enumerate(rows):
             _check_columns(r, ("question", "best_answer", "correct_answers", "incorrect_answers"), f"{local} row {i}")
         return rows
-    with open(local, newline="", encoding="utf-8-sig") as fh:
+    import io
+
+    with io.StringIO(read_text_utf8(local), newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in GEN_CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -217,7 +284,7 @@ def load_binary(source: str | Path = BINARY_CSV_URL) -> list[dict]:
             out.append({"type": str(r.get("type", "")), "category": str(r.get("category", "")),
                         **{k: str(r[k]).strip() for k in BINARY_JSON_COLUMNS}})
         return out
-    return _binary_rows_from_csv_text(local.read_text(encoding="utf-8-sig"), str(local))
+    return _binary_rows_from_csv_text(read_text_utf8(local), str(local))
 
 
 # NQ-open / TriviaQA transfer sets -----------------------------------------------------------------------------------
@@ -280,7 +347,9 @@ def load_transfer(source: str | Path) -> list[dict]:
         rows = _read_json_rows(local)
         where = str(local)
     else:
-        with open(local, newline="", encoding="utf-8-sig") as fh:
+        import io
+
+        with io.StringIO(read_text_utf8(local), newline="") as fh:
             reader = csv.DictReader(fh)
             fields = reader.fieldnames or []
             missing = [c for c in TRANSFER_CSV_COLUMNS if c not in fields]

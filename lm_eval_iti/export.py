@@ -42,6 +42,8 @@ def projected_shifts(model: nn.Module, directions: Directions, alpha: float) -> 
     for layer, vec in shifts.items():
         with align_module_device(projections[layer]):  # an offloaded W_o (device_map) is moved in for the product
             projected[layer] = project_shift(projections[layer], vec).cpu()
+        if not torch.isfinite(projected[layer]).all():  # a NaN vector or bias would be written and exit 0
+            raise ITIError(f"alpha={alpha:g}: W_o·shift of layer {layer} is not finite in float32; use a smaller alpha")
     return projected
 
 

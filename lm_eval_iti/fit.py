@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from .atomic import write_json_atomic
 from .collect import CollectStats, collect_activations, default_cache_dir
 from .data import HUB_ID, load_generation, load_mc
 from .errors import ITIError
+from .identity import fingerprint_metadata
 from .folds import fold_assignment, fold_indices, question_id
+from .model_args import check_alpha_value
 from .loading import DTYPES, execution_device, load_model
 from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
@@ -82,15 +83,17 @@ class FitConfig:
             raise ITIError(f"num_heads={self.num_heads!r} must be a whole number, at least 1")
         if (self.num_folds is None) != (self.fold is None):
             raise ITIError("num_folds= and fold= go together (fit on every fold but fold)")
+        if self.num_folds is not None and (self.num_folds < 2 or not 0 <= self.fold < self.num_folds):
+            raise ITIError(f"fold={self.fold} with num_folds={self.num_folds}: need num_folds >= 2 and "
+                           f"0 <= fold < num_folds")
         if not 0.0 < self.val_ratio < 1.0:
             raise ITIError(f"val_ratio={self.val_ratio} must be between 0 and 1 (exclusive)")
         if self.alpha != "auto":
             try:
-                finite = math.isfinite(float(self.alpha))
+                value = float(self.alpha)
             except (TypeError, ValueError):
-                finite = False
-            if not finite:
-                raise ITIError(f"alpha={self.alpha!r} must be a finite number or 'auto'")
+                raise ITIError(f"alpha={self.alpha!r} must be a finite number or 'auto'") from None
+            check_alpha_value(value)
         if not self.kl_budget > 0:
             raise ITIError(f"kl_budget={self.kl_budget} must be positive (nats per token)")
         if self.batch_size < 1:
@@ -154,9 +157,7 @@ def load_and_split(cfg: FitConfig) -> FitData:
     mc_docs = load_mc(source)
     if cfg.max_questions is not None:
         mc_docs = mc_docs[:cfg.max_questions]
-    questions = [d["question"] for d in mc_docs]
-    if len(set(question_id(q) for q in questions)) != len(questions):
-        raise ITIError(f"{source}: the multiple-choice data repeats a question (fold membership would be ambiguous)")
+    questions = [d["question"] for d in mc_docs]  # load_mc refused repeats and unusable rows
     fit_q, test_q, train_q, val_q = fit_split(questions, cfg.num_folds, cfg.fold, cfg.seed, cfg.contiguous_folds,
                                               cfg.val_ratio)
     gen_docs = _sigma_generation_docs(source) if cfg.sigma_data == "gen_end_q" else None
@@ -273,13 +274,15 @@ def directions_stage(cfg: FitConfig, acts: FitActivations, prompts: FitPrompts, 
 
 # stage 7: provenance and the Directions object --------------------------------------------------------------------
 def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelShape, *, model_name: str,
-               model_revision: str, model_identity: str | None, dtype: str) -> dict[str, str]:
+               model_revision: str, model_identity: str | None, dtype: str, model_fingerprint: str = "") -> dict[str, str]:
     """Stage 7: the string metadata a directions file carries: model, options, templates, training question ids."""
     train_ids = [question_id(data.questions[i]) for i in sorted(data.fit_questions)]
     ids_json = json.dumps(train_ids)
     return {
         "model": model_name, "model_revision": model_revision, "model_identity": model_identity or "",
-        "architecture": shape.architecture, "alpha": "" if cfg.alpha == "auto" else repr(float(cfg.alpha)),
+        "model_fingerprint": model_fingerprint, "architecture": shape.architecture,
+        # alpha auto: a placeholder until choose_alpha_auto writes the choice (the search passes each alpha itself)
+        "alpha": "0.0" if cfg.alpha == "auto" else repr(float(cfg.alpha)),
         "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
         "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
         "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
@@ -383,6 +386,10 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     data = load_and_split(cfg)  # before the model: bad data fails fast
+    if cfg.alpha == "auto":
+        from .experiments.side_effects import check_kl_corpus
+
+        check_kl_corpus(cfg.kl_corpus, option="kl_corpus")
     timings["load data"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -415,7 +422,8 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
 
     meta = provenance(cfg, data, prompts, shape, model_name=model_name, model_revision=model_revision,
                       model_identity=acts.stats["probe set"].model_identity,
-                      dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+                      dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+                      model_fingerprint=fingerprint_metadata(model))
     directions = assemble(shape, selected, dirs, sigma, meta, probes, head_rank, source)
     if cfg.alpha == "auto":  # on held-out text, never on a question
         clock = time.perf_counter()

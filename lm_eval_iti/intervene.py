@@ -72,6 +72,23 @@ def add_at_positions(x: torch.Tensor, vector: torch.Tensor, plan: Plan) -> torch
     return torch.where(mask[..., None], x + vector, x)
 
 
+def check_shift_fits(vectors: dict[int, torch.Tensor], projections, dtype: torch.dtype, alpha: float,
+                     source: str) -> None:
+    """Each shift, and its image through the output projection, must be finite in the model's dtype: a shift that
+    overflows turns every loglikelihood into NaN, which lm-eval would score rather than refuse."""
+    for layer, vec in vectors.items():
+        images = [vec]
+        weight = getattr(projections[layer], "weight", None)
+        if weight is not None and weight.is_floating_point() and weight.device.type != "meta":
+            with torch.no_grad():  # in the weight's own dtype and place: no float32 copy of a large matrix
+                images.append(weight.detach() @ vec.to(device=weight.device, dtype=weight.dtype))
+        for image in images:
+            if not (torch.isfinite(image).all() and torch.isfinite(image.to(dtype)).all()):
+                raise ITIError(f"alpha={alpha:g} with {source}: the shift of layer {layer} (norm "
+                               f"{float(vec.double().norm()):.3g}) overflows {str(dtype).replace('torch.', '')}; "
+                               "use a smaller alpha")
+
+
 class Intervener:
     """Holds the per-layer shift vectors and the hooks that add them; ``alpha == 0`` installs no edit at all."""
 
@@ -91,6 +108,8 @@ class Intervener:
                 if device.type == "meta":  # offloaded by accelerate: add_at_positions moves it to the input's device
                     device = torch.device("cpu")
                 self.vectors[layer] = vec.to(device=device, dtype=torch.float32)
+            check_shift_fits(self.vectors, projections, getattr(model, "dtype", torch.float32), self.alpha,
+                             directions.source)
         self._projections = projections
         self._handles: list = []
         self.plan: Plan = None

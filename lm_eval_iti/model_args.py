@@ -7,6 +7,18 @@ import math
 
 from .errors import ITIError
 
+# the largest float32 (also bfloat16's range): a strength beyond it overflows every dtype a model runs in
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_alpha_value(value: float, what: str = "alpha") -> float:
+    """A strength must be finite and representable in float32 (models compute in float32 or narrower)."""
+    if not math.isfinite(value):
+        raise ITIError(f"{what}={value!r} must be finite")
+    if abs(value) > FLOAT32_MAX:
+        raise ITIError(f"{what}={value!r} overflows float32 (largest {FLOAT32_MAX:.4g}): every shift would be infinite")
+    return value
+
 
 def parse_alpha(alpha) -> float | None:
     if alpha is None or alpha == "":
@@ -17,9 +29,7 @@ def parse_alpha(alpha) -> float | None:
         value = float(alpha)
     except (TypeError, ValueError):
         raise ITIError(f"alpha={alpha!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ITIError(f"alpha={alpha!r} must be finite")
-    return value
+    return check_alpha_value(value)
 
 
 def parse_heads(heads) -> int | None:

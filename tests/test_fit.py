@@ -314,7 +314,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(case, tmp_path, tiny_model_dir
         rows = [{"question": f"q{i}?", "mc1_targets": {"a": 1}, "mc2_targets": {"a": 1, "b": 1}} for i in range(10)]
         args[6] = str(_write_mc(tmp_path / "data", rows))
         args += ["--sigma-data", "mc"]
-        match = "no false answer (a class with no examples)"
+        match = "'mc2_targets': no false answer"
     code, err = _run_cli(args, capsys)
     _assert_clean_failure(out, code, err, match)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..cli_types import Alpha, Count, check_output_file
 from ..errors import ITIError
 from ..choices import DTYPES, ENGINE_MODES, GEN_POSITIONS, MC_POSITIONS, METHODS, PROBE_BACKENDS, SELECT_COLUMNS
 from ..prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
@@ -245,41 +246,42 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--model", required=True, help="Model the directions were fitted on: folder, hub id, .gguf or a named model.")
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
-@click.option("--alpha", default=None, type=float, help="Strength (default: the file's alpha).")
-@click.option("--heads", default=None, type=int, help="Use only the file's top-K heads.")
+@click.option("--alpha", default=None, type=Alpha(), help="Strength (default: the file's alpha).")
+@click.option("--heads", default=None, type=Count(1), help="Use only the file's top-K heads.")
 @click.option("--corpus", default="wikitext", help="'wikitext' (hub wikitext-2-raw-v1 test split) or a local raw file.")
-@click.option("--num-docs", default=100, type=int, help="Documents (paragraphs of >= 100 words).")
-@click.option("--num-tokens", default=128, type=int, help="First T tokens of each document.")
+@click.option("--num-docs", default=100, type=Count(1), help="Documents (paragraphs of >= 100 words).")
+@click.option("--num-tokens", default=128, type=Count(2), help="First T tokens of each document.")
 @click.option("--seed", default=0, type=int, help="Document sampling seed.")
 @click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation.")
-@click.option("--batch-size", default=8, type=int)
+@click.option("--batch-size", default=8, type=Count(1))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto")
 @click.option("--device", default=None)
 @click.option("--revision", default=None)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the JSON result here.")
+@click.option("--allow-model-mismatch", is_flag=True,
+              help="Use directions fitted on another model of the same shape (refused otherwise).")
 @click.option("--quiet", is_flag=True)
 @placement_options
 def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
-                 dtype, device, revision, out, quiet, device_map, max_memory, offload_folder):
+                 dtype, device, revision, out, allow_model_mismatch, quiet, device_map, max_memory, offload_folder):
     """CE of base and steered model and KL(base || steered) per token, same documents, every position edited."""
     import os
 
-    from ..experiments.side_effects import check_options, side_effects as measure, write_side_effects
+    from ..experiments.side_effects import load_corpus, side_effects as measure, write_side_effects
     from ..fit import load_model
 
-    check_options(num_docs, num_tokens, batch_size)
     if corpus != "wikitext" and not os.path.isfile(corpus):
         raise ITIError(f"--corpus {corpus}: no such file (give a raw text file, or 'wikitext' for the hub split)")
-
     if not os.path.isfile(directions):
         raise ITIError(f"{directions}: directions file not found")
-    if out and Path(out).is_dir():
-        raise ITIError(f"--out {out}: is a folder; give a file name such as side_effects.json")
+    if out:
+        check_output_file(out)
+    load_corpus(corpus, num_docs, seed, detokenized=False)  # enough paragraphs? before the model loads
     loaded, tokenizer = load_model(model, revision, dtype, device, not quiet, gguf_file=gguf_file,
                                    device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     result = measure(loaded, tokenizer, directions, alpha=alpha, heads=heads, corpus=corpus, num_docs=num_docs,
                      num_tokens=num_tokens, seed=seed, detokenized=not no_detokenize, batch_size=batch_size,
-                     progress=not quiet)
+                     progress=not quiet, allow_model_mismatch=allow_model_mismatch)
     result["model"] = model
     s = result["side_effects"]
     click.echo(f"CE base {s['ce_base']:.4f}  CE steered {s['ce_steered']:.4f}  KL(base||steered) {s['kl']:.5f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..data import HUB_ID
+from ..cli_types import Alpha, Count, Real, check_output_dir, check_output_file
 from ..choices import DTYPES, METHODS, PROBE_BACKENDS, PROBE_MEMORY
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from .placement import placement_options
@@ -20,19 +21,19 @@ DTYPE_CHOICES = DTYPES
 @click.option("--dataset", default=HUB_ID, help="Hub id of TruthfulQA (multiple_choice + generation configs).")
 @click.option("--data-dir", type=click.Path(exists=True), default=None,
               help="Local TruthfulQA folder (mc_task.json, TruthfulQA.csv) or mc_task.json file; overrides --dataset.")
-@click.option("--num-heads", default=48, type=int, help="K: number of heads to intervene on.")
+@click.option("--num-heads", default=48, type=Count(1), help="K: number of heads to intervene on.")
 @click.option("--method", type=click.Choice(METHODS), default="mass-mean", help="Direction of each head.")
 @click.option("--random-heads", is_flag=True, help="Pick K heads at random (seeded): the random-heads baseline.")
-@click.option("--alpha", default="15", help="Strength stored in the file (hf-iti alpha= overrides), or 'auto': the "
+@click.option("--alpha", default="15", type=Alpha(("auto",)), help="Strength stored in the file (hf-iti alpha= overrides), or 'auto': the "
               "largest alpha whose KL on held-out WikiText stays within --kl-budget.")
-@click.option("--kl-budget", default=0.2, type=float,
+@click.option("--kl-budget", default=0.2, type=Real(minimum=0),
               help="For --alpha auto: KL(base||steered) budget in nats/token (the ITI paper's LLaMA-7B point cost 0.17).")
 @click.option("--kl-corpus", default="wikitext",
               help="For --alpha auto: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw text file.")
-@click.option("--val-ratio", default=0.2, type=float, help="Share of training questions used to validate probes.")
+@click.option("--val-ratio", default=0.2, type=Real(minimum=0, maximum=1), help="Share of training questions used to validate probes.")
 @click.option("--seed", default=42, type=int, help="Seed of folds, train/val split, random heads/directions, sigma set.")
-@click.option("--num-folds", default=None, type=int, help="Split questions into N folds (default: fit on all questions).")
-@click.option("--fold", default=None, type=int, help="Held-out fold: fit on every fold but this one.")
+@click.option("--num-folds", default=None, type=Count(2), help="Split questions into N folds (default: fit on all questions).")
+@click.option("--fold", default=None, type=Count(0), help="Held-out fold: fit on every fold but this one.")
 @click.option("--contiguous-folds", is_flag=True, help="The reference's folds: contiguous blocks in file order.")
 @click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="qa",
               help="qa: 'Q: {question} A: {answer}'; chat: the tokenizer's chat template.")
@@ -43,11 +44,11 @@ DTYPE_CHOICES = DTYPES
 @click.option("--probe-memory", type=click.Choice(PROBE_MEMORY), default="memory",
               help="stream: probes read the activation cache a block of layers at a time (bounded memory for large "
                    "models; same result).")
-@click.option("--max-questions", default=None, type=int,
+@click.option("--max-questions", default=None, type=Count(2),
               help="Use only the first N questions of the data (quick trials; folds are then over those N).")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
-@click.option("--batch-size", default=16, type=int, help="Prompts per forward pass.")
-@click.option("--chunk-size", default=512, type=int,
+@click.option("--batch-size", default=16, type=Count(1), help="Prompts per forward pass.")
+@click.option("--chunk-size", default=512, type=Count(1),
               help="Prompts per activation-cache file: the unit of resuming and of the split across accelerate ranks.")
 @click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -64,10 +65,14 @@ def fit_directions(model, gguf_file, revision, out, dataset, data_dir, num_heads
                    batch_size, chunk_size, device, cache_dir, no_cache, collect_all_folds, no_plot, quiet, device_map, max_memory,
                    offload_folder):
     """Fit ITI directions (probes on every head, top-K, direction and sigma per head) and write a directions file."""
-    from ..experiments.side_effects import parse_alpha_option
-    from ..fit import fit_and_save, format_summary
+    from ..collect import default_cache_dir
+    from ..fit import companion_paths, fit_and_save, format_summary
 
-    alpha = parse_alpha_option(alpha)
+    check_output_file(out)
+    for companion in companion_paths(out):
+        check_output_file(companion, "--out (its companion file)")
+    if not no_cache:
+        check_output_dir(cache_dir or default_cache_dir(), "--cache-dir")
 
     result = fit_and_save(model, out, dataset=dataset, data_dir=data_dir, num_heads=num_heads, method=method,
                      random_heads=random_heads, val_ratio=val_ratio, seed=seed, num_folds=num_folds, fold=fold,

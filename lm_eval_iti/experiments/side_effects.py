@@ -201,6 +201,10 @@ def measure(base_logits: LogitsFn, steered_logits: LogitsFn, docs: list[list[int
         ce_steered += doc_cross_entropy(steered, ids, lengths).tolist()
         kl += doc_kl(base, steered, lengths).tolist()
         del base, steered
+    for name, values in (("CE of the base model", ce_base), ("CE of the steered model", ce_steered), ("KL", kl)):
+        if not np.isfinite(values).all():  # a NaN would print, be written to JSON and pass as a measurement
+            raise ITIError(f"{desc}: {name} is NaN or infinite on {int((~np.isfinite(values)).sum())} of "
+                           f"{len(values)} documents; the shift overflows the model's dtype (use a smaller alpha)")
     return {"ce_base": float(np.mean(ce_base)), "ce_steered": float(np.mean(ce_steered)), "kl": float(np.mean(kl)),
             "num_docs": len(docs), "num_tokens": sum(len(d) for d in docs),
             "tokens_per_doc": {"min": min(len(d) for d in docs), "max": max(len(d) for d in docs)},
@@ -248,12 +252,13 @@ def corpus_docs(tokenizer, corpus: str = DEFAULT_CORPUS, num_docs: int = DEFAULT
 def side_effects(model, tokenizer, directions, alpha: float | None = None, heads: int | None = None,
                  corpus: str = DEFAULT_CORPUS, num_docs: int = DEFAULT_NUM_DOCS,
                  num_tokens: int = DEFAULT_NUM_TOKENS, seed: int = 0, detokenized: bool = True, batch_size: int = 8,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, allow_model_mismatch: bool = False) -> dict:
     """CE (base, steered) and KL(base || steered) of ``directions`` at ``alpha`` (default: the file's) on ``model``.
 
     ``directions``: a Directions object or a path. Hooks are installed for the call and removed afterwards."""
     from ..architectures import model_shape
     from ..artifact import Directions, file_sha256, load_directions
+    from ..identity import check_model_identity
     from ..intervene import Intervener
 
     info: dict = {}
@@ -261,6 +266,7 @@ def side_effects(model, tokenizer, directions, alpha: float | None = None, heads
         info["directions"] = str(directions)
         info["directions_sha256"] = file_sha256(directions)
         directions = load_directions(directions, expect=model_shape(model))
+    info["model_check"] = check_model_identity(directions, model, allow_model_mismatch)
     if heads:
         directions = directions.top_k(int(heads))
     alpha = directions.alpha if alpha is None else float(alpha)
@@ -308,6 +314,18 @@ def parse_alpha_option(text) -> float | str:
     if value is None:
         raise ITIError("alpha: give a number or 'auto'")
     return value
+
+
+def check_kl_corpus(corpus: str, option: str = "corpus", held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0)) -> None:
+    """Before any model loads: the KL sample needs paragraphs beside the side-effects sample (``KLMeter``); errors
+    name ``option``, the caller's spelling of the corpus."""
+    try:
+        reported = load_corpus(corpus, *held_out_from, detokenized=False)
+    except ITIError as exc:
+        raise ITIError(str(exc).replace("corpus=", f"{option}=")) from None
+    if reported.info["paragraphs_available"] <= held_out_from[0]:
+        raise ITIError(f"{option}={corpus}: {reported.info['paragraphs_available']} paragraphs of >= {MIN_WORDS} words; "
+                       f"the KL sample needs more than the {held_out_from[0]} of the side-effects sample")
 
 
 class KLMeter:

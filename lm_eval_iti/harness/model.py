@@ -17,6 +17,7 @@ Under hf-iti the truthfulqa_iti_* tasks refuse questions the directions were fit
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -26,6 +27,7 @@ from ..architectures import model_shape
 from ..artifact import Directions, file_sha256, load_directions, validate
 from ..errors import ITIError
 from ..gguf import hflm_model_args
+from ..identity import check_model_identity
 from ..intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
 from ..model_args import parse_alpha, parse_bool, parse_heads  # noqa: F401  (parse_alpha: also this module's API)
 
@@ -50,6 +52,69 @@ def check_options(directions, mc_positions: str, gen_positions: str) -> None:
         raise ITIError(f"mc_positions={mc_positions!r} is not one of {', '.join(MC_POSITIONS)}")
     if gen_positions not in GEN_POSITIONS:
         raise ITIError(f"gen_positions={gen_positions!r} is not one of {', '.join(GEN_POSITIONS)}")
+
+
+# dtype names HFLM passes to getattr(torch, name): the floating dtypes a model can run in
+MODEL_DTYPES = ("auto", "float32", "float", "float16", "half", "bfloat16", "float64", "double")
+
+
+def check_model_args(pretrained, kwargs: dict) -> None:
+    """What lm-eval and transformers would otherwise fail on with a traceback, checked before anything loads:
+    dtype, device, and a pretrained= that names no folder, file or cached hub model."""
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, str) and dtype not in MODEL_DTYPES:
+        raise ITIError(f"dtype={dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
+    device = kwargs.get("device")
+    if isinstance(device, str) and device:
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ITIError(f"device={device!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ITIError(f"device={device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); "
+                           "use device=cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ITIError(f"device={device!r}: MPS is not available on this machine; use device=cpu")
+    if isinstance(pretrained, (str, os.PathLike)):
+        check_pretrained_exists(str(pretrained), kwargs.get("revision"))
+
+
+def check_pretrained_exists(name: str, revision=None) -> None:
+    """A local path must exist; a hub id must be well formed and, offline, already in the local cache."""
+    from ..gguf import KNOWN_MODELS
+
+    if name in KNOWN_MODELS or os.path.exists(os.path.expanduser(name)):
+        return
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
+        raise ITIError(f"pretrained={name}: no such model folder or file")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision if revision not in (None, "main") else None)
+    except HFValidationError:
+        raise ITIError(f"pretrained={name}: neither a local path nor a valid hub id") from None
+    if constants.HF_HUB_OFFLINE and not isinstance(cached, str):
+        raise ITIError(f"pretrained={name}: not a local path, and not in the local Hugging Face cache while "
+                       "HF_HUB_OFFLINE=1")
+
+
+def non_finite_message(alpha: float, source: str, where: str) -> str:
+    return (f"hf-iti: the steered model's log-probabilities are NaN or infinite ({where}; alpha={alpha:g}, "
+            f"directions {source}): the shift overflows the model's dtype; use a smaller alpha")
+
+
+def unknown_key_error(exc: TypeError) -> ITIError | None:
+    """transformers passes model_args it does not know to the model class, which raises TypeError before any weight
+    is read: one line naming the key."""
+    import re
+
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+    if found is None:
+        return None
+    return ITIError(f"model_args key {found.group(1)}= is known to neither hf-iti, lm-eval's HFLM nor transformers' "
+                    "from_pretrained (hf-iti's own: directions, alpha, heads, mc_positions, gen_positions, gguf_file, "
+                    "gguf_cache, allow_model_mismatch)")
 
 
 # Decoding strategies whose forwards are the prompt (whole or in prefill_chunk_size chunks), then one new token per
@@ -114,15 +179,23 @@ class HFITI(HFLM):
 
     def __init__(self, pretrained="", directions: "str | os.PathLike | Directions | None" = None, alpha=None, heads=None,
                  mc_positions: str = "answer", gen_positions: str = "last", gguf_file: str | None = None,
-                 gguf_cache=True, **kwargs):
+                 gguf_cache=True, allow_model_mismatch=False, **kwargs):
         from .plugin import ensure_registered
 
         ensure_registered()  # the packaged tasks, for Python programs where the .pth autoload did not run
         check_options(directions, mc_positions, gen_positions)
         alpha_value = parse_alpha(alpha)
         k = parse_heads(heads)
+        allow_mismatch = parse_bool(allow_model_mismatch)
+        check_model_args(pretrained, kwargs)
         pretrained, gguf_file, self.model_identity = hflm_model_args(pretrained, gguf_file, parse_bool(gguf_cache))
-        super().__init__(pretrained=pretrained, gguf_file=gguf_file, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, gguf_file=gguf_file, **kwargs)
+        except TypeError as exc:
+            raise (unknown_key_error(exc) or exc) from None
+        except OSError as exc:  # transformers' "not found / cannot connect" for a hub id
+            first = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ITIError(f"pretrained={pretrained}: cannot load it ({first})") from None
         shape = model_shape(self.model)
         if isinstance(directions, Directions):
             loaded = validate(directions, expect=shape)
@@ -132,6 +205,7 @@ class HFITI(HFLM):
             self.directions_path = str(directions)
             self.directions_sha256 = file_sha256(directions)
         check_identity(loaded, self.model_identity)
+        self.model_check = check_model_identity(loaded, self.model, allow_mismatch)
         self.directions = loaded.top_k(k) if k else loaded
         self.alpha = loaded.alpha if alpha_value is None else alpha_value
         self.mc_positions = mc_positions
@@ -150,6 +224,13 @@ class HFITI(HFLM):
             self._edit_all = previous
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        results = self._steered_loglikelihoods(requests, disable_tqdm, override_bs)
+        bad = next((i for i, r in enumerate(results) if not math.isfinite(float(r[0]))), None)
+        if bad is not None:  # a NaN scores as "best" in lm-eval's argmax: never let it become a number
+            raise ITIError(non_finite_message(self.alpha, self.directions.source, f"request {bad}"))
+        return results
+
+    def _steered_loglikelihoods(self, requests, disable_tqdm: bool, override_bs):
         if self._edit_all or self.mc_positions == "all" or not self.intervener.vectors:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         # The model input of a request is (ctx+cont)[-(max_length+1):][:-1]; lm-eval right-pads it with zeros, so a
@@ -225,8 +306,17 @@ class HFITI(HFLM):
         check_generation_mode(self.model, generation_kwargs)
         # the hooks read Python state per forward: compiled decoding (static caches on GPU) would freeze it
         generation_kwargs["disable_compile"] = True
-        with self.intervener.generation(self.gen_positions, prompt_length=int(context.shape[1])):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        check = self.model.register_forward_hook(self._check_finite_logits)
+        try:
+            with self.intervener.generation(self.gen_positions, prompt_length=int(context.shape[1])):
+                return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            check.remove()
+
+    def _check_finite_logits(self, module, args, output):
+        logits = getattr(output, "logits", None)
+        if logits is not None and not torch.isfinite(logits[:, -1]).all():
+            raise ITIError(non_finite_message(self.alpha, self.directions.source, "a generation step"))
 
     # provenance ----------------------------------------------------------------------------------------------
     def iti_info(self) -> dict:
@@ -245,6 +335,7 @@ class HFITI(HFLM):
             "fitted_model": d.metadata.get("model", ""),
             "fitted_model_identity": d.metadata.get("model_identity", ""),
             "model_identity": self.model_identity or "",
+            "model_check": self.model_check,  # match, unrecorded (older file) or mismatch allowed
             "site": d.metadata.get("site", ""),
             **fit_split_info(d),
         }

@@ -272,22 +272,11 @@ def _dataset(rows: list[dict], task: str):
 
 
 # custom_dataset loaders (called as fn(**metadata, **dataset_kwargs)) ------------------------------------------------
-def _check_mc_row(row: dict, i: int, where: str) -> None:
-    for key, need_false in (("mc1_targets", False), ("mc2_targets", True)):
-        labels = row[key]["labels"]
-        if 1 not in labels:
-            raise ITIError(f"{where} row {i} '{key}': no true answer (label 1)")
-        if need_false and 0 not in labels:
-            raise ITIError(f"{where} row {i} '{key}': no false answer (label 0)")
-
-
 @leak_guarded("truthfulqa_iti_mc")
 def load_truthfulqa_mc(**metadata):
     """MC1/MC2/MC3 docs: ``question``, ``mc1_targets``, ``mc2_targets`` in ``load_mc`` order, the fold's only."""
     opts = parse_options(metadata)
-    rows = data.load_mc(opts.data_dir)
-    for i, row in enumerate(rows):
-        _check_mc_row(row, i, opts.data_dir)
+    rows = data.load_mc(opts.data_dir)  # checked there, as for the fit (data.check_mc_row)
     membership = fold_of_questions(opts, rows)
     docs = [{"question": r["question"], "mc1_targets": r["mc1_targets"], "mc2_targets": r["mc2_targets"],
              "question_id": question_id(r["question"]), "instruction": opts.instruction, "primer": opts.primer,
