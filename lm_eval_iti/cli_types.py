@@ -111,6 +111,8 @@ class NumberList(click.ParamType):
                 self.fail(f"{text!r} overflows float32", param, ctx)
             if self.minimum is not None and number < self.minimum:
                 self.fail(f"{text} is below the minimum {self.minimum:g}", param, ctx)
+            if number in out:
+                self.fail(f"{value!r}: {text} is repeated", param, ctx)
             out.append(number)
         return out
 
@@ -142,7 +144,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out", shown=None) -
         raise ITIError(f"{what} {shown}: {p} is a file, not a folder")
     ancestor = _existing_ancestor(p)
     if not ancestor.is_dir():
-        raise ITIError(f"{what} {shown}: {ancestor} is a file, so no folder can be made under it")
+        raise ITIError(f"{what} {shown}: {ancestor} is a file, not a folder")
     _probe_writable(ancestor, what, shown)
 
 

@@ -235,13 +235,27 @@ class ActivationCache:
         return self.path / f"chunk_{i:05d}.safetensors"
 
     def has_chunk(self, i: int) -> bool:
-        return self.chunk_path(i).is_file()
+        """A chunk written with its content hash (a chunk from before hashes is recollected, not trusted)."""
+        return self.chunk_path(i).is_file() and _stored_layer_hashes(self.chunk_path(i)) is not None
 
     def write_chunk(self, i: int, acts: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
+        acts = acts.to(torch.float16).contiguous()
+        hashes = json.dumps([_layer_sha256(acts[:, layer]) for layer in range(acts.shape[1])])
         with atomic_path(self.chunk_path(i), suffix=".safetensors") as tmp:
-            save_file({"activations": acts.to(torch.float16).contiguous()}, str(tmp))
+            save_file({"activations": acts}, str(tmp), metadata={LAYER_HASHES: hashes})
+
+    def _verify(self, path: Path, acts: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``acts`` holds layers start.. of the chunk at ``path``; each must match the hash written with it."""
+        stored = _stored_layer_hashes(path)
+        for offset in range(acts.shape[1]):
+            if stored is None or _layer_sha256(acts[:, offset]) != stored[start + offset]:
+                raise ITIError(f"{path}: activation chunk does not match the sha256 written with it (modified after "
+                               "it was written); delete it to recollect")
+        if not torch.isfinite(acts).all():
+            raise ITIError(f"{path}: {NONFINITE}")
+        return acts
 
     def read_chunk(self, i: int) -> torch.Tensor:
         from safetensors import safe_open
@@ -256,7 +270,7 @@ class ActivationCache:
         if tuple(acts.shape) != want or acts.dtype != torch.float16:
             raise ITIError(f"{path}: activation chunk has shape {list(acts.shape)} {acts.dtype}, expected {list(want)} "
                            "float16 (written by another model?); delete it or pass another --cache-dir")
-        return acts
+        return self._verify(path, acts)
 
     def read_chunk_layers(self, i: int, start: int, stop: int) -> torch.Tensor:
         """Layers ``start:stop`` of chunk ``i``, fp16 [rows, stop-start, H, d]: only those bytes are read."""
@@ -278,7 +292,7 @@ class ActivationCache:
             raise ITIError(f"{path}: unreadable activation chunk ({type(exc).__name__}); delete it to recollect") from None
         if acts.dtype != torch.float16:
             raise ITIError(f"{path}: activation chunk is {acts.dtype}, expected float16; delete it to recollect")
-        return acts
+        return self._verify(path, acts, start)
 
     def layers(self, rows: list[int] | None = None) -> "CachedActivations":
         """A streaming view of this entry (every chunk must be written) for ``probes.fit_probes``."""
@@ -481,6 +495,25 @@ def _collect(model: nn.Module, tokenizer, tokens: list[list[int]], *, batch_size
             stats.chunks_by_other_ranks += 1
     stats.seconds += time.perf_counter() - started
     return cache.layers() if out is None else out
+
+
+LAYER_HASHES = "layer_sha256"  # safetensors metadata: a JSON list, one sha256 per layer of the chunk
+
+
+def _layer_sha256(block: torch.Tensor) -> str:
+    return hashlib.sha256(block.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _stored_layer_hashes(path: Path) -> list[str] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(LAYER_HASHES)
+        hashes = json.loads(raw) if raw else None
+    except Exception:  # unreadable header: read_chunk names the file when it is read
+        return None
+    return hashes if isinstance(hashes, list) else None
 
 
 def _finite(chunk: torch.Tensor) -> torch.Tensor:

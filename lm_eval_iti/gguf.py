@@ -79,14 +79,24 @@ def resolve_model(name: str | os.PathLike, gguf_file: str | None = None) -> Mode
             raise ITIError(f"model {text}: give either a .gguf file or a folder plus gguf_file, not both")
         if not path.is_file():
             raise ITIError(f"model {text}: no such .gguf file")
+        check_gguf_magic(path)
         return ModelSource(str(path.parent), path.name)
     if gguf_file:
         source = ModelSource(text, str(gguf_file))
         local = Path(text).expanduser()
         if local.is_dir() and not source.gguf_path.is_file():
             raise ITIError(f"gguf_file {gguf_file}: not found in {text}")
+        if source.gguf_path.is_file():
+            check_gguf_magic(source.gguf_path)
         return source
     return ModelSource(text)
+
+
+def check_gguf_magic(path: Path) -> None:
+    """A GGUF file starts with the bytes 'GGUF': anything else (truncated download, another format) is refused here."""
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ITIError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def require_gguf_package() -> None:
@@ -120,9 +130,13 @@ def load_gguf(source: ModelSource, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     require_gguf_package()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file,
-                                                 dtype=dtype or torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file,
+                                                     dtype=dtype or torch.float32)
+    except Exception as exc:  # a truncated or foreign file fails deep in gguf/transformers: one line, naming it
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ITIError(f"{source.gguf_path}: not a readable GGUF model ({type(exc).__name__}: {first})") from None
     # The dequantized weights are plain floats: drop the "quantized with gguf" marks so the model saves normally.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -44,6 +44,7 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
         raise ITIError("max_memory= and offload_folder= need device_map= (e.g. device_map='auto')")
     if device_map is not None and device is not None:
         raise ITIError(f"device={device!r} and device_map= both place the model; pass one of them")
+    check_device(device)
     placement = placement_kwargs(device_map, max_memory, offload_folder)
     source = resolve_model(text, gguf_file)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -79,6 +80,43 @@ def load_model(name: str, revision: str | None = None, dtype: str = "auto", devi
     except Exception as exc:
         raise ITIError(f"device {device}: cannot move the model there ({type(exc).__name__})") from None
     return model.eval(), tokenizer
+
+
+def check_model_source(name: str, gguf_file: str | None = None, revision: str | None = None,
+                       what: str = "model ") -> None:
+    """Before anything loads: a local path must exist (a named model be installed, a GGUF file be there); a hub id
+    must be well formed and, offline, already in the local cache."""
+    from .gguf import KNOWN_MODELS
+
+    if name in KNOWN_MODELS or os.path.exists(os.path.expanduser(name)):
+        resolve_model(name, gguf_file)  # a named model not installed, or a missing gguf_file: one line
+        return
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
+        raise ITIError(f"{what}{name}: no such model folder or file")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision if revision not in (None, "main") else None)
+    except HFValidationError:
+        raise ITIError(f"{what}{name}: neither a local path nor a valid hub id") from None
+    if constants.HF_HUB_OFFLINE and not isinstance(cached, str):
+        raise ITIError(f"{what}{name}: not a local path, and not in the local Hugging Face cache while "
+                       "HF_HUB_OFFLINE=1")
+
+
+def check_device(device: str | None, what: str = "device") -> None:
+    """A device string that names a device this machine has, checked before a model loads."""
+    if not device:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ITIError(f"{what}={device!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ITIError(f"{what}={device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); use cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ITIError(f"{what}={device!r}: MPS is not available on this machine; use cpu")
 
 
 def parse_device_map(value: str | dict | None) -> str | dict | None:

@@ -102,6 +102,7 @@ def random_directions(model, num_heads: int = 4, seed: int = 0, alpha: float = 2
     """A valid Directions object with random unit directions on ``num_heads`` random heads (tests, demo)."""
     from .architectures import model_shape
     from .artifact import Directions
+    from .identity import FINGERPRINT_KEY, fingerprint_metadata
 
     shape = model_shape(model)
     g = torch.Generator().manual_seed(seed)
@@ -117,7 +118,7 @@ def random_directions(model, num_heads: int = 4, seed: int = 0, alpha: float = 2
     rank = torch.tensor([[l, h] for l, h in flat_to_pairs(flat, shape.num_heads)], dtype=torch.int64)
     # fitted on no question: the leak guard has nothing to refuse
     meta = {"model": model_id, "model_revision": "", "architecture": shape.architecture, "alpha": str(alpha),
-            "method": "random", "train_question_ids": "[]"}
+            "method": "random", "train_question_ids": "[]", FINGERPRINT_KEY: fingerprint_metadata(model)}
     return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, dirs, sig, meta, None, rank)
 
 

@@ -253,10 +253,11 @@ def test_cli_names_flags_where_the_library_names_parameters(tiny_model_dir, tmp_
     from lm_eval_iti.cli import cli, LazyGroup, with_flags
 
     result = CliRunner().invoke(cli, ["fit-directions", "--model", str(tiny_model_dir), "--out",
-                                      str(tmp_path / "d.safetensors"), "--data-dir", str(tqa_v0()), "--num-heads", "0"])
+                                      str(tmp_path / "d.safetensors"), "--data-dir", str(tqa_v0()), "--num-heads", "99",
+                                      "--max-questions", "10", "--no-cache", "--quiet"])
     assert isinstance(result.exception, iti_error())
     message = with_flags(str(result.exception), LazyGroup.invoked)
-    assert message.startswith("--num-heads 0 must be"), message
+    assert message.startswith("--num-heads 99 is larger than layers x heads"), message
     assert with_flags("num_folds= and fold= go together", LazyGroup.invoked) == "--num-folds and --fold go together"
     assert with_flags("max_questions=1 must", None) == "max_questions=1 must"
 

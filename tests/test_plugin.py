@@ -146,6 +146,9 @@ def _bad_inputs(tmp_path, tiny_model_dir, tiny_directions_file):
     build_tokenizer(bloom_dir)
     BloomForCausalLM(BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=512)).save_pretrained(str(bloom_dir))
     d = str(tiny_directions_file)
+    same_shape = build_model("llama", seed=7, vocab_size=512)  # the tiny Llama's shape, other weights
+    same_shape_file = save_directions(random_directions(same_shape, 2, model_id="same-shape"),
+                                      tmp_path / "same_shape.safetensors")
     return {
         "another model's file": (tiny_model_dir, f"directions={other_file}", "num_heads"),
         "NaN directions": (tiny_model_dir, f"directions={nan_file}", "NaN"),
@@ -153,6 +156,12 @@ def _bad_inputs(tmp_path, tiny_model_dir, tiny_directions_file):
         "unknown position mode": (tiny_model_dir, f"directions={d},mc_positions=middle", "mc_positions='middle'"),
         "non-numeric alpha": (tiny_model_dir, f"directions={d},alpha=lots", "alpha='lots' is not a number"),
         "unsupported architecture": (bloom_dir, f"directions={d}", "unsupported architecture BloomForCausalLM"),
+        # caught by hf-iti before lm-eval or transformers would fail with a traceback
+        "same shape, other weights": (tiny_model_dir, f"directions={same_shape_file}", "not on this model"),
+        "unknown model_args key": (tiny_model_dir, f"directions={d},no_such_key=1", "no_such_key= is known to neither"),
+        "dtype float8": (tiny_model_dir, f"directions={d},dtype=float8", "dtype='float8' is not one of"),
+        "alpha beyond float32": (tiny_model_dir, f"directions={d},alpha=1e39", "overflows float32"),
+        "pretrained that does not exist": (tmp_path / "no-model", f"directions={d}", "no such model folder or file"),
     }
 
 

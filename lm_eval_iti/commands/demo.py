@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..cli_types import Count, Real
 from .placement import placement_options
 
 
@@ -16,10 +17,10 @@ from .placement import placement_options
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder.")
 @click.option("--data-dir", type=click.Path(exists=True), default=None,
               help="Local TruthfulQA folder (default: the hub dataset; --num-questions needs a local folder).")
-@click.option("--num-questions", default=100, type=int,
+@click.option("--num-questions", default=100, type=Count(0),
               help="With --model: the first N questions (half fit, half evaluated); 0 = all 817.")
-@click.option("--num-heads", default=16, type=int, help="With --model: K heads (SmolLM2 has 270).")
-@click.option("--kl-budget", default=0.2, type=float, help="With --model: alpha = the largest within this KL budget.")
+@click.option("--num-heads", default=16, type=Count(1), help="With --model: K heads (SmolLM2 has 270).")
+@click.option("--kl-budget", default=0.2, type=Real(minimum=0), help="With --model: alpha = the largest within this KL budget.")
 @click.option("--corpus", default="wikitext", help="CE/KL and alpha-auto text: 'wikitext' (hub) or a raw text file.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @placement_options
@@ -38,6 +39,9 @@ def demo(out, model, gguf_file, data_dir, num_questions, num_heads, kl_budget, c
     from pathlib import Path
 
     from ..experiments.demo import run_real_demo
+    from ..loading import check_model_source
+
+    check_model_source(model, gguf_file)  # before the options that depend on it
 
     out = out or f"results/demo-{Path(model).name}"
     run_real_demo(out, model, gguf_file=gguf_file, data_dir=data_dir, num_questions=num_questions or None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_types import Alpha, Count, check_output_file
+from ..cli_types import Alpha, Count, NumberList, Real, check_output_dir, check_output_file
 from ..errors import ITIError
 from ..choices import DTYPES, ENGINE_MODES, GEN_POSITIONS, MC_POSITIONS, METHODS, PROBE_BACKENDS, SELECT_COLUMNS
 from ..prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
@@ -70,22 +70,22 @@ def common_options(func):
         click.option("--revision", default=None, help="Hub revision of --model."),
         click.option("--dtype", type=click.Choice(DTYPES), default="auto"),
         click.option("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)."),
-        click.option("--batch-size", default=8, type=int, help="Evaluation and CE/KL batch size."),
-        click.option("--fit-batch-size", default=16, type=int, help="Activation collection batch size."),
+        click.option("--batch-size", default=8, type=Count(1), help="Evaluation and CE/KL batch size."),
+        click.option("--fit-batch-size", default=16, type=Count(1), help="Activation collection batch size."),
         click.option("--data-dir", type=click.Path(exists=True), default=None,
                      help="Local TruthfulQA folder (mc_task.json, TruthfulQA.csv); default: the hub dataset."),
         click.option("--binary-data", default=None, help="The 2025 TruthfulQA.csv for truthfulqa_iti_binary."),
-        click.option("--num-questions", default=None, type=int,
+        click.option("--num-questions", default=None, type=Count(2),
                      help="Quick runs: the first N questions of --data-dir, for fit and tasks alike."),
         click.option("--tasks", default="truthfulqa_iti", help="Comma-separated lm-eval tasks or groups."),
-        click.option("--num-folds", default=2, type=int),
+        click.option("--num-folds", default=2, type=Count(2)),
         click.option("--folds", "only_folds", default=None,
                      help="Evaluate only these held-out folds (comma list, e.g. 0); default: every fold."),
         click.option("--seed", default=42, type=int, help="Fold / probe split / random-baseline seed."),
         click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
         click.option("--instruction", type=click.Choice(INSTRUCTION_CHOICES), default="default"),
         click.option("--method", type=click.Choice(METHOD_CHOICES), default="mass-mean"),
-        click.option("--val-ratio", default=0.2, type=float),
+        click.option("--val-ratio", default=0.2, type=Real(minimum=0, maximum=1)),
         click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="qa", help="Activation prompts."),
         click.option("--sigma-data", type=click.Choice(SIGMA_DATA), default="gen_end_q",
                      help="Prompts sigma is measured on."),
@@ -98,8 +98,8 @@ def common_options(func):
         click.option("--apply-chat-template", is_flag=True),
         click.option("--system-instruction", default=None),
         click.option("--gen-kwargs", default=None, help="lm-eval --gen_kwargs."),
-        click.option("--bootstrap-iters", default=100000, type=int, help="lm-eval bootstrap iterations."),
-        click.option("--max-length", default=None, type=int, help="lm-eval HFLM max_length."),
+        click.option("--bootstrap-iters", default=100000, type=Count(0), help="lm-eval bootstrap iterations."),
+        click.option("--max-length", default=None, type=Count(2), help="lm-eval HFLM max_length."),
         click.option("--engine", type=click.Choice(ENGINE_MODES), default="auto",
                      help="Score hooked rows of loglikelihood tasks with the shared-prefix engine (auto: a sweep's "
                      "grid when every task is one; on: also every hf and hf-iti row of validate, controls included; "
@@ -107,8 +107,8 @@ def common_options(func):
         click.option("--side-effects/--no-side-effects", default=True, help="Measure CE/KL for every row."),
         click.option("--corpus", default="wikitext",
                      help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
-        click.option("--num-docs", default=100, type=int, help="CE/KL documents."),
-        click.option("--num-tokens", default=128, type=int, help="CE/KL tokens per document."),
+        click.option("--num-docs", default=100, type=Count(1), help="CE/KL documents."),
+        click.option("--num-tokens", default=128, type=Count(2), help="CE/KL tokens per document."),
         click.option("--corpus-seed", default=0, type=int),
         click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation."),
         click.option("--cache-dir", default=None, help="Activation cache (default: ~/.cache/lm_eval_iti)."),
@@ -152,26 +152,26 @@ def _positions(kw):
 
 @click.command(context_settings={"show_default": True})
 @common_options
-@click.option("--alpha", default="15", help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
+@click.option("--alpha", default="15", type=Alpha(("auto", "select")), help="ITI strength, or 'auto': per fold, the largest alpha whose KL on "
               "held-out WikiText stays within --kl-budget (the way to start on a new model), or 'select': per fold, "
               "alpha and K chosen by nested cross-validation on its training folds (--select-alphas, "
               "--select-num-heads; the grid scored by the shared-prefix engine, the chosen row by lm-eval, or by the engine "
               "with --engine on).")
-@click.option("--select-alphas", default="5,10,15,20", help="For --alpha select: the strengths to choose from.")
-@click.option("--select-num-heads", default="16,32,48",
+@click.option("--select-alphas", default="5,10,15,20", type=NumberList(float, minimum=0), help="For --alpha select: the strengths to choose from.")
+@click.option("--select-num-heads", default="16,32,48", type=NumberList(int, minimum=1),
               help="For --alpha select: the K values to choose from (each at most --num-heads, the fit's size).")
 @click.option("--select-by", type=click.Choice(tuple(SELECT_COLUMNS)), default="MC2",
               help="For --alpha select: the metric maximised on the inner folds.")
-@click.option("--inner-folds", default=2, type=int, help="For --alpha select: folds of each training part.")
-@click.option("--kl-budget", default=0.2, type=float,
+@click.option("--inner-folds", default=2, type=Count(2), help="For --alpha select: folds of each training part.")
+@click.option("--kl-budget", default=0.2, type=Real(minimum=0),
               help="For --alpha auto and select: KL(base||steered) budget in nats/token on held-out WikiText (the "
               "ITI paper's LLaMA-7B point cost 0.17); select scores only grid points within it.")
-@click.option("--num-heads", default=48, type=int, help="K: heads intervened on.")
+@click.option("--num-heads", default=48, type=Count(1), help="K: heads intervened on.")
 @click.option("--no-baseline", is_flag=True, help="Skip the alpha-0 baseline row.")
 @click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-matched, "
               "random-matched-kl, "
               "random-heads, probe-weights, no-instruction, baked, steered.")
-@click.option("--random-draws", default=5, type=int, help="Draws of the random-matched(-kl) controls (one row each).")
+@click.option("--random-draws", default=5, type=Count(1), help="Draws of the random-matched(-kl) controls (one row each).")
 @click.option("--curve-scales", default="", help="Comma list, e.g. 0.5,2: ITI and every hooked control again at "
               "these multiples of its own alpha (first random draw only), for gain-vs-KL curves in pareto.png.")
 def validate(**kw):
@@ -184,15 +184,14 @@ def validate(**kw):
     alpha = "select" if selecting else parse_alpha_option(kw["alpha"])
     selection = None
     if selecting:
-        from ..experiments.sweep import parse_list
-
-        selection = {"alphas": parse_list(kw["select_alphas"], float, "--select-alphas"),
-                     "num_heads": parse_list(kw["select_num_heads"], int, "--select-num-heads"),
+        selection = {"alphas": kw["select_alphas"], "num_heads": kw["select_num_heads"],
                      "by": kw["select_by"], "inner_folds": kw["inner_folds"], "kl_budget": kw["kl_budget"]}
     tail = (f"a{alpha:g}" if alpha not in ("auto", "select") else "aselect" if selecting
             else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
     config = _config(kw)
+    check_before_loading(kw, out, kl_sample=alpha in ("auto", "select") or "kl" in kw["baselines"]
+                         or kw["baselines"].strip() == "all")
     if alpha == "auto":
         config.kl_budget = kw["kl_budget"]
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
@@ -205,26 +204,38 @@ def validate(**kw):
 def _curve_scales(text: str) -> tuple[float, ...]:
     if not text.strip():
         return ()
-    from ..experiments.sweep import parse_list
+    return tuple(NumberList(float, minimum=0).convert(text, None, None))
 
-    return tuple(parse_list(text, float, "--curve-scales"))
+
+def check_before_loading(kw: dict, out: str, kl_sample: bool = False) -> None:
+    """What would otherwise fail after a fold's fit: the run folder writable, the CE/KL corpus (and the KL sample of
+    alpha auto, select and KL-matched controls) large enough. A refused run leaves no folder behind."""
+    from ..experiments.side_effects import check_kl_corpus, load_corpus
+
+    check_output_dir(out)
+    if kw.get("cache_dir"):
+        check_output_dir(kw["cache_dir"], "--cache-dir")
+    if kw["side_effects"]:  # the library's corpus= and num_docs= are shown as the flags
+        load_corpus(kw["corpus"], kw["num_docs"], kw["corpus_seed"], detokenized=False)
+    if kl_sample:
+        check_kl_corpus(kw["corpus"], held_out_from=(kw["num_docs"], kw["corpus_seed"]))
 
 
 @click.command(context_settings={"show_default": True})
 @common_options
-@click.option("--alphas", default="0,5,10,15,20,25", help="Comma-separated strengths.")
-@click.option("--num-heads", default="16,48,96", help="Comma-separated K values.")
+@click.option("--alphas", default="0,5,10,15,20,25", type=NumberList(float, minimum=0), help="Comma-separated strengths.")
+@click.option("--num-heads", default="16,48,96", type=NumberList(int, minimum=1), help="Comma-separated K values.")
 @click.option("--select-by", type=click.Choice(("auto", "none") + tuple(SELECT_COLUMNS)), default="auto",
               help="Where the engine scored the grid: score the best row by this column again through lm-eval's "
               "hf-iti (auto: MC2, else MC1, MC3, binary; none: skip).")
 def sweep(**kw):
     """validate over alpha x K, reusing cached activations and one fit per fold; table and plots."""
-    from ..experiments.sweep import parse_list, sweep as run_sweep
+    from ..experiments.sweep import sweep as run_sweep
 
-    alphas = parse_list(kw["alphas"], float, "--alphas")
-    ks = parse_list(kw["num_heads"], int, "--num-heads")
-    kw_for_name = dict(kw)
-    out = kw["out"] or _default_out("sweep", kw_for_name, f"a{kw['alphas']}_k{kw['num_heads']}")
+    alphas, ks = kw["alphas"], kw["num_heads"]
+    named = ",".join(format(a, "g") for a in alphas), ",".join(map(str, ks))
+    out = kw["out"] or _default_out("sweep", kw, f"a{named[0]}_k{named[1]}")
+    check_before_loading(kw, out)
     results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], select_by=kw["select_by"],
                         **_positions(kw))
     _echo_run(results, out)
@@ -299,6 +310,8 @@ def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, n
 def report(results, out, title, no_plots):
     """Leaderboard markdown (model x method; MC1 MC2 MC3 binary True Info True*Info CE KL) and PNG plots."""
     from ..experiments.report import build_report
+
+    check_output_dir(out)
 
     written = build_report(list(results), out, title=title, plots=not no_plots)
     click.echo(written["table"])

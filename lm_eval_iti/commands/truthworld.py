@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from ..cli_types import Count, check_output_dir, check_output_file
+
 
 def _world_options(f):
     f = click.option("--world-seed", type=int, default=0, show_default=True, help="seed of the world (entities, facts, myths)")(f)
@@ -29,10 +31,10 @@ def truthworld():
 @truthworld.command("train")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output model folder")
 @click.option("--seed", type=int, default=0, show_default=True, help="training seed (weights and documents)")
-@click.option("--steps", type=int, default=None, help="training steps (default: the shipped design's)")
-@click.option("--batch-size", type=int, default=None, help="documents per step (default: the shipped design's)")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads")
-@click.option("--probe-every", type=int, default=0, show_default=True,
+@click.option("--steps", type=Count(1), default=None, help="training steps (default: the shipped design's)")
+@click.option("--batch-size", type=Count(1), default=None, help="documents per step (default: the shipped design's)")
+@click.option("--threads", type=Count(1), default=1, show_default=True, help="torch CPU threads")
+@click.option("--probe-every", type=Count(0), default=0, show_default=True,
               help="every N steps print how linearly readable truth is at '.' per head (0: never)")
 @_world_options
 def train_cmd(out, seed, steps, batch_size, threads, probe_every, world_seed):
@@ -42,6 +44,7 @@ def train_cmd(out, seed, steps, batch_size, threads, probe_every, world_seed):
     from ..truthworld.design import MODEL, TRAIN
     from ..truthworld.train import train
 
+    check_output_dir(out)
     cfg = replace(TRAIN, seed=seed, threads=threads, probe_every=probe_every,
                   **({"steps": steps} if steps is not None else {}),
                   **({"batch_size": batch_size} if batch_size is not None else {}))
@@ -63,6 +66,7 @@ def export_data(out, model_dir):
     from ..truthworld import CHECKPOINT_DIR
     from ..truthworld.generator import export_truthfulqa, load_world
 
+    check_output_dir(out)
     world = load_world(model_dir or CHECKPOINT_DIR)
     path = export_truthfulqa(world, out)
     click.echo(f"wrote {path}/mc_task.json, TruthfulQA.csv, world.json ({len(world.entities)} questions, "
@@ -73,13 +77,15 @@ def export_data(out, model_dir):
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="a truth-world checkpoint (default: the shipped one)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
-@click.option("--num-heads", type=int, default=None, help="K (default: the shipped design's)")
+@click.option("--num-heads", type=Count(1), default=None, help="K (default: the shipped design's)")
 @click.option("--seed", type=int, default=42, show_default=True, help="fold and probe seed")
 def evaluate_cmd(model_dir, out, num_heads, seed):
     """The bar: 2-fold fit-directions, alpha chosen on the training folds within side-effect bounds, scored on the
     held-out fold against random and orthogonal directions, random heads and a colour prior."""
     import json
 
+    if out:
+        check_output_file(out)
     from ..atomic import write_json_atomic
     from ..truthworld import CHECKPOINT_DIR
     from ..truthworld.bar import run_bar

@@ -28,6 +28,7 @@ from ..artifact import Directions, file_sha256, load_directions, validate
 from ..errors import ITIError
 from ..gguf import hflm_model_args
 from ..identity import check_model_identity
+from ..loading import check_device, check_model_source
 from ..intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
 from ..model_args import parse_alpha, parse_bool, parse_heads  # noqa: F401  (parse_alpha: also this module's API)
 
@@ -58,45 +59,16 @@ def check_options(directions, mc_positions: str, gen_positions: str) -> None:
 MODEL_DTYPES = ("auto", "float32", "float", "float16", "half", "bfloat16", "float64", "double")
 
 
-def check_model_args(pretrained, kwargs: dict) -> None:
+def check_model_args(pretrained, gguf_file, kwargs: dict) -> None:
     """What lm-eval and transformers would otherwise fail on with a traceback, checked before anything loads:
     dtype, device, and a pretrained= that names no folder, file or cached hub model."""
     dtype = kwargs.get("dtype")
     if isinstance(dtype, str) and dtype not in MODEL_DTYPES:
         raise ITIError(f"dtype={dtype!r} is not one of {', '.join(MODEL_DTYPES)}")
-    device = kwargs.get("device")
-    if isinstance(device, str) and device:
-        try:
-            kind = torch.device(device).type
-        except RuntimeError:
-            raise ITIError(f"device={device!r} is not a device (cpu, cuda, cuda:1, mps ...)") from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise ITIError(f"device={device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); "
-                           "use device=cpu")
-        if kind == "mps" and not torch.backends.mps.is_available():
-            raise ITIError(f"device={device!r}: MPS is not available on this machine; use device=cpu")
+    if isinstance(kwargs.get("device"), str):
+        check_device(kwargs["device"])
     if isinstance(pretrained, (str, os.PathLike)):
-        check_pretrained_exists(str(pretrained), kwargs.get("revision"))
-
-
-def check_pretrained_exists(name: str, revision=None) -> None:
-    """A local path must exist; a hub id must be well formed and, offline, already in the local cache."""
-    from ..gguf import KNOWN_MODELS
-
-    if name in KNOWN_MODELS or os.path.exists(os.path.expanduser(name)):
-        return
-    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
-        raise ITIError(f"pretrained={name}: no such model folder or file")
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.utils import HFValidationError
-
-    try:
-        cached = try_to_load_from_cache(name, "config.json", revision=revision if revision not in (None, "main") else None)
-    except HFValidationError:
-        raise ITIError(f"pretrained={name}: neither a local path nor a valid hub id") from None
-    if constants.HF_HUB_OFFLINE and not isinstance(cached, str):
-        raise ITIError(f"pretrained={name}: not a local path, and not in the local Hugging Face cache while "
-                       "HF_HUB_OFFLINE=1")
+        check_model_source(str(pretrained), gguf_file, kwargs.get("revision"), what="pretrained=")
 
 
 def non_finite_message(alpha: float, source: str, where: str) -> str:
@@ -187,7 +159,7 @@ class HFITI(HFLM):
         alpha_value = parse_alpha(alpha)
         k = parse_heads(heads)
         allow_mismatch = parse_bool(allow_model_mismatch)
-        check_model_args(pretrained, kwargs)
+        check_model_args(pretrained, gguf_file, kwargs)
         pretrained, gguf_file, self.model_identity = hflm_model_args(pretrained, gguf_file, parse_bool(gguf_cache))
         try:
             super().__init__(pretrained=pretrained, gguf_file=gguf_file, **kwargs)
