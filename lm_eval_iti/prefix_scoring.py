@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -311,6 +312,11 @@ def score(model, pairs, points: list[Point], *, max_length: int, mc_positions: s
     for point in results:
         for i, first in enumerate(duplicate_of):
             point[i] = point[first]
+    for point, scored in zip(points, results):  # a NaN would win lm-eval's argmax: refuse it, as hf-iti does
+        bad = next((i for i, r in enumerate(scored) if not math.isfinite(float(r[0]))), None)
+        if bad is not None:
+            raise ITIError(f"engine: the loglikelihood of request {bad} is NaN or infinite at alpha={point.alpha:g}: "
+                           "the shift overflows the model's dtype; use a smaller alpha")
     return results
 
 

@@ -486,3 +486,18 @@ def test_fit_directions_killed_mid_collection_resumes_to_the_same_directions(wor
     assert run_cli(fresh, capsys)[0] == 0
     again = _tensors(fresh_dir / "d.safetensors")
     assert resumed.keys() == again.keys() and all(torch.equal(resumed[k], again[k]) for k in again)
+
+
+def test_the_sweep_engine_refuses_a_nan_loglikelihood(world):
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_iti.artifact import load_directions
+    from lm_eval_iti.prefix_scoring import make_points, score
+
+    model = AutoModelForCausalLM.from_pretrained(world["model"]).eval()
+    points = make_points(load_directions(world["dirs"]), [(0.0, None), (3.0, None)])
+    pairs = [([1, 5, 7, 9], [11, 12]), ([1, 5, 7, 9], [13])]
+    assert all(len(p) == 2 for p in score(model, pairs, points, max_length=64))
+    model.lm_head.register_forward_hook(lambda module, args, out: out * float("nan"))
+    with pytest.raises(ITIError, match="engine: the loglikelihood of request 0 is NaN or infinite"):
+        score(model, pairs, points, max_length=64)

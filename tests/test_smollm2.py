@@ -188,6 +188,17 @@ def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2
     meta = result.directions.metadata
     assert meta["model_identity"] == gguf_identity(packaged_model_path(NAME))
     assert len(json.loads(meta["train_question_ids"])) == 80
+    # the same fit with alpha auto: every activation from the cache, then the KL scan on held-out WikiText
+    corpus = str(shared_data("webtext", "wikitext-2-raw-v1.test.raw"))
+    auto = fit_and_save(NAME, tmp_path / "auto.safetensors", data_dir=str(tqa_v0()), max_questions=80, num_heads=16,
+                        sigma_data="mc", dtype="float32", batch_size=16, device="cpu", alpha="auto", kl_budget=0.02,
+                        kl_corpus=corpus, cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
+    chosen = json.loads(auto.directions.metadata["alpha_auto"])
+    kl_at = {m["alpha"]: m["kl"] for m in chosen["measured"]}
+    assert auto.forward_passes == 0 and load_directions(tmp_path / "auto.safetensors").alpha == chosen["alpha"]
+    assert kl_at[chosen["alpha"]] <= 0.02 < max(kl_at.values())
+    assert torch.equal(auto.directions.directions[next(iter(auto.directions.directions))],
+                       result.directions.directions[next(iter(result.directions.directions))])
 
 
 def test_alpha_auto_stays_within_the_kl_budget_and_the_next_alpha_does_not(plain, dirs_file):
