@@ -134,8 +134,8 @@ def test_cli_rerun_with_the_same_settings_resumes_everything(resumed_run, config
 def test_folds_that_disagree_with_the_fit_are_caught_and_not_written(config, tmp_path):
     original = Experiment.task_metadata
 
-    def other_seed(self, fold, instruction):
-        return dict(original(self, fold, instruction), seed=config.seed + 1)  # tasks split with another seed
+    def other_seed(self, fold):
+        return dict(original(self, fold), seed=config.seed + 1)  # tasks split with another seed
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Experiment, "task_metadata", other_seed)

@@ -104,6 +104,20 @@ def test_engine_on_scores_every_validate_row_as_lm_eval_does(engine_and_lm_eval_
     assert on["iti"]["metrics"]["KL"]["mean"] > 0 and on["baseline"]["metrics"]["KL"]["mean"] == 0
 
 
+def test_engine_rows_write_the_per_question_records_lm_eval_rows_write(engine_and_lm_eval_runs):
+    """per_question.csv of --engine on against --engine off: the same lines, MC1 equal, MC2 within 1e-4."""
+    from lm_eval_iti.experiments import records
+
+    root, _ = engine_and_lm_eval_runs
+    on, off = ({(x["row"], x["fold"], x["question_id"]): x
+                for x in records.read_per_question(root / f"run_{e}" / records.PER_QUESTION_FILE)}
+               for e in ("on", "off"))
+    assert set(on) == set(off) and len(on) == 7 * 12  # 7 rows, held-out fold 0 of 24 questions
+    for key, line in on.items():
+        assert line["mc1"] == off[key]["mc1"], key
+        assert line["mc2"] == pytest.approx(off[key]["mc2"], abs=1e-4), key
+
+
 def test_kl_matched_controls_cost_the_kl_of_iti_on_a_fresh_measurement(engine_and_lm_eval_runs, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -5,7 +5,13 @@ seed, on the one loaded model: the activation cache makes every fit after the fi
 evaluate the variant on fold i through lm-eval (the tasks' fold metadata), check that no evaluated question is in
 the directions file's recorded ``train_question_ids``, and measure CE/KL. Each fold x variant result is written to
 ``<run>/folds/fold_<i>_<variant>.json`` as soon as it is done, with a hash of every setting that defines it; a rerun
-skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed.
+skips those whose hash matches (an interrupted run resumes), and redoes those whose settings changed or that lack
+the per-question data (fold files written before it existed). Every run writes ``per_question.csv`` and
+``per_question_choices.jsonl`` from its fold results (``records``).
+
+The row's instruction reaches only the tasks whose prompt takes it (``INSTRUCTED_TASKS``: TruthfulQA MC and
+generation); the binary and transfer tasks keep their own default (``none``) unless ``metadata`` sets
+``instruction`` for them.
 
 The hooked grid rows of a sweep over loglikelihood tasks are scored by the
 shared-prefix engine (``harness.engine``: lm-eval builds the requests and computes the metrics, every such row of a
@@ -24,11 +30,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
-from ..atomic import write_json_atomic, write_text_atomic
+from ..atomic import read_json_sealed, write_json_atomic, write_json_sealed, write_text_atomic
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from ..loading import execution_device
 from . import aggregate as agg
+from . import records
 from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant, curve_point
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,16 @@ RESULTS_VERSION = 1
 NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
               "engine_max_batch_bytes", "device_map", "max_memory", "offload_folder")
 from ..choices import ENGINE_MODES  # noqa: E402
+
+# The tasks whose prompt takes the row's instruction (harness/taskfns.py: their default is "default"). lm-eval merges
+# runtime metadata over every task's own, so the instruction goes to these tasks only (driver's per_task_metadata):
+# truthfulqa_iti_binary, nq_open_iti and trivia_qa_iti default to "none" and keep it.
+INSTRUCTED_TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3", "truthfulqa_iti_gen")
+
+
+def instruction_metadata(instruction: str) -> dict[str, dict]:
+    """The per-task metadata that gives a row's instruction to the tasks that take one."""
+    return {task: {"instruction": instruction} for task in INSTRUCTED_TASKS}
 
 
 @dataclass
@@ -56,6 +73,8 @@ class ExperimentConfig:
     seed: int = 42
     contiguous_folds: bool = False
     limit: int | float | None = None
+    # extra task metadata for every task (judge settings, ...); "instruction" here is the instruction of the tasks
+    # that do not take the row's (binary, transfer): the MC/gen tasks always get the row's (INSTRUCTED_TASKS)
     metadata: dict = field(default_factory=dict)
     val_ratio: float = 0.2
     prompt_format: str = "qa"
@@ -99,10 +118,14 @@ class ExperimentConfig:
             raise ITIError(f"engine_max_batch_bytes={self.engine_max_batch_bytes} must be positive")
         if self.limit is not None and self.limit <= 0:
             raise ITIError(f"limit={self.limit} must be positive")
-        reserved = {"num_folds", "fold", "seed", "contiguous_folds", "instruction", "data_dir", "binary_data"}
+        reserved = {"num_folds", "fold", "seed", "contiguous_folds", "data_dir", "binary_data"}
         clash = sorted(reserved & set(self.metadata))
         if clash:
             raise ITIError(f"metadata={clash[0]}: set by the experiment itself (use its own option instead)")
+        if "instruction" in self.metadata:  # a typo fails now, not after the first fit
+            from ..prompts import check_instruction
+
+            check_instruction(self.metadata["instruction"])
         for key in ("api_key", "judge_api_key", "openai_api_key"):
             if key in self.metadata:
                 raise ITIError(f"metadata={key}: keys are read from the environment only, never from options")
@@ -163,11 +186,12 @@ class Experiment:
 
         self.data_sha256 = data_sha256(docs)
 
-    def task_metadata(self, fold: int, instruction: str) -> dict:
+    def task_metadata(self, fold: int) -> dict:
+        """The metadata every task of ``fold`` gets; a row's instruction goes to some only (instruction_metadata)."""
         c = self.config
         meta = dict(c.metadata)
         meta.update(num_folds=c.num_folds, fold=fold, seed=c.seed, contiguous_folds=c.contiguous_folds,
-                    instruction=instruction, data_dir=self.source)
+                    data_dir=self.source)
         if self.binary_data is not None:
             meta["binary_data"] = self.binary_data
         return meta
@@ -198,7 +222,7 @@ class Experiment:
             else:
                 from ..harness.engine import loglikelihood_only
 
-                others = loglikelihood_only(list(c.tasks), self.task_metadata(0, "default"))
+                others = loglikelihood_only(list(c.tasks), self.task_metadata(0))
                 if others and c.engine == "on":
                     raise ITIError(f"engine=on: the engine scores loglikelihood tasks only, and "
                                    f"{', '.join(others)} is not one; use engine=auto or off")
@@ -232,10 +256,11 @@ class Experiment:
             model, tokenizer = self.model()
             group = [v for v in self.variants if self.uses_engine(v) and v.fit == variant.fit
                      and v.mc_positions == variant.mc_positions and v.instruction == variant.instruction
-                     and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+                     and (v is variant or self.saved_result(fold, v) is None)]
             directions = self.fit(fold, variant.fit)["directions"]
-            evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
+            evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold),
                                        directions, [(v.alpha if v.kind != "hf" else 0.0, v.heads) for v in group],
+                                       per_task_metadata=instruction_metadata(variant.instruction),
                                        mc_positions=variant.mc_positions, limit=c.limit,
                                        bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
                                        system_instruction=c.system_instruction, max_length=c.max_length,
@@ -256,7 +281,7 @@ class Experiment:
         model, tokenizer = self.model()
         names = [v for v in self.variants if self.uses_engine(v) and v.mc_positions == variant.mc_positions
                  and v.instruction == variant.instruction
-                 and (v is variant or _read_hash(self.fold_path(fold, v)) != self.fold_hash(fold, v))]
+                 and (v is variant or self.saved_result(fold, v) is None)]
         points, labels = [], []
         for v in names:
             resolved, fit = self.resolve(fold, v)[:2]
@@ -264,8 +289,9 @@ class Experiment:
             directions = fit["directions"] if fit is not None else None
             points += prefix_scoring.make_points(directions, [(alpha, resolved.heads)])
             labels.append((alpha, resolved.heads))
-        evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold, variant.instruction),
+        evaluations = score_points(model, tokenizer, list(c.tasks), self.task_metadata(fold),
                                    None, labels, points=points, mc_positions=variant.mc_positions, limit=c.limit,
+                                   per_task_metadata=instruction_metadata(variant.instruction),
                                    bootstrap_iters=c.bootstrap_iters, apply_chat_template=c.apply_chat_template,
                                    system_instruction=c.system_instruction, max_length=c.max_length,
                                    batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
@@ -275,6 +301,28 @@ class Experiment:
 
     def fold_path(self, fold: int, variant: Variant) -> Path:
         return self.out / "folds" / f"fold_{fold}_{variant.name}.json"
+
+    def saved_result(self, fold: int, variant: Variant) -> dict | None:
+        """The fold file of ``variant`` when it can be reused: computed with these settings (its hash) and carrying
+        the per-question data (a file from before per-question records is stale: its row is recomputed)."""
+        previous = _read_json(self.fold_path(fold, variant))
+        if not isinstance(previous, dict) or previous.get("settings_hash") != self.fold_hash(fold, variant):
+            return None
+        if not records.has_records(previous):
+            log.info("%s: no per-question data (written by an older version); recomputing it",
+                     self.fold_path(fold, variant))
+            return None
+        return previous
+
+    def judged_result(self, fold: int, variant: Variant, saved: dict) -> dict | None:
+        """``saved`` with the judgments an outage left out made now from its kept answers (judges.folds), written
+        back; None when it lacks judgments and kept no answers, so it must be evaluated again."""
+        from ..judges.folds import complete_fold
+
+        completed = complete_fold(saved, self.config.metadata)
+        if completed is not None and completed is not saved:
+            write_json_sealed(self.fold_path(fold, variant), completed)
+        return completed
 
     # model, fits, corpus (loaded lazily: a fully resumed run loads nothing) ----------------------------------------
     def model(self):
@@ -359,7 +407,7 @@ class Experiment:
                                      num_tokens=c.num_tokens, batch_size=c.batch_size, progress=c.progress,
                                      held_out_from=(c.num_docs, c.corpus_seed))
         choice.update(settings_hash=_sha(key), fit=main.fit.name)
-        write_json_atomic(path, choice)
+        write_json_sealed(path, choice)
         return choice
 
     def kl_meter(self):
@@ -392,7 +440,7 @@ class Experiment:
         mine = control["directions"].top_k(variant.heads) if variant.heads else control["directions"]
         match = alpha_for_kl_target(meter, mine, target, start=float(variant.alpha))
         match.update(settings_hash=_sha(key), iti_alpha=variant.alpha, iti_num_heads=variant.heads)
-        write_json_atomic(path, match)
+        write_json_sealed(path, match)
         return match
 
     def nested_selection(self, fold: int) -> dict:
@@ -442,8 +490,7 @@ class Experiment:
             kls = [self.kl_meter()(directions.top_k(k), a) for a, k in grid] if budget else [None] * len(grid)
             allowed = [i for i, kl in enumerate(kls) if kl is None or kl <= budget]
             metadata = dict(c.metadata, num_folds=spec["inner_folds"], fold=inner, seed=c.seed,
-                            contiguous_folds=c.contiguous_folds, instruction=main.instruction,
-                            data_dir=sub["data_dir"])
+                            contiguous_folds=c.contiguous_folds, data_dir=sub["data_dir"])
             if sub["binary_data"] is not None:
                 metadata["binary_data"] = sub["binary_data"]
             if not allowed:
@@ -453,6 +500,7 @@ class Experiment:
             evaluations = score_points(model, tokenizer, [task], metadata, directions,
                                        [(0.0, None)] + [grid[i] for i in allowed],
                                        mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
+                                       per_task_metadata=instruction_metadata(main.instruction),
                                        apply_chat_template=c.apply_chat_template,
                                        system_instruction=c.system_instruction, max_length=c.max_length,
                                        batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
@@ -483,7 +531,7 @@ class Experiment:
                   "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m, "kl_per_inner_fold": kl,
                             "kl_mean": sum(kl) / len(kl) if kl and None not in kl else None}
                            for (a, k), s, m, kl in zip(grid, scores, means, kl_per_point)]}
-        write_json_atomic(path, record)
+        write_json_sealed(path, record)
         return record
 
     # one fold x variant ---------------------------------------------------------------------------------------------
@@ -514,6 +562,7 @@ class Experiment:
     def run_one(self, fold: int, variant: Variant) -> dict:
         from ..harness.driver import run_tasks
         from ..harness.variants import variant_lm
+        from ..judges.glue import keep_judged
         from .side_effects import measure
 
         c = self.config
@@ -528,11 +577,14 @@ class Experiment:
         with variant_lm(variant, model, tokenizer, fit["record"]["path"] if fit else None,
                         fit["directions"] if fit else None, batch_size=c.batch_size, work_dir=work,
                         max_length=c.max_length) as (lm, logits_fns, lm_info):
+            judged: list[dict] = []  # the judged answers, kept so that a rerun can finish an outage's judging
             if evaluation is None:
-                evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold, variant.instruction),
-                                       limit=c.limit, bootstrap_iters=c.bootstrap_iters,
-                                       apply_chat_template=c.apply_chat_template,
-                                       system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
+                with keep_judged() as judged:
+                    evaluation = run_tasks(lm, list(c.tasks), self.task_metadata(fold),
+                                           per_task_metadata=instruction_metadata(variant.instruction),
+                                           limit=c.limit, bootstrap_iters=c.bootstrap_iters,
+                                           apply_chat_template=c.apply_chat_template,
+                                           system_instruction=c.system_instruction, gen_kwargs=c.gen_kwargs)
                 evaluation["model_info"] = dict(evaluation["model_info"], scored_by="lm-eval")
             self.evaluations += 1
             evaluated = set().union(*evaluation["question_ids"].values()) if evaluation["question_ids"] else set()
@@ -568,6 +620,8 @@ class Experiment:
             "selection": selected, "kl_match": kl_matched,
             "settings_hash": settings_hash, "metrics": evaluation["metrics"],
             "n_samples": evaluation["n_samples"], "question_ids": evaluation["question_ids"], "leak_check": leak,
+            "per_question": evaluation["per_question"], "choice_loglikelihoods": evaluation["choice_loglikelihoods"],
+            "judge_answers": judged,
             "directions": fit["record"] if fit else None, "model_info": dict(evaluation["model_info"], **lm_info),
             "side_effects": side, "seconds": round(time.perf_counter() - clock, 2), "package_version": __version__,
         }
@@ -584,16 +638,19 @@ class Experiment:
         jobs = [(fold, v) for fold in (c.folds or range(c.num_folds)) for v in self.variants]
         for fold, variant in tqdm(jobs, desc=f"{self.kind}: folds x variants", disable=not c.progress, unit="eval"):
             path = self.fold_path(fold, variant)
-            expected = self.fold_hash(fold, variant)
-            previous = _read_json(path)
-            if previous is not None and previous.get("settings_hash") == expected:
+            previous = self.saved_result(fold, variant)
+            if previous is not None:
+                previous = self.judged_result(fold, variant, previous)
+            if previous is not None:
                 fold_results[variant.name].append(previous)
                 resumed.append(path.name)
                 continue
             result = self.run_one(fold, variant)
-            write_json_atomic(path, result)
+            write_json_sealed(path, result)
             fold_results[variant.name].append(result)
         results = self.summarise(fold_results, resumed)
+        # from the fold results, so a resumed row's records come from its fold file
+        results["per_question"] = records.write_records(self.out, fold_results)
         results["draw_summaries"] = agg.summarise_draws(results["rows"])
         if self.kind == "validate":
             from .plots import pareto
@@ -632,7 +689,8 @@ class Experiment:
             "settings": dict(self.settings(), data_source=self.source, binary_data_used=self.binary_data),
             "variants": [v.describe() for v in self.variants],
             "rows": rows,
-            "folds": fold_results,
+            # the per-question data stays in the fold files and per_question*.{csv,jsonl} (results["per_question"])
+            "folds": {name: [records.without_records(f) for f in fs] for name, fs in fold_results.items()},
             "directions_files": sorted(fits.values(), key=lambda d: (d["fold"], d["fit"])),
             "fits_this_process": self.fits_run,
             "leak_check": {"overlap_total": sum(x["overlap"] or 0 for x in leak), "per_fold": leak},
@@ -644,11 +702,6 @@ class Experiment:
         }
 
 
-def _read_hash(path: Path) -> str | None:
-    previous = _read_json(path)
-    return previous.get("settings_hash") if isinstance(previous, dict) else None
-
-
 def _saved_for(path: Path, key) -> dict | None:
     """The record saved at ``path`` when it was computed for exactly ``key`` (its settings hash), else None."""
     previous = _read_json(path)
@@ -656,10 +709,11 @@ def _saved_for(path: Path, key) -> dict | None:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """A saved record, or None (recomputed) when it is missing, unreadable, unsealed or edited since it was written."""
+    record, problem = read_json_sealed(path)
+    if problem is not None and problem != "missing":
+        log.warning("lm-eval-iti: recomputing %s", problem)
+    return record
 
 
 def _lm_eval_version() -> str:

@@ -3,7 +3,8 @@
 The activations come from the cache after the first fit and the probes are fitted once per fold: a K-head point
 uses the top-K heads of that fit (head selection, direction and sigma of a head do not depend on K), so only
 evaluation repeats per grid point. alpha = 0 is evaluated once (no edit, whatever K) and starts every K's line.
-Writes what validate writes plus ``metric_vs_alpha.png``, ``truth_vs_info.png`` (with judge metrics) and
+Writes what validate writes (``per_question.csv`` and ``per_question_choices.jsonl`` included, one row per grid point)
+plus ``metric_vs_alpha.png``, ``truth_vs_info.png`` (with judge metrics) and
 ``ce_kl_vs_alpha.png``. For loglikelihood tasks the grid is scored by the shared-prefix engine (every point of a
 fold in one pass, ``harness.engine``) and the best point is then scored again by lm-eval itself (docs/sweeps.md).
 """

@@ -5,8 +5,10 @@
                        alpha=15, num_heads=48, baselines=("random-heads", "baked"))
 
 Writes ``<out>/results.json`` (every setting, per-fold numbers, the aggregate rows, every directions file's
-sha256, the leak check), ``<out>/table.md``, ``<out>/folds/*.json`` (one per fold x variant, the resume points)
-and ``<out>/directions/*.safetensors`` (one fit per fold and configuration).
+sha256, the leak check), ``<out>/table.md``, ``<out>/folds/*.json`` (one per fold x variant, the resume points),
+``<out>/per_question.csv`` and ``<out>/per_question_choices.jsonl`` (every row's value per question, and every
+choice's log-likelihood; see ``records``) and ``<out>/directions/*.safetensors`` (one fit per fold and
+configuration).
 """
 
 from __future__ import annotations

@@ -102,12 +102,14 @@ def score_points(model, tokenizer, tasks: list[str], metadata: dict, directions,
                  apply_chat_template=False, system_instruction: str | None = None, max_length: int | None = None,
                  batch_size: int = 8, max_batch_bytes: int = prefix_scoring.DEFAULT_MAX_BATCH_BYTES,
                  max_rows: int | None = None, engine_lm: list | None = None,
-                 points: list | None = None) -> list[dict]:
+                 points: list | None = None, per_task_metadata: dict[str, dict] | None = None) -> list[dict]:
     """One ``driver.run_tasks`` result per (alpha, K) of ``settings``, scored by the engine.
 
     ``directions``: a Directions object (K None: all its heads); ``engine_lm``: a list that receives the EngineLM
     (tests read its recorded requests and numbers); ``points``: ready-made ``prefix_scoring.Point``s instead (e.g.
-    from several Directions), one per entry of ``settings``, which then only labels them."""
+    from several Directions), one per entry of ``settings``, which then only labels them; ``per_task_metadata``: as
+    ``driver.run_tasks``. Each result's ``per_question`` and ``choice_loglikelihoods`` come from lm-eval's logged
+    samples of that point's pass, so their means are that point's metrics."""
     from .driver import run_tasks
 
     if not settings:
@@ -124,7 +126,7 @@ def score_points(model, tokenizer, tasks: list[str], metadata: dict, directions,
     if engine_lm is not None:
         engine_lm.append(lm)
     common = dict(limit=limit, bootstrap_iters=bootstrap_iters, apply_chat_template=apply_chat_template,
-                  system_instruction=system_instruction)
+                  system_instruction=system_instruction, per_task_metadata=per_task_metadata)
     evaluations = [run_tasks(lm, list(tasks), metadata, **common)]
     with _without_env_info():  # the replays run in the same environment as the first pass
         for point in range(1, len(points)):
