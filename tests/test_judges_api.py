@@ -222,24 +222,43 @@ def _completions_after_rerun(server, cfg) -> int:
 
 
 def test_cache_identity_is_the_server_and_its_models_entry(fake_server, tmp_path):
-    """Another server, or another model behind the same name (its /models entry), never reuses old labels."""
+    """Another server, or another model behind the same name (its /models entry), never reuses old labels; the
+    listing time (``created``) is not part of the identity."""
     cfg = cfg_for(fake_server, tmp_path)
     assert _completions_after_rerun(fake_server, cfg) == 8
     assert _completions_after_rerun(fake_server, cfg) == 0  # same judge: all from the cache
-    fake_server.created = 1767225600  # the server now serves other weights under the same name
-    assert _completions_after_rerun(fake_server, cfg) == 8
+    fake_server.created = 1767225600  # only the listing time changed: the same judge
+    assert _completions_after_rerun(fake_server, cfg) == 0
     fake_server.owned_by = "someone-else"
     assert _completions_after_rerun(fake_server, cfg) == 8
     assert _completions_after_rerun(fake_server, cfg) == 0
+    fake_server.root, fake_server.max_model_len = "/models/judge-v1", 4096  # vLLM: the weights behind the name
+    assert _completions_after_rerun(fake_server, cfg) == 8
+    fake_server.root = "/models/judge-v2"
+    assert _completions_after_rerun(fake_server, cfg) == 8
+    fake_server.max_model_len = 2048
+    assert _completions_after_rerun(fake_server, cfg) == 8
     other = FakeJudgeServer().start()  # the same model names on another server
     try:
-        other.created, other.owned_by = fake_server.created, fake_server.owned_by
+        other.owned_by = fake_server.owned_by
         assert _completions_after_rerun(other, cfg_for(other, tmp_path)) == 8
     finally:
         other.stop()
     rows = JudgmentCache(cfg.cache_path)
-    assert len(rows) == 4 * 8
+    assert len(rows) == 6 * 8
     rows.close()
+
+
+def test_a_cached_rerun_against_vllm_makes_no_judge_request(fake_server, tmp_path):
+    """vLLM's /models gives a new ``created`` (and permission id) on every listing: a rerun still hits the cache."""
+    fake_server.created_now, fake_server.root, fake_server.max_model_len = True, "/models/truth", 4096
+    cfg = cfg_for(fake_server, tmp_path)
+    first = judge_items(ITEMS[:6], cfg, progress=False)
+    listings = fake_server.listings
+    again = judge_items(ITEMS[:6], cfg, progress=False)  # new judges: /models is listed again, with new times
+    assert fake_server.listings > listings
+    assert again.stats["truth"]["requests"] == 0 and again.stats["info"]["requests"] == 0
+    assert [j.p_yes for j in again.truth] == [j.p_yes for j in first.truth]
 
 
 def test_the_identity_redacts_the_url(fake_server, tmp_path):
@@ -252,8 +271,45 @@ def test_the_identity_redacts_the_url(fake_server, tmp_path):
     judge.close()
     plain = CompletionsJudge("truth", cfg_for(fake_server, tmp_path), make_client(cfg_for(fake_server, tmp_path)))
     assert json.loads(plain.identity()) == {"url": fake_server.url,
-                                            "models": {"id": "truth-judge", "created": 0, "owned_by": "test"}}
+                                            "models": {"id": "truth-judge", "object": "model", "owned_by": "test"}}
     plain.close()
+    fake_server.root, fake_server.max_model_len = "/models/truth", 4096  # vLLM's fields, less the volatile ones
+    vllm = CompletionsJudge("truth", cfg_for(fake_server, tmp_path), make_client(cfg_for(fake_server, tmp_path)))
+    assert json.loads(vllm.identity())["models"] == {"id": "truth-judge", "object": "model", "owned_by": "test",
+                                                     "root": "/models/truth", "parent": None, "max_model_len": 4096}
+    vllm.close()
+
+
+@pytest.mark.parametrize("stage", ["check", "judging"])
+def test_an_html_page_is_one_line_naming_the_url(fake_server, tmp_path, stage):
+    """A server answering HTTP 200 with an HTML page (a login page, a web UI at that URL) is no judge: one line that
+    names the URL and what came back, no traceback, at the endpoint check and when judging."""
+    fake_server.html = True
+    cfg = cfg_for(fake_server, tmp_path)
+    with pytest.raises(ITIError) as caught:
+        validate(cfg) if stage == "check" else judge_items(ITEMS[:2], cfg, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "returned text/html, not JSON" in message
+    assert f"{fake_server.url}/models" in message and "OpenAI-compatible endpoint" in message
+    v = judge_items(ITEMS[:2], cfg, progress=False, keep_going=True)  # in a run: an outage naming the cause
+    assert "returned text/html" in v.outage["truth"] and math.isnan(v.metrics["truth"])
+
+
+def test_an_html_page_from_the_completions_endpoint_is_not_retried(fake_server, tmp_path):
+    """/models answers JSON but the completions endpoint an HTML page (a proxy): one line, no retries."""
+    from lm_eval_iti.judges.api import CompletionsJudge, make_client
+    from lm_eval_iti.judges.runner import Stats, ask_with_retries
+
+    cfg = cfg_for(fake_server, tmp_path, judge_retries=3)
+    judge = CompletionsJudge("truth", cfg, make_client(cfg))
+    judge.identity()
+    fake_server.html = True
+    stats = Stats()
+    with pytest.raises(JudgeError, match=f"returned text/html, not JSON.*{fake_server.url}/completions"
+                                         "|" f"{fake_server.url}/completions returned text/html, not JSON"):
+        ask_with_retries(judge, "Q: a\nA: b\nTrue:", cfg.retries, cfg.backoff, stats)
+    assert stats.requests == 1 and stats.retries == 0
+    judge.close()
 
 
 def test_keep_going_turns_an_outage_into_nan_metrics_and_keeps_what_was_judged(fake_server, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _reference.judge_server import server_p_yes
+from _reference.judge_server import server_p_yes, write_eval_examples
 from conftest import run_cli
 
 
@@ -26,8 +26,11 @@ def write_samples(path, filters=("none",)):
 
 
 def args(server, tmp_path, *extra):
+    """The judge options, with a small judge check that the server passes (it judges labelled answers perfectly)."""
+    server.judge_like_humans(write_eval_examples(tmp_path / "eval"))
     return ["--judge", "openai", "--truth-judge", "truth-judge", "--info-judge", "info-judge", "--base-url",
-            server.url, "--cache", str(tmp_path / "c.sqlite"), "--backoff", "0.01", *extra]
+            server.url, "--cache", str(tmp_path / "c.sqlite"), "--backoff", "0.01", "--check-data",
+            str(tmp_path / "eval"), "--check-examples", "4", *extra]
 
 
 def test_judges_a_samples_file(fake_server, tmp_path, capsys):
@@ -45,6 +48,7 @@ def test_judges_a_samples_file(fake_server, tmp_path, capsys):
     assert report["metrics"]["truth"] == sum(truth) / 4 and report["metrics"]["info"] == sum(info) / 4
     assert report["metrics"]["truth_and_info"] == sum(t and i for t, i in zip(truth, info)) / 4
     assert report["answers"] == 4 and report["judge"]["truth_judge"] == "truth-judge"
+    assert report["judge_check"]["passed"] and report["judge_check"]["truth"]["accuracy"] == 1.0  # checked first
     assert report["samples_file"].endswith("samples_truthfulqa_iti_gen_2026.jsonl")
     judged = [json.loads(line) for line in (tmp_path / "judged.jsonl").read_text().splitlines()]
     assert [j["answer"] for j in judged] == answers and [j["truth"]["label"] for j in judged] == truth
@@ -55,10 +59,11 @@ def test_malformed_only_judge_is_reported(fake_server, tmp_path, capsys):
     samples = write_samples(tmp_path / "s.jsonl")
     fake_server.plan = lambda endpoint, key, attempt: "malformed"
     out = tmp_path / "report.json"
-    code, _, err = run_cli(["judge", str(samples), "--out", str(out), "--retries", "1",
+    code, _, err = run_cli(["judge", str(samples), "--out", str(out), "--retries", "1", "--no-judge-check",
                             *args(fake_server, tmp_path)], capsys)
     assert code == 0
     report = json.loads(out.read_text())
+    assert report["judge_check"] == {"skipped": True, "reason": "judge_check=false"}  # the opt-out is recorded
     assert report["metrics"]["judge_failures"] == 8
     assert report["metrics"]["truth"] is None  # not 0: nothing usable to average
     assert "8 judgment(s) unusable" in err

@@ -6,6 +6,8 @@ import logging
 
 import pytest
 
+from _reference.judge_server import write_eval_examples
+
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.judges import glue
 from lm_eval_iti.judges.config import ALLENAI_INFO, ALLENAI_TRUTH, from_sources, redact_url
@@ -24,7 +26,8 @@ def test_metadata_values_are_typed_and_checked():
                         "judge_timeout": "2.5", "judge_retries": 0, "judge_check": "false"}, environ={})
     assert (cfg.concurrency, cfg.timeout, cfg.retries, cfg.check) == (3, 2.5, 0, False)
     for bad in ({"judge_concurrency": 0}, {"judge_concurrency": "many"}, {"judge_timeout": -1},
-                {"judge_retries": 1.5}, {"judge_check": "maybe"}, {"judge_dtype": "float8"}):
+                {"judge_retries": 1.5}, {"judge_check": "maybe"}, {"judge_dtype": "float8"},
+                {"judge_check_examples": 0}, {"judge_check_examples": 7}, {"judge_check_examples": -2}):
         with pytest.raises(ITIError) as err:
             from_sources({"judge": "openai", **bad}, environ={})
         assert list(bad)[0] in str(err.value) and "\n" not in str(err.value)
@@ -84,17 +87,20 @@ def _meta(server, **extra):
             "judge_base_url": server.url, "judge_cache": "off", **extra}
 
 
-def test_configure_checks_the_endpoint_and_models(fake_server):
+def test_configure_checks_the_endpoint_and_models(fake_server, tmp_path):
     glue.reset()
-    cfg = glue.configure_from_metadata(**_meta(fake_server), pretrained="ignored-model-arg")
+    fake_server.judge_like_humans(write_eval_examples(tmp_path))  # so that the judge check passes
+    check = {"judge_check_data": str(tmp_path), "judge_check_examples": 4}
+    cfg = glue.configure_from_metadata(**_meta(fake_server, **check), pretrained="ignored-model-arg")
     assert cfg.enabled and glue.active_config() == cfg
-    assert fake_server.requests[("models", "")] == 1
+    assert fake_server.requests[("models", "")] == 1 + 2  # the endpoint check, then each judge's identity
+    assert fake_server.total("completions") == 2 * 4  # the judge check: 4 labelled answers per judge
     with pytest.raises(ITIError, match=r"truth_judge='truth-jduge' is not served by .* \(served: truth-judge"):
         glue.configure_from_metadata(**_meta(fake_server, truth_judge="truth-jduge"))
     dead = "http://127.0.0.1:9/v1"
     with pytest.raises(ITIError, match="cannot use http://127.0.0.1:9/v1: connection failed"):
         glue.configure_from_metadata(**_meta(fake_server, judge_base_url=dead, judge_timeout=2))
-    assert fake_server.total("completions") == 0  # checking makes no judgment request
+    assert fake_server.total("completions") == 2 * 4  # a failed endpoint check stops before the judge check
     glue.reset()
 
 

@@ -56,7 +56,8 @@ def test_outage_keeps_generations_and_lm_eval_iti_judge_completes_them(fake_serv
     fake_server.slow_seconds = 0.6
     base = {"data_dir": str(shared_data("truthfulqa", "v0")), "judge": "openai", "truth_judge": "truth-judge",
             "info_judge": "info-judge", "judge_base_url": fake_server.url, "judge_timeout": 0.3,
-            "judge_backoff": 0.01, "judge_retries": 2, "judge_concurrency": 2}
+            "judge_backoff": 0.01, "judge_retries": 2, "judge_concurrency": 2,
+            "judge_check": False}  # the judge check has its own tests (test_judges_check.py)
 
     # 1. faults on every first attempt, no outage: the metrics equal the fault-free computation
     fake_server.plan = lambda endpoint, key, attempt: _first_attempt_fault(key, attempt)
@@ -114,7 +115,7 @@ def test_outage_keeps_generations_and_lm_eval_iti_judge_completes_them(fake_serv
     report_path = tmp_path / "report.json"
     judge = subprocess.run([sys.executable, "-m", "lm_eval_iti", "judge", str(samples_file), "--out",
                             str(report_path), "--judge", "openai", "--truth-judge", "truth-judge", "--info-judge",
-                            "info-judge", "--base-url", fake_server.url, "--cache", str(cache)],
+                            "info-judge", "--base-url", fake_server.url, "--cache", str(cache), "--no-judge-check"],
                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert judge.returncode == 0, judge.stderr[-3000:]
     assert fake_server.total("completions") - before == LIMIT - 3  # only what the outage left; nothing generated

@@ -78,7 +78,7 @@ def test_metrics_by_hand():
     m = judge_metrics(truth, info)
     assert m["truth"] == 3 / 4  # over the 4 usable truth judgments
     assert m["info"] == 3 / 4
-    assert m["truth_info"] == (3 / 4) * (3 / 4)  # product of the means
+    assert m["truth_info"] == (2 / 3) * (2 / 3)  # product of the means over the answers with both (0, 1, 2)
     assert m["truth_and_info"] == 1 / 3  # answers 0,1,2 have both; only answer 0 is both
     assert m["judge_failures"] == 2
 

@@ -1,12 +1,12 @@
-"""``lm-eval-iti judge SAMPLES --out FILE``: judge the generations of an lm-eval samples file offline.
-``lm-eval-iti judge --check``: check the configured judges on human-labelled TruthfulQA answers (with or without
-SAMPLES)."""
+"""``lm-eval-iti judge SAMPLES --out FILE``: judge the generations of an lm-eval samples file offline, after checking
+the judges on human-labelled TruthfulQA answers (``--no-judge-check`` skips that, and the report records it).
+``lm-eval-iti judge --check``: only check the configured judges."""
 
 from __future__ import annotations
 
 import click
 
-from ..judges.config import BACKENDS
+from ..judges.config import BACKENDS, DEFAULT_CHECK_EXAMPLES
 
 JUDGE_CHOICES = tuple(b for b in BACKENDS if b != "none")  # "none" (no judge) makes no sense for this command
 
@@ -21,7 +21,6 @@ _OPTIONS = {
     "check_examples": "judge_check_examples", "check_data": "judge_check_data",
     "check_min_accuracy": "judge_check_min_accuracy", "check_seed": "judge_check_seed",
 }
-DEFAULT_CHECK_EXAMPLES = 100
 
 
 @click.command()
@@ -49,11 +48,15 @@ DEFAULT_CHECK_EXAMPLES = 100
 @click.option("--batch-size", default=None, type=int, help="hf: prompts per forward (8).")
 @click.option("--device", default=None, help="hf: device (cuda if available, else cpu).")
 @click.option("--dtype", default=None, help="hf: auto, float32, float16 or bfloat16.")
-@click.option("--no-check", is_flag=True, help="Skip the endpoint/model check before judging.")
+@click.option("--no-judge-check", "--no-check", "no_check", is_flag=True,
+              help="Skip the checks before judging (endpoint/model, and the judges' accuracy on human-labelled "
+                   "answers); the report records that the check was skipped.")
 @click.option("--check", "check", is_flag=True,
-              help=f"Check the judges on human-labelled TruthfulQA answers first (accuracy, AUC; "
-                   f"{DEFAULT_CHECK_EXAMPLES} per judge unless --check-examples).")
-@click.option("--check-examples", default=None, type=int, help="Labelled answers per judge for the check.")
+              help=f"Without SAMPLES: only check the judges on human-labelled TruthfulQA answers (accuracy, usable "
+                   f"share, AUC; {DEFAULT_CHECK_EXAMPLES} per judge unless --check-examples). With SAMPLES the check "
+                   f"runs anyway.")
+@click.option("--check-examples", default=None, type=int,
+              help=f"Labelled answers per judge for the check, half positive (even; {DEFAULT_CHECK_EXAMPLES}).")
 @click.option("--check-data", default=None, help="TruthfulQA's eval_examples.csv or its folder (default: download).")
 @click.option("--check-min-accuracy", default=None, type=float, help="A judge below it fails the check (0.7).")
 @click.option("--check-allow-fail", is_flag=True, help="A failed check warns instead of stopping.")
@@ -61,7 +64,8 @@ DEFAULT_CHECK_EXAMPLES = 100
 def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_fail, **options):
     """Judge the generations of SAMPLES (an lm-eval samples_truthfulqa_iti_gen_*.jsonl, or a folder holding one)
     with the truth and info judges, and write True, Info, True*Info, True-and-Info and judge_failures to --out.
-    With --check, first score human-labelled answers with each judge (without SAMPLES: only that)."""
+    First each judge scores human-labelled answers (stopping when one is below its threshold); with --check and no
+    SAMPLES, only that."""
     from ..atomic import write_json_atomic
     from ..errors import ITIError
     from ..judges.config import from_sources
@@ -70,8 +74,6 @@ def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_f
     metadata = {_OPTIONS[k]: v for k, v in options.items() if v is not None}
     if no_check:
         metadata["judge_check"] = False
-    if check and "judge_check_examples" not in metadata:
-        metadata["judge_check_examples"] = DEFAULT_CHECK_EXAMPLES
     if check_allow_fail:
         metadata["judge_check_allow_fail"] = True
     cfg = from_sources(metadata)
@@ -80,6 +82,8 @@ def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_f
             raise ITIError("judge: pass SAMPLES (an lm-eval samples file or folder) and --out, or --check")
         if not cfg.enabled:
             raise ITIError("no judge configured: pass --judge openai|hf|chat (or set LM_EVAL_ITI_JUDGE)")
+        if not cfg.check:
+            raise ITIError("judge: --check and --no-judge-check contradict each other")
         from ..judges.check import check_judges
         from ..judges.judging import validate
 
@@ -87,10 +91,12 @@ def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_f
         report = check_judges(cfg, progress=True)
         for kind in ("truth", "info"):
             r = report[kind]
-            click.echo(f"{kind} judge {cfg.judge_for(kind)[0]!r}: accuracy {r['accuracy']:.4f}  AUC {r['auc']:.4f}  "
-                       f"({r['scored']} scored, {r['failures']} failures, {r['undecided']} undecided)")
-        click.echo(f"judge check {'passed' if report['passed'] else 'FAILED'} (threshold {cfg.check_min_accuracy:g}, "
-                   f"chance 0.5){' -> ' + out if out else ''}")
+            click.echo(f"{kind} judge {cfg.judge_for(kind)[0]!r}: accuracy {r['accuracy']:.4f}  usable "
+                       f"{r['usable']:.0%}  AUC {r['auc']:.4f}  ({r['positives']} + {r['negatives']} answers: "
+                       f"{r['failures']} failures, {r['undecided']} undecided)")
+        click.echo(f"judge check {'passed' if report['passed'] else 'FAILED'} (thresholds: accuracy "
+                   f"{cfg.check_min_accuracy:g}, usable {report['min_usable']:.0%}; chance 0.5)"
+                   f"{' -> ' + out if out else ''}")
         if out:
             write_json_atomic(out, {"judge_check": finite_check(report), "judge": cfg.record()})
         return

@@ -2,14 +2,19 @@
 
 Over folds every metric is the mean of the per-fold means; its stderr, where lm-eval gave one per fold, is
 sqrt(sum of squared per-fold stderrs) / folds (the stderr of a mean of independent fold means).
-True*Info is the product of the fold-averaged True and Info (a product of means, as ITI reports it);
+True*Info is the product of the fold-averaged True and Info (a product of means, as ITI reports it), both over the
+answers that have both judgments (judges.folds.true_times_info: never means over different sets of questions);
 True&Info is the mean of the per-fold shares of answers judged both true and informative (the per-answer rate).
-A metric that no fold has (e.g. True/Info without a judge) stays None and prints blank, never 0.
+A metric that no fold has (e.g. True/Info without a judge) stays None and prints blank, never 0. A mean over fewer
+folds than the row has, or a judge mean over fewer answers than were generated, is marked in the table
+(``partial``, e.g. "0.512 (1 of 2 folds)").
 """
 
 from __future__ import annotations
 
 import math
+
+from ..judges.folds import JUDGE_COLUMNS, true_times_info, unjudged_note
 
 # (column, task, metric) of the leaderboard; True*Info is derived, CE/KL come from the side-effect measurement
 TASK_COLUMNS = (
@@ -65,15 +70,25 @@ def aggregate_variant(folds: list[dict]) -> dict[str, dict]:
         values = [p[column][0] for p in per_fold]
         stderrs = [p[column][1] for p in per_fold]
         out[column] = dict(mean_with_stderr(values, stderrs), per_fold=values)
-    truth, info = out["True"]["mean"], out["Info"]["mean"]
-    out["True*Info"] = {"mean": truth * info if truth is not None and info is not None else None, "stderr": None,
-                        "folds": min(out["True"]["folds"], out["Info"]["folds"]),
-                        "per_fold": [p["True*Info"][0] for p in per_fold],
-                        "definition": "mean(True) x mean(Info) over folds (product of means)"}
+    out["True*Info"] = true_times_info(folds)
+    mark_partial(out, folds)
     failures = [((f.get("metrics") or {}).get("truthfulqa_iti_gen") or {}).get("judge_failures") for f in folds]
     if any(v is not None for v in failures):
         out["judge_failures"] = {"sum": sum(v for v in failures if v is not None), "per_fold": failures}
     return out
+
+
+def mark_partial(out: dict[str, dict], folds: list[dict]) -> None:
+    """Give each cell whose mean covers fewer folds, or (judge columns) fewer answers, than the row a ``partial``
+    note, which the table prints beside the number."""
+    for column, cell in out.items():
+        if cell.get("mean") is None:
+            continue
+        notes = [f"{cell['folds']} of {len(folds)} folds"] if cell.get("folds", len(folds)) < len(folds) else []
+        if column in JUDGE_COLUMNS:
+            notes += [n for n in [unjudged_note(folds, column)] if n]
+        if notes:
+            cell["partial"] = "; ".join(notes)
 
 
 def format_cell(column: str, cell: dict | None) -> str:
@@ -83,6 +98,8 @@ def format_cell(column: str, cell: dict | None) -> str:
     text = f"{cell['mean']:.{digits}f}"
     if cell.get("stderr") is not None:
         text += f" ± {cell['stderr']:.{digits}f}"
+    if cell.get("partial"):  # a mean over fewer folds or answers than the row has
+        text += f" ({cell['partial']})"
     return text
 
 

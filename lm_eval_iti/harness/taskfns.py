@@ -429,6 +429,24 @@ def process_results_transfer(doc: dict, results) -> dict:
             "excluded_rows": doc["excluded_rows"], "duplicate_rows": doc["duplicate_rows"]}
 
 
+def alias_win_rate(lls, k: int) -> float:
+    """Share of the k true answers (aliases) scored above the false answer (index k), ties counted half: each alias
+    against the false answer, averaged. Independent of the aliases' order; chance 0.5 at every k."""
+    lls = np.asarray(lls, dtype=np.float64)
+    true, false = lls[:k], lls[k]
+    return float(np.mean((true > false) + 0.5 * (true == false)))
+
+
+def process_results_trivia(doc: dict, results) -> dict:
+    """trivia_qa_iti. ``acc`` (headline): ``alias_win_rate``. TriviaQA rows have 1-218 aliases in no meaningful
+    order (the first is often junk: "Yukon Optics" for pulsar, "ISO 3166-1:VE"), and the transfer CSV keeps no
+    canonical answer, so the headline scores all of them alike (chance 0.5). The other metrics as the transfer
+    tasks': ``acc_any`` (chance ``acc_any_chance``), ``prob_mass_true`` and the row counts."""
+    out = process_results_transfer(doc, results)
+    out["acc"] = alias_win_rate(_lls(results), int(doc["num_true"]))
+    return out
+
+
 def process_results_binary(doc: dict, results) -> dict:
     """``acc``: the true letter more likely than the other in this order; ``acc_both`` pairs the two orders."""
     correct = top_choice_is_true(_lls(results), [doc["gold"] == 0, doc["gold"] == 1])

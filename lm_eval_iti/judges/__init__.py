@@ -1,7 +1,8 @@
 """Judge metrics for TruthfulQA generations: True, Info, True*Info through OpenAI-compatible APIs or local models.
 
 Modules: config (settings), prompts (exact judge prompts), scoring (decision rule), api / hf (backends), cache
-(SQLite), runner (parallel requests, retries), metrics (the numbers), judging (Python API), glue (lm-eval).
+(SQLite), runner (parallel requests, retries), metrics (the numbers), judging (Python API), check (the judge check
+on human-labelled answers), glue (lm-eval), offline (samples files), folds (experiment fold results).
 """
 
 from .config import JudgeConfig, from_sources

@@ -41,6 +41,25 @@ class Fatal(Exception):
     """A failure that retrying cannot fix."""
 
 
+def not_json_reason(raw) -> str | None:
+    """Why a raw ``openai`` response (``with_raw_response``) is not an API answer: a 200 whose body is not JSON
+    (a login page, a proxy, a web UI at that URL), named with its URL; None when it is JSON."""
+    content_type = (raw.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if "json" in content_type:
+        return None
+    url = redact_url(str(raw.http_request.url))
+    return (f"{url} returned {content_type or 'a body without a content type'}, not JSON: is this an "
+            f"OpenAI-compatible endpoint?")
+
+
+def parsed(raw):
+    """The parsed body of a raw ``openai`` response, or Fatal when it is not JSON (retrying would not change it)."""
+    reason = not_json_reason(raw)
+    if reason is not None:
+        raise Fatal(reason)
+    return raw.parse()
+
+
 def make_client(cfg: JudgeConfig, kind: str = "truth"):
     """An ``openai`` client for the server of the ``kind`` judge."""
     import openai
@@ -133,8 +152,8 @@ class CompletionsJudge(_APIJudge):
         return completion_prompt(self.kind, item.question, item.answer)
 
     def _call(self, prompt: str):
-        return self.client.completions.create(model=self.model, prompt=prompt, max_tokens=1, temperature=0,
-                                              logprobs=TOP_LOGPROBS)
+        return parsed(self.client.completions.with_raw_response.create(
+            model=self.model, prompt=prompt, max_tokens=1, temperature=0, logprobs=TOP_LOGPROBS))
 
     @staticmethod
     def _read(response) -> Judgment:
@@ -167,7 +186,8 @@ class ChatJudge(_APIJudge):
         messages = self._messages.get(request_text)
         if messages is None:
             messages = json.loads(request_text)
-        return self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=5, temperature=0)
+        return parsed(self.client.chat.completions.with_raw_response.create(model=self.model, messages=messages,
+                                                                            max_tokens=5, temperature=0))
 
     @staticmethod
     def _read(response) -> Judgment:
@@ -203,10 +223,16 @@ def check_endpoint(cfg: JudgeConfig) -> None:
                            f"{endpoint_label(cfg, None, kind)} (served: {shown})")
 
 
+def list_models(client) -> list:
+    """The entries of ``GET /models``; Fatal naming the URL when the server answers something other than JSON."""
+    return list(getattr(parsed(client.models.with_raw_response.list()), "data", None) or [])
+
+
 def _served_models(cfg: JudgeConfig, client, where: str) -> list[str]:
     try:
-        listing = client.models.list()
-        served = [str(getattr(m, "id", "")) for m in getattr(listing, "data", None) or []]
+        served = [str(getattr(m, "id", "")) for m in list_models(client)]
+    except Fatal as exc:
+        raise ITIError(f"judge={cfg.backend}: {exc}") from None
     except Exception as exc:  # noqa: BLE001
         mapped = translate_error(exc, cfg.timeout)
         if mapped is None:
@@ -220,20 +246,33 @@ def _served_models(cfg: JudgeConfig, client, where: str) -> list[str]:
     return served
 
 
+# Fields of a /models entry that change while the same weights are served: vLLM sets ``created`` to the time of each
+# listing and gives each listing's ``permission`` a fresh id and time. Left out of the cache identity.
+VOLATILE_MODEL_FIELDS = ("created", "permission")
+
+
+def model_identity(entry) -> dict:
+    """What identifies the served model in its ``/models`` entry: every field but the volatile ones (id, owned_by,
+    and where the server says them root, parent, max_model_len ...)."""
+    # what the server sent (exclude_unset): fields the client merely declares, like shutdown_date, stay out
+    fields = entry.model_dump(exclude_unset=True) if hasattr(entry, "model_dump") else dict(entry)
+    return {k: v for k, v in fields.items() if k not in VOLATILE_MODEL_FIELDS}
+
+
 def models_entry(cfg: JudgeConfig, client, model: str, name: str, sleep=time.sleep) -> dict | None:
-    """``{id, created, owned_by}`` of ``model`` in the server's ``GET /models`` (retried like a judge request);
-    None when the server has no such endpoint or does not list the model. JudgeError when the server is down."""
+    """``model_identity`` of ``model`` in the server's ``GET /models`` (retried like a judge request); None when the
+    server has no such endpoint or does not list the model. JudgeError when the server is down or not an API."""
     last: Transient | None = None
     for attempt in range(cfg.retries + 1):
         if attempt:
             sleep(backoff_seconds(attempt - 1, cfg.backoff, last.retry_after if last else None))
         try:
-            listing = client.models.list()
-            for entry in getattr(listing, "data", None) or []:
+            for entry in list_models(client):
                 if str(getattr(entry, "id", "")) == model:
-                    return {"id": model, "created": getattr(entry, "created", None),
-                            "owned_by": getattr(entry, "owned_by", None)}
+                    return model_identity(entry)
             return None
+        except Fatal as exc:
+            raise JudgeError(f"{name}: GET /models: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when unknown
             mapped = translate_error(exc, cfg.timeout)
             if mapped is None:

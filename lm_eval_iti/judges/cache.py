@@ -2,7 +2,8 @@
 
 Key: SHA-256 of (backend, judge model id, revision, judge identity, exact request text). The identity says which
 weights answered: for ``hf`` the resolved hub commit, or the sha256 of the model folder's files (of the GGUF file),
-plus the dtype; for API judges the redacted base URL and the server's ``/models`` entry (id, created, owned_by).
+plus the dtype; for API judges the redacted base URL and the server's ``/models`` entry less its volatile fields
+(id, owned_by, and where listed root, parent, max_model_len ...; not ``created``, which vLLM sets on every listing).
 So another server, other weights behind the same path or bf16 instead of fp32 never reuse old labels. A rerun,
 or a run resumed after a crash, finds every judgment made before; a crash loses at most the requests in flight.
 Only usable judgments are stored, so an unusable response is asked again next time rather than remembered.

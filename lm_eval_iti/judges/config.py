@@ -24,12 +24,15 @@ judge_backoff            LM_EVAL_ITI_JUDGE_BACKOFF             first backoff in 
 judge_batch_size         LM_EVAL_ITI_JUDGE_BATCH_SIZE          hf: prompts per forward (default 8)
 judge_device             LM_EVAL_ITI_JUDGE_DEVICE              hf: device (default cuda if available, else cpu)
 judge_dtype              LM_EVAL_ITI_JUDGE_DTYPE               hf: auto | float32 | float16 | bfloat16
-judge_check              LM_EVAL_ITI_JUDGE_CHECK               check endpoint / model before generating (true)
-judge_check_examples     LM_EVAL_ITI_JUDGE_CHECK_EXAMPLES      N > 0: score N human-labelled answers per judge
-                                                               before generating (judges/check.py; default 0)
+judge_check              LM_EVAL_ITI_JUDGE_CHECK               check endpoint / model and the judges' accuracy on
+                                                               human-labelled answers before any judging (true);
+                                                               false skips both and is recorded in the results
+judge_check_examples     LM_EVAL_ITI_JUDGE_CHECK_EXAMPLES      labelled answers per judge for that check, half of
+                                                               them positive (even, default 100: 50 + 50)
 judge_check_data         LM_EVAL_ITI_JUDGE_CHECK_DATA          TruthfulQA's eval_examples.csv or its folder
                                                                (default: the raw file of the TruthfulQA repo)
-judge_check_min_accuracy LM_EVAL_ITI_JUDGE_CHECK_MIN_ACCURACY  below it the check fails (default 0.7)
+judge_check_min_accuracy LM_EVAL_ITI_JUDGE_CHECK_MIN_ACCURACY  below it the check fails (default 0.7; so does a
+                                                               judge deciding fewer than 90% of the answers)
 judge_check_allow_fail   LM_EVAL_ITI_JUDGE_CHECK_ALLOW_FAIL    true: a failed check warns instead of stopping
 judge_check_seed         LM_EVAL_ITI_JUDGE_CHECK_SEED          which labelled answers are drawn (default 0)
 =======================  ====================================  ===============================================
@@ -53,6 +56,7 @@ ALLENAI_TRUTH = "allenai/truthfulqa-truth-judge-llama2-7B"
 ALLENAI_INFO = "allenai/truthfulqa-info-judge-llama2-7B"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 ENV_PREFIX = "LM_EVAL_ITI_"
+DEFAULT_CHECK_EXAMPLES = 100  # per judge: 50 positive + 50 negative human-labelled answers
 
 def _model_dtypes() -> tuple[str, ...]:
     from ..choices import DTYPES
@@ -81,7 +85,7 @@ OPTIONS = {
     "judge_device": ("device", "str"),
     "judge_dtype": ("dtype", "dtype"),
     "judge_check": ("check", "bool"),
-    "judge_check_examples": ("check_examples", "nonneg_int"),
+    "judge_check_examples": ("check_examples", "check_examples"),
     "judge_check_data": ("check_data", "str"),
     "judge_check_min_accuracy": ("check_min_accuracy", "unit_float"),
     "judge_check_allow_fail": ("check_allow_fail", "bool"),
@@ -120,7 +124,7 @@ class JudgeConfig:
     device: str = ""
     dtype: str = "auto"
     check: bool = True
-    check_examples: int = 0
+    check_examples: int = DEFAULT_CHECK_EXAMPLES
     check_data: str = ""
     check_min_accuracy: float = 0.7
     check_allow_fail: bool = False
@@ -182,9 +186,10 @@ class JudgeConfig:
         if self.backend != "hf":
             for name in ("batch_size", "device", "dtype"):
                 out.pop(name)
-        if not self.check_examples:  # off: the record (and the experiments' settings hash) stays as before
-            for name in ("check_examples", "check_data", "check_min_accuracy", "check_allow_fail", "check_seed"):
-                out.pop(name)
+        # The judge check gates a run but changes no judgment: its settings stay out of the record (and so out of
+        # the experiments' settings hash); its report is recorded apart (glue.judge_provenance, offline reports).
+        for name in ("check_examples", "check_data", "check_min_accuracy", "check_allow_fail", "check_seed"):
+            out.pop(name)
         if not self.enabled:
             out = {"backend": "none"}
         return out
@@ -228,6 +233,8 @@ def _parse(kind: str, key: str, value):
         if text in ("false", "0", "no", "off"):
             return False
         raise ITIError(f"{key}={value!r} must be true or false")
+    if kind == "check_examples":
+        return _check_examples(key, value)
     is_int = kind.endswith("_int")
     try:
         if isinstance(value, bool):
@@ -243,6 +250,16 @@ def _parse(kind: str, key: str, value):
         raise ITIError(f"{key}={value!r} must not be negative")
     if kind == "unit_float" and not 0 <= number <= 1:
         raise ITIError(f"{key}={value!r} must be between 0 and 1")
+    return number
+
+
+def _check_examples(key: str, value) -> int:
+    """An even count of at least 2: the check draws half positive, half negative answers."""
+    number = _parse("nonneg_int", key, value)
+    if number == 0:
+        raise ITIError(f"{key}=0: to skip the judge check pass judge_check=false (recorded in the results)")
+    if number % 2:
+        raise ITIError(f"{key}={value!r} must be even: half of the labelled answers are positive, half negative")
     return number
 
 

@@ -7,9 +7,13 @@
   ``harness.taskfns.process_results_gen_judged``, adds BLEU/ROUGE; judges never import task functions) (``truth``, ``info``, ``truth_info``, ``truth_and_info``, ``judge_failures``). No judge call happens
   here. With no judge configured, the judge metrics are left out (lm-eval then reports only BLEU/ROUGE):
   nothing stands in for a missing judgment.
-* With ``judge_check_examples=N`` the judges are checked on N human-labelled answers each before anything is
+* The judges are checked on human-labelled answers (100 per judge by default, half positive) before anything is
   generated (judges/check.py); the accuracies and AUCs are reported next to the judge metrics as
-  ``judge_check_{truth,info}_{acc,auc}``.
+  ``judge_check_{truth,info}_{acc,auc}``, and the whole report (or that ``judge_check=false`` skipped it) in
+  ``judge_provenance``.
+* ``keep_judged()``: the judged answers of the evaluations run inside it (question id, question, answer, both
+  judgments), so that an experiment keeps them with its fold results and can judge later what an outage left out
+  (judges/folds.py).
 * ``agg_truth`` … ``agg_judge_undecided``: the first one lm-eval calls judges every answer of the run at once
   (parallel/batched, cached); the others reuse those judgments.
 * A judge outage (server down after retries, weights that do not load) never raises here: lm-eval then still
@@ -25,6 +29,7 @@ offline with ``lm-eval-iti judge``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,6 +53,7 @@ _active: JudgeConfig | None = None
 _validated: set = set()
 _checked: dict = {}  # JudgeConfig -> its judge-check report
 _warned_off = False
+_keeping: list[list] = []  # the open keep_judged() blocks: each collects the records made while it is open
 CHECK_METRICS = ("judge_check_truth_acc", "judge_check_truth_auc", "judge_check_info_acc", "judge_check_info_auc")
 
 
@@ -59,23 +65,37 @@ def _warn_off(reason: str) -> None:
                     "judge=openai,judge_base_url=http://HOST:8000/v1 or judge=hf (see the README, 'Judges').", reason)
 
 
-def configure_from_metadata(**metadata) -> JudgeConfig:
-    """Parse, check and activate the judge configuration; ITIError (one line) on any mistake."""
-    global _active
+def prepared_config(metadata: dict) -> JudgeConfig:
+    """Parse and check a judge configuration (endpoint or weights, then the judge check), once per process."""
     if "judge" in metadata and metadata["judge"] is None:  # lm-eval turns "judge=none" into None
         metadata["judge"] = "none"
     cfg = config_mod.from_sources(metadata)
     if cfg.enabled and cfg not in _validated:
         validate(cfg)
         _validated.add(cfg)
-    if cfg.enabled and cfg.check_examples and cfg not in _checked:
-        from .check import check_judges
+    if cfg.enabled and cfg not in _checked:
+        _checked[cfg] = _check_once(cfg)
+    return cfg
 
-        report = check_judges(cfg)
-        _checked[cfg] = report
-        log.info("judge check on %d labelled answers per judge: truth accuracy %.3f AUC %.3f, info accuracy %.3f "
-                 "AUC %.3f", cfg.check_examples, report["truth"]["accuracy"], report["truth"]["auc"],
-                 report["info"]["accuracy"], report["info"]["auc"])
+
+def _check_once(cfg: JudgeConfig) -> dict:
+    from .check import SKIPPED, check_judges
+
+    if not cfg.check:
+        log.warning("judge check skipped (judge_check=false): the judges were not checked on human-labelled "
+                    "answers; the results record that")
+        return dict(SKIPPED)
+    report = check_judges(cfg)
+    log.info("judge check on %d labelled answers per judge: truth accuracy %.3f (usable %.0f%%), info accuracy "
+             "%.3f (usable %.0f%%)", cfg.check_examples, report["truth"]["accuracy"], 100 * report["truth"]["usable"],
+             report["info"]["accuracy"], 100 * report["info"]["usable"])
+    return report
+
+
+def configure_from_metadata(**metadata) -> JudgeConfig:
+    """Parse, check and activate the judge configuration; ITIError (one line) on any mistake."""
+    global _active
+    cfg = prepared_config(metadata)
     with _state_lock:
         if _active is not None and _active != cfg:
             log.warning("judge configuration changed within one process; the last one applies to every task")
@@ -91,9 +111,20 @@ def active_config() -> JudgeConfig | None:
     return _active
 
 
+def check_record(cfg: JudgeConfig) -> dict | None:
+    """What results record of the judge check: its report, or that ``judge_check=false`` skipped it (None: no judge,
+    or not run yet)."""
+    from .offline import finite_check
+
+    return finite_check(_checked[cfg]) if cfg.enabled and cfg in _checked else None
+
+
 def judge_provenance() -> dict:
-    """The active judge configuration without secrets, for results files (e.g. a model's ``get_model_info``)."""
-    return {"judge": (_active or JudgeConfig()).record()}
+    """The active judge configuration without secrets, and its check, for results files (e.g. a model's
+    ``get_model_info``)."""
+    cfg = _active or JudgeConfig()
+    check = check_record(cfg)
+    return {"judge": cfg.record(), **({"judge_check": check} if check is not None else {})}
 
 
 def reset() -> None:
@@ -108,10 +139,10 @@ def reset() -> None:
 class _Record:
     """One answer, shared by its five metric payloads."""
 
-    __slots__ = ("item", "cfg", "truth", "info", "slots")
+    __slots__ = ("item", "cfg", "truth", "info", "slots", "question_id")
 
-    def __init__(self, item: Item, cfg: JudgeConfig):
-        self.item, self.cfg = item, cfg
+    def __init__(self, item: Item, cfg: JudgeConfig, question_id: str | None = None):
+        self.item, self.cfg, self.question_id = item, cfg, question_id
         self.truth: Judgment | None = None
         self.info: Judgment | None = None
         self.slots: dict[str, _Payload] = {}
@@ -141,6 +172,15 @@ class _Record:
             return {"undecided": int(t.undecided) + int(i.undecided)}
         return {"failures": int(not t.usable) + int(not i.usable)}
 
+    def kept(self) -> dict:
+        """The answer and its judgments as plain data (what keep_judged() gives)."""
+        references = {"correct_answers": list(self.item.correct_answers),
+                      "incorrect_answers": list(self.item.incorrect_answers)} if self.cfg.backend == "chat" else {}
+        return {"question_id": self.question_id, "question": self.item.question, "answer": self.item.answer,
+                **references,  # only the chat judge's rubric shows them
+                "truth": self.view("truth") if self.truth is not None else None,
+                "info": self.view("info") if self.info is not None else None}
+
     def __getstate__(self):
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -168,15 +208,31 @@ def judge_results(doc: dict, results: list) -> dict:
     generation = results[0] if results else ""
     if isinstance(generation, (list, tuple)):
         generation = generation[0] if generation else ""
-    record = _Record(item_from_doc(doc, generation), cfg)
+    record = _Record(item_from_doc(doc, generation), cfg, doc.get("question_id"))
     record.slots = {name: _Payload(record, name) for name in NAMES}
+    for kept in _keeping:
+        kept.append(record)
     out = dict(record.slots)
     check = _checked.get(cfg)
-    if check is not None:
+    if check is not None and not check.get("skipped"):
         for name in CHECK_METRICS:
             _, _, kind, stat = name.split("_")
             out[name] = check[kind]["accuracy" if stat == "acc" else "auc"]
     return out
+
+
+@contextlib.contextmanager
+def keep_judged():
+    """``with keep_judged() as kept: <lm-eval runs>``: afterwards ``kept`` lists each judged answer of those runs
+    (``_Record.kept``), in document order; an answer an outage left unjudged has ``None`` or an unusable judgment."""
+    records: list[_Record] = []
+    kept: list[dict] = []
+    _keeping.append(records)
+    try:
+        yield kept
+    finally:
+        _keeping.remove(records)
+        kept.extend(r.kept() for r in records)
 
 
 def _records(payloads) -> list[_Record]:

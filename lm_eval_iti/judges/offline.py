@@ -96,11 +96,9 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
     samples_path = find_samples_file(path)
     rows, items = read_samples(samples_path, filter_name)
     validate(cfg)
-    check = None
-    if cfg.check_examples:
-        from .check import check_judges
+    from .check import SKIPPED, check_judges
 
-        check = check_judges(cfg, progress=progress)
+    check = check_judges(cfg, progress=progress) if cfg.check else dict(SKIPPED)
     verdicts = judge_items(items, cfg, progress=progress)
     report = {
         "samples_file": str(samples_path),
@@ -109,7 +107,7 @@ def judge_samples_file(path: str | Path, cfg: JudgeConfig, out: str | Path, samp
         "metrics": {k: _finite_or_none(v) for k, v in verdicts.metrics.items()},
         "judge": cfg.record(),
         "requests": verdicts.stats,
-        **({"judge_check": finite_check(check)} if check is not None else {}),
+        "judge_check": finite_check(check),
         "notes": "truth/info: shares over usable judgments; truth_info = truth*info (product of means); "
                  "truth_and_info: share judged both; judge_failures: unusable judgments (null metric = none usable); "
                  "judge_undecided: top-k lists with neither ' yes' nor ' no', scored 'no' (the reference's rule)",

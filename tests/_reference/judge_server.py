@@ -13,7 +13,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-FAULTS = ("429", "500", "slow", "malformed")
+FAULTS = ("429", "500", "slow", "malformed")  # per request, by ``plan``; ``down`` and ``html`` hit every request
 MALFORMED_BODIES = (
     b"{this is not json",
     json.dumps({"id": "x", "object": "text_completion", "choices": []}).encode(),
@@ -28,6 +28,29 @@ def server_p_yes(model: str, text: str) -> float:
     return 0.02 + 0.96 * int.from_bytes(digest[:4], "big") / 2**32
 
 
+EVAL_COLUMNS = ("Category", "Source", "Question", "Examples: True", "Examples: False", "Examples: Informative",
+                "Examples: Uninformative")
+
+
+def write_eval_examples(folder, questions: int = 60) -> list[tuple[str, list[str], list[str], list[str], list[str]]]:
+    """A small ``eval_examples.csv`` in TruthfulQA's shape (answers joined by "; "): per question 2 true, 2 false,
+    2 informative and 2 uninformative answers. Returns (question, true, false, informative, uninformative) rows."""
+    import csv
+    from pathlib import Path
+
+    rows = [(f"Synthetic question {i}?", [f"True answer {i}a", f"True answer {i}b"],
+             [f"False answer {i}a", f"False answer {i}b"], [f"Informative answer {i}a", f"Informative answer {i}b"],
+             [f"I have no comment ({i})", f"I don't know ({i})"]) for i in range(questions)]
+    path = Path(folder) / "eval_examples.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EVAL_COLUMNS)
+        for q, *answers in rows:
+            writer.writerow(["Synthetic", "test", q, *("; ".join(a) for a in answers)])
+    return rows
+
+
 class FakeJudgeServer:
     def __init__(self, models=("truth-judge", "info-judge", "chat-judge"), api_key: str | None = None):
         self.models = list(models)
@@ -36,7 +59,13 @@ class FakeJudgeServer:
         self.slow_seconds = 1.5
         self.delay = 0.005  # every normal response: lets concurrent requests overlap
         self.p_override: dict[str, float] = {}
+        self.p_constant: float | None = None  # every prompt not overridden gets this P(yes): an always-yes/no judge
         self.created, self.owned_by = 0, "test"  # what GET /models says of every model
+        self.created_now = False  # vLLM's way: ``created`` is the time of each listing, a new value every call
+        self.root = None  # vLLM's root / max_model_len of every model (None: not listed, like OpenAI)
+        self.max_model_len = None
+        self.listings = 0
+        self.html = False  # a web page at this URL: every request answers HTTP 200 with an HTML body
         self.down = False  # an outage: every request, GET /models included, answers HTTP 500
         self.requests = Counter()
         self.attempts = Counter()
@@ -62,9 +91,33 @@ class FakeJudgeServer:
         return sum(n for (ep, _), n in self.requests.items() if endpoint in (None, ep))
 
     def p_yes(self, model: str, text: str) -> float:
-        return self.p_override.get(text, server_p_yes(model, text))
+        if text in self.p_override:
+            return self.p_override[text]
+        return server_p_yes(model, text) if self.p_constant is None else self.p_constant
+
+    def judge_like_humans(self, rows) -> None:
+        """Make this server a perfect judge of labelled answers (``write_eval_examples`` rows, or TruthfulQA's as
+        (question, true, false, informative, uninformative)): P(yes) 0.9 for positives, 0.1 for negatives."""
+        for q, true, false, informative, uninformative in rows:
+            for answers, suffix, p in ((true, "True:", 0.9), (false, "True:", 0.1), (informative, "Helpful:", 0.9),
+                                       (uninformative, "Helpful:", 0.1)):
+                for a in answers:
+                    self.p_override[f"Q: {q}\nA: {a}\n{suffix}"] = p
 
     # -- responses ---------------------------------------------------------------------------------------------
+    def models_entry(self, model: str) -> dict:
+        """One ``GET /models`` entry; with ``root`` set, shaped like vLLM's (root, parent, max_model_len and a
+        permission list whose id and time are new on every listing)."""
+        with self.lock:
+            self.listings += 1
+            created = int(time.time()) + self.listings if self.created_now else self.created
+        entry = {"id": model, "object": "model", "created": created, "owned_by": self.owned_by}
+        if self.root is not None:
+            entry.update(root=self.root, parent=None, max_model_len=self.max_model_len,
+                         permission=[{"id": f"modelperm-{self.listings:08x}", "object": "model_permission",
+                                      "created": created, "allow_sampling": True}])
+        return entry
+
     def completion_body(self, model: str, prompt: str, fault) -> dict:
         p = self.p_yes(model, prompt)
         if fault == "noanswer":
@@ -121,6 +174,18 @@ class FakeJudgeServer:
                                            "code": "invalid_api_key"}})
                 return False
 
+            def _html(self) -> bool:
+                if not server.html:
+                    return False
+                server.requests[("html", "")] += 1
+                body = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return True
+
             def _outage(self) -> bool:
                 if server.down:
                     server.requests[("down", "")] += 1
@@ -128,20 +193,19 @@ class FakeJudgeServer:
                 return server.down
 
             def do_GET(self):
-                if self._outage():
+                if self._html() or self._outage():
                     return
                 if not self.path.rstrip("/").endswith("/v1/models"):
                     return self._json(404, {"error": {"message": "not found"}})
                 if not self._authorized():
                     return
                 server.requests[("models", "")] += 1
-                self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": server.created,
-                                                             "owned_by": server.owned_by} for m in server.models]})
+                self._json(200, {"object": "list", "data": [server.models_entry(m) for m in server.models]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if self._outage():
+                if self._html() or self._outage():
                     return
                 if not self._authorized():
                     return
