@@ -501,3 +501,37 @@ def test_the_sweep_engine_refuses_a_nan_loglikelihood(world):
     model.lm_head.register_forward_hook(lambda module, args, out: out * float("nan"))
     with pytest.raises(ITIError, match="engine: the loglikelihood of request 0 is NaN or infinite"):
         score(model, pairs, points, max_length=64)
+
+
+def test_an_edited_fold_file_is_recomputed_not_reused(world, tmp_path, capsys):
+    argv = [str(a) for a in base_argv("validate", world, tmp_path)] + [
+        "--no-side-effects", "--alpha", "2", "--num-heads", "2", "--sigma-data", "mc", "--folds", "0"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err[-2000:]
+    run = tmp_path / "run"
+    original = json.loads((run / "results.json").read_text())["rows"]
+    fold_file = next(p for p in (run / "folds").glob("fold_0_iti*.json"))
+    record = json.loads(fold_file.read_text())
+    record["metrics"]["truthfulqa_iti_mc1"]["acc,none"] = 1.0  # a hand-edited score
+    fold_file.write_text(json.dumps(record))
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err[-2000:]
+    assert "(1 fold x variant evaluations run, 1 resumed from disk" in out, out
+    assert json.loads((run / "results.json").read_text())["rows"] == original
+
+
+def test_sealed_records_detect_edits_and_truncation(tmp_path):
+    from lm_eval_iti.atomic import read_json_sealed, write_json_sealed
+
+    path = tmp_path / "r.json"
+    write_json_sealed(path, {"a": 1.5, "b": [1, 2], "p": tmp_path})
+    record, problem = read_json_sealed(path)
+    assert problem is None and record["a"] == 1.5 and record["p"] == str(tmp_path)
+    path.write_text(path.read_text().replace("1.5", "2.5"))
+    assert read_json_sealed(path) == (None, f"{path}: content does not match its content_sha256 (edited after it "
+                                             "was written)")
+    path.write_text(path.read_text()[:10])
+    assert read_json_sealed(path) == (None, f"{path}: unreadable JSON")
+    path.write_text('{"a": 1}')
+    assert read_json_sealed(path)[1].endswith("no content_sha256 (written by an older version)")
+    assert read_json_sealed(tmp_path / "absent.json") == (None, "missing")
