@@ -14,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "_reference"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main():
     from _common import emit, figure
-    from test_judges_fakeserver import FakeJudgeServer
+    from judge_server import FakeJudgeServer
 
     from lm_eval_iti.judges.config import from_sources
     from lm_eval_iti.judges.judging import judge_items

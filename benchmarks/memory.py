@@ -32,7 +32,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
 L, H, D = 80, 64, 128
+if "--smoke" in sys.argv:  # tiny geometry: the script runs, its figures mean nothing
+    L, H, D = 4, 4, 16
 P = L * H * D
 MB = 1e6
 
@@ -80,7 +85,7 @@ def geometry_model():
     from lm_eval_iti.tiny import build_model
 
     model = build_model("llama", seed=0, hidden=64, layers=L, heads=H, vocab_size=512, head_dim=D,
-                        num_key_value_heads=8, intermediate_size=128)
+                        num_key_value_heads=min(8, H), intermediate_size=128)
     return model
 
 
@@ -143,7 +148,7 @@ def phase_probes(args, mode):
 def _sub(args, phase):
     cmd = [sys.executable, __file__, "--phase", phase, "--prompts", str(args.prompts), "--collect-prompts",
            str(args.collect_prompts), "--cache", args.cache, "--chunk-size", str(args.chunk_size), "--batch-size",
-           str(args.batch_size), "--max-bytes", str(args.max_bytes)]
+           str(args.batch_size), "--max-bytes", str(args.max_bytes)] + (["--smoke"] if args.smoke else [])
     # a fixed mmap threshold: glibc's adaptive one would keep freed blocks of up to 32 MB in the heap, so the RSS
     # would show what was once allocated rather than what a phase holds
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
@@ -161,6 +166,7 @@ def main():
     parser.add_argument("--phase", default=None)
     parser.add_argument("--cache", default=None)
     parser.add_argument("--skip-probes", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="a 4 x 4 x 16 geometry (read at import)")
     args = parser.parse_args()
     if args.phase in ("collect-stream", "collect-memory"):
         print(json.dumps(phase_collect(args, args.phase.split("-")[1])))
@@ -187,6 +193,24 @@ def main():
             isinstance(value, int) and key != "max_bytes" else value
         print(f"{key:>32}: {shown}")
     print(json.dumps(figures))
+    emit(bench_rows(figures))
+
+
+def bench_rows(figures: dict) -> list[dict]:
+    """The `make bench` rows: measured peaks against the docs' formulas, and the two probe modes' agreement."""
+    from _common import figure
+
+    rows = [figure("memory: collection RSS added, stream / formula (70B geometry, forward excluded)",
+                   figures["collect_added_stream"] / figures["formula_stream_excl_forward"], "report", None),
+            figure("memory: collection RSS added, memory mode / formula",
+                   figures["collect_added_memory"] / figures["formula_memory_excl_forward"], "report", None)]
+    if "probe_results_identical" in figures:
+        rows.append(figure("memory: probe stage RSS added, stream / memory mode",
+                           figures["probes_added_stream"] / figures["probes_added_memory"], "report", None))
+        rows.append(figure("memory: stream and memory probes give identical results",
+                           None if not figures["probe_results_identical"] else 1.0, "identical",
+                           figures["probe_results_identical"]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -40,9 +40,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--heads", type=int, default=0, help="time sklearn on this many heads and extrapolate (0: all)")
     ap.add_argument("--k", type=int, default=48)
+    ap.add_argument("--smoke", action="store_true", help="a tiny shape (2 x 4 heads, d 16, 250 rows): runs, not figures")
     args = ap.parse_args()
 
-    acts, y, train, val = synthetic_fold()
+    acts, y, train, val = (synthetic_fold(layers=2, heads=4, head_dim=16, n_train=200, n_val=50) if args.smoke
+                           else synthetic_fold())
+    args.k = min(args.k, acts.shape[1] * acts.shape[2])
     L, H = acts.shape[1:3]
     print(f"activations {list(acts.shape)} fp16, {len(train)} train rows, {len(val)} val rows, "
           f"torch threads {torch.get_num_threads()}")

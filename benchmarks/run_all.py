@@ -3,6 +3,9 @@
 Each script prints, as its last stdout line, {"figures": [{"figure", "ratio", "target", "pass"[, "spread"][, "note"]},
 ...]}. Timed ratios are min/min over interleaved repeats; spread is (max - min) / min of the per-repeat ratios.
 gpu_check.py runs with --small when no CUDA device is present (correctness only on CPU).
+
+``--smoke``: every script on tiny shapes with one repeat (seconds each; `make test` runs it, so a script that an
+import or API change breaks fails the suite). Its figures show that each script runs, not how fast anything is.
 """
 
 from __future__ import annotations
@@ -19,14 +22,35 @@ sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
 
 
-def main() -> int:
+# tiny shapes, one repeat: the smoke mode of each script
+SMOKE_ARGS = {
+    "baked.py": ["--repeats", "1"],
+    "collect.py": ["--prompts", "8", "--batch-size", "4"],
+    "gpu_check.py": ["--small", "--repeats", "1"],
+    "judges.py": ["--answers", "4", "--latency", "0.001"],
+    "memory.py": ["--smoke", "--prompts", "40", "--collect-prompts", "4", "--chunk-size", "2", "--batch-size", "2"],
+    "overhead.py": ["--repeats", "1", "--hidden", "64", "--layers", "2"],
+    "probes.py": ["--smoke"],
+    "real_model.py": ["--questions", "4", "--fit-repeats", "1", "--repeats", "1", "--requests", "4",
+                      "--gen-tokens", "2"],
+    "sweep_engine.py": ["--questions", "2", "--model", "random"],
+}
+
+
+def scripts() -> list[Path]:
+    return sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_") and p.name != "run_all.py")
+
+
+def main(argv: list[str] | None = None) -> int:
     import torch
 
-    scripts = sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_") and p.name != "run_all.py")
+    smoke = "--smoke" in (sys.argv[1:] if argv is None else argv)
     rows, failures = [], []
-    for script in scripts:
+    for script in scripts():
         args = [sys.executable, str(script)]
-        if script.name == "gpu_check.py" and not torch.cuda.is_available():
+        if smoke:
+            args += SMOKE_ARGS.get(script.name, [])
+        elif script.name == "gpu_check.py" and not torch.cuda.is_available():
             args.append("--small")
         print(f"== {script.name}", flush=True)
         start = time.perf_counter()
