@@ -328,7 +328,7 @@ def test_cli_rejects_bad_training_input_in_one_line(tmp_path, capsys):
         main(["truthworld", "train", "--out", str(tmp_path / "x"), "--steps", "0"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lm-eval-iti: error:") and "steps=0" in err and "\n" not in err
+    assert err.startswith("lm-eval-iti: error:") and "--steps 0 is below the minimum 1" in err and "\n" not in err
     assert not (tmp_path / "x" / "model.safetensors").exists()
 
 
