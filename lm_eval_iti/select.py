@@ -8,6 +8,8 @@
   training fold), ``probe`` (the head's probe weights) or ``random`` (a seeded Gaussian); unit-normalised.
 - ``compute_sigma``: the standard deviation (ddof 1, as the reference's pyvene path) of the sigma activations projected on
   each unit direction; callers pass only rows of training questions.
+- ``draw_seed`` / ``matched_random_directions``: the random controls' seeds (from run seed, fold, draw and layer, so
+  no draw is shared between folds) and the size-matched random directions on a fit's heads.
 """
 
 from __future__ import annotations
@@ -106,6 +108,18 @@ def compute_sigma(x: torch.Tensor, directions: torch.Tensor, ddof: int = 1) -> t
     return proj.std(dim=0, correction=ddof).float()
 
 
+def draw_seed(*key: int) -> int:
+    """A seed for torch/numpy from integer keys (e.g. run seed, fold, draw, layer): numpy's SeedSequence mixes them,
+    so keys that differ in any part give unrelated streams (no arithmetic like ``draw * 100003 + layer`` can collide)."""
+    if any(int(k) < 0 for k in key):
+        raise ITIError(f"draw_seed{tuple(key)}: keys must be non-negative integers")
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# salts that keep the random streams of different controls apart (same run seed, fold and draw)
+MATCHED_SALT, HEADS_SALT, SHUFFLE_SALT = 1, 2, 3
+
+
 def random_unit_directions(shape: tuple[int, int], seed: int, orthogonal_to: torch.Tensor | None = None) -> torch.Tensor:
     """float32 [K, d] seeded Gaussian unit vectors; with ``orthogonal_to`` ([K, d]) each row's component along the
     matching row is projected out first (a control with no share of the fitted direction)."""
@@ -117,16 +131,21 @@ def random_unit_directions(shape: tuple[int, int], seed: int, orthogonal_to: tor
     return (raw / raw.norm(dim=-1, keepdim=True)).float()
 
 
-def matched_random_directions(directions, seed: int, orthogonal: bool = False):
+def matched_random_directions(directions, seed: int, orthogonal: bool = False, *, fold: int = 0, run_seed: int = 0):
     """A random-direction control matched in size: the same heads and the same sigmas as ``directions`` (so the same
-    alpha * sigma shift norm per head at any alpha), with seeded random unit directions in place of the fitted ones."""
+    alpha * sigma shift norm per head at any alpha), with seeded random unit directions in place of the fitted ones.
+
+    ``seed`` is the draw; each layer's vectors come from ``draw_seed(run_seed, fold, draw, layer)``, so no vector is
+    shared between folds, draws or layers (fold 0 and fold 1 of draw 0 are different draws)."""
     from dataclasses import replace
 
     new_dirs = {}
-    for i, layer in enumerate(sorted(directions.heads)):
+    for layer in sorted(directions.heads):
         fitted = directions.directions[layer]
-        new_dirs[layer] = random_unit_directions(tuple(fitted.shape), seed * 100003 + i,
-                                                 fitted if orthogonal else None)
+        layer_seed = draw_seed(MATCHED_SALT, run_seed, fold, seed, layer)
+        new_dirs[layer] = random_unit_directions(tuple(fitted.shape), layer_seed, fitted if orthogonal else None)
     meta = dict(directions.metadata, method="random-matched" + ("-orthogonal" if orthogonal else ""),
-                control_seed=str(seed), control_of=directions.metadata.get("method", ""))
+                control_seed=str(seed), control_fold=str(fold), control_run_seed=str(run_seed),
+                control_seeding="SeedSequence(run seed, fold, draw, layer)",
+                control_of=directions.metadata.get("method", ""))
     return replace(directions, directions=new_dirs, metadata=meta, source=f"{directions.source} (random control)")

@@ -23,13 +23,13 @@ HOOKS = ("hf-iti hooks; MC: the answer-scoring positions; gen: last prompt token
 
 EXPECTED = f"""# Leaderboard
 
-| model | method | α | K | MC1 | MC2 | MC3 | binary | True | Info | True*Info | True&Info | CE | KL |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-| org/tiny-chat | baseline (α=0, instruction=default) | 0 |  | 0.341 ± 0.017 | 0.512 ± 0.012 | 0.250 |  | 0.600 ± 0.020 | 0.800 ± 0.015 | 0.480 | 0.450 | 2.510 | 0.0000 |
-| org/tiny-chat | ITI (mass-mean) | 15 | 48 | 0.400 ± 0.017 | 0.580 ± 0.012 | 0.301 | 0.700 ± 0.016 | 0.830 | 0.930 | 0.772 | 0.760 | 2.820 | 0.6500 |
-| org/tiny-chat | hf-iti (mass-mean) | 10 | 16 | 0.375 ± 0.013 | 0.550 ± 0.011 |  |  | 0.700 | 0.900 | 0.630 | 0.610 |  |  |
-| org/tiny-chat | lm-eval steered |  |  | 0.420 ± 0.017 |  |  | 0.655 ± 0.017 |  |  |  |  |  |  |
-| org/tiny-chat | side effects (dirs_fold0.safetensors) | 20 | 64 |  |  |  |  |  |  |  |  | 2.750 | 0.3123 |
+| model | method | α | K | instruction | mc/gen | judge | data | N | MC1 | MC2 | MC3 | binary | True | Info | True*Info | True&Info | CE | KL |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| org/tiny-chat | baseline (α=0, instruction=default) | 0 |  |  |  |  |  |  | 0.341 ± 0.017 | 0.512 ± 0.012 | 0.250 |  | 0.600 ± 0.020 | 0.800 ± 0.015 | 0.480 | 0.450 | 2.510 | 0.0000 |
+| org/tiny-chat | ITI (mass-mean) | 15 | 48 |  |  |  |  |  | 0.400 ± 0.017 | 0.580 ± 0.012 | 0.301 | 0.700 ± 0.016 | 0.830 | 0.930 | 0.772 | 0.760 | 2.820 | 0.6500 |
+| org/tiny-chat | hf-iti (mass-mean) | 10 | 16 |  | answer/last |  |  |  | 0.375 ± 0.013 | 0.550 ± 0.011 |  |  | 0.700 | 0.900 | 0.630 | 0.610 |  |  |
+| org/tiny-chat | lm-eval steered |  |  |  |  |  |  |  | 0.420 ± 0.017 |  |  | 0.655 ± 0.017 |  |  |  |  |  |  |
+| org/tiny-chat | side effects (dirs_fold0.safetensors) | 20 | 64 |  |  |  |  |  |  |  |  |  |  |  |  |  | 2.750 | 0.3123 |
 
 Positions edited:
 - **baseline (α=0, instruction=default)**: no edit
@@ -38,7 +38,7 @@ Positions edited:
 - **lm-eval steered**: lm-eval steered: every position
 - **side effects (dirs_fold0.safetensors)**: hf-iti hooks: every position
 
-Means over folds for experiment runs (stderr: sqrt(sum of per-fold stderr²)/folds); lm-eval's own stderr for single runs. True*Info = mean(True) × mean(Info) (product of means, as ITI reports it); True&Info = share of answers judged both true and informative. CE: the row's model on the side-effect corpus; KL: KL(base ‖ row's model) per token, nats. Blank = not measured.
+Means over folds for experiment runs (stderr: sqrt(sum of per-fold stderr²)/folds); lm-eval's own stderr for single runs. True*Info = mean(True) × mean(Info) (product of means, as ITI reports it); True&Info = share of answers judged both true and informative. CE: the row's model on the side-effect corpus; KL: KL(base ‖ row's model) per token, nats. Blank = not measured. Δ: row − its run's baseline over the questions both scored, pooled over folds, [95% CI] by bootstrap over questions within folds, p McNemar exact (0/1 metrics) or sign-flip permutation; † survives Holm at 0.05 across the comparisons of the run's own table.
 """
 
 

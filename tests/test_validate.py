@@ -168,11 +168,12 @@ def test_baselines_are_in_the_same_table_with_their_token_semantics(all_baseline
     results, out = all_baselines
     rows = {r["variant"]: r for r in results["rows"]}
     assert list(rows) == ["baseline", "iti", "random-directions", "random-matched-0", "random-matched-kl-0",
-                          "random-heads", "probe-weights", "no-instruction", "baked", "steered"]
-    assert results["evaluations_this_process"] == 20 and results["leak_check"]["overlap_total"] == 0
+                          "random-heads-0", "label-shuffled-0", "style", "probe-weights", "no-instruction", "baked",
+                          "steered"]
+    assert results["evaluations_this_process"] == 24 and results["leak_check"]["overlap_total"] == 0
     table = (out / "table.md").read_text()
-    for row in rows.values():
-        assert f"**{row['method']}**: {row['positions']}" in table
+    for row in rows.values():  # a family's draws share one legend line
+        assert f"**{row['method'].replace(' (draw 0)', ' (every draw)')}**: {row['positions']}" in table
     assert "every position" in rows["baked"]["positions"] and "answer-scoring" in rows["iti"]["positions"]
     # baked bias, lm-eval steered and hf-iti's every-position CE/KL hooks are three implementations of one edit
     for fold in (0, 1):
@@ -187,9 +188,9 @@ def test_baselines_are_in_the_same_table_with_their_token_semantics(all_baseline
     assert rows["no-instruction"]["metrics"]["KL"]["mean"] == 0.0
     assert rows["no-instruction"]["metrics"]["CE"]["mean"] == rows["baseline"]["metrics"]["CE"]["mean"]
     meta = {v: load_directions(results["folds"][v][0]["directions"]["path"]).metadata
-            for v in ("iti", "random-directions", "random-heads", "probe-weights")}
+            for v in ("iti", "random-directions", "random-heads-0", "probe-weights")}
     assert (meta["iti"]["method"], meta["iti"]["random_heads"]) == ("mass-mean", "false")
-    assert (meta["random-directions"]["method"], meta["random-heads"]["random_heads"]) == ("random", "true")
+    assert (meta["random-directions"]["method"], meta["random-heads-0"]["random_heads"]) == ("random", "true")
     assert meta["probe-weights"]["method"] == "probe"
     assert all(f["n_samples"]["truthfulqa_iti_mc1"] == 3 for fs in results["folds"].values() for f in fs)
 

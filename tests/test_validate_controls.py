@@ -198,8 +198,9 @@ def test_curve_scales_rerun_each_hooked_row_at_multiples_of_its_own_alpha(tiny_m
     run = validate(config, tmp_path / "curves", alpha=6.0, num_heads=3, random_draws=2,
                    baselines=("random-matched", "random-heads"), curve_scales=(0.5, 2.0))
     rows, folds = {r["variant"]: r for r in run["rows"]}, run["folds"]
-    curve_names = {f"{base}-x{s}" for base in ("iti", "random-matched-0", "random-heads") for s in ("0.5", "2")}
-    assert curve_names <= set(rows) and not any(name.startswith("random-matched-1-x") for name in rows)
+    curve_names = {f"{base}-x{s}" for base in ("iti", "random-matched-0", "random-heads-0") for s in ("0.5", "2")}
+    assert curve_names <= set(rows) and not any(name.startswith(("random-matched-1-x", "random-heads-1-x"))
+                                                for name in rows)
     for name in curve_names:
         base, scale = name.rsplit("-x", 1)
         point, origin = folds[name][0], folds[base][0]

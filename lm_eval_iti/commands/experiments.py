@@ -169,9 +169,12 @@ def _positions(kw):
 @click.option("--num-heads", default=48, type=Count(1), help="K: heads intervened on.")
 @click.option("--no-baseline", is_flag=True, help="Skip the alpha-0 baseline row.")
 @click.option("--baselines", default="", help="Comma list or 'all': random-directions, random-matched, "
-              "random-matched-kl, "
-              "random-heads, probe-weights, no-instruction, baked, steered.")
-@click.option("--random-draws", default=5, type=Count(1), help="Draws of the random-matched(-kl) controls (one row each).")
+              "random-matched-kl, random-heads, label-shuffled, style, probe-weights, no-instruction, baked, steered; "
+              "or 'study': the study's controls (random-matched, random-matched-kl, random-heads, label-shuffled, "
+              "style, probe-weights, no-instruction) with at least 20, 20, 10 and 10 draws per fold.")
+@click.option("--random-draws", default=5, type=Count(1), help="Draws per fold of each control family "
+              "(random-matched, random-matched-kl, random-heads, label-shuffled; one row each); with "
+              "--baselines study, a larger value raises the study's counts.")
 @click.option("--curve-scales", default="", help="Comma list, e.g. 0.5,2: ITI and every hooked control again at "
               "these multiples of its own alpha (first random draw only), for gain-vs-KL curves in pareto.png.")
 def validate(**kw):
@@ -190,8 +193,7 @@ def validate(**kw):
             else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
     config = _config(kw)
-    check_before_loading(kw, out, kl_sample=alpha in ("auto", "select") or "kl" in kw["baselines"]
-                         or kw["baselines"].strip() == "all")
+    check_before_loading(kw, out, kl_sample=alpha in ("auto", "select") or _kl_matched(kw["baselines"]))
     if alpha == "auto":
         config.kl_budget = kw["kl_budget"]
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
@@ -199,6 +201,12 @@ def validate(**kw):
                            random_draws=kw["random_draws"], selection=selection,
                            curve_scales=_curve_scales(kw["curve_scales"]), **_positions(kw))
     _echo_run(results, out)
+
+
+def _kl_matched(baselines: str) -> bool:
+    """Whether a requested control is run at ITI's KL (and so needs the KL sample)."""
+    names = {t.strip() for t in baselines.split(",")}
+    return bool(names & {"random-matched-kl", "style", "all", "study"})
 
 
 def _curve_scales(text: str) -> tuple[float, ...]:

@@ -13,8 +13,10 @@ folds than the row has, or a judge mean over fewer answers than were generated, 
 from __future__ import annotations
 
 import math
+import re
 
 from ..judges.folds import JUDGE_COLUMNS, true_times_info, unjudged_note
+from .baselines import DRAW_FAMILIES
 
 # (column, task, metric) of the leaderboard; True*Info is derived, CE/KL come from the side-effect measurement
 TASK_COLUMNS = (
@@ -28,6 +30,12 @@ TASK_COLUMNS = (
 )
 COLUMNS = ("MC1", "MC2", "MC3", "binary", "True", "Info", "True*Info", "True&Info", "CE", "KL")
 DECIMALS = {"KL": 4}
+_DRAW = re.compile(r" \(draw \d+\)$")
+# the columns that say what defines a row (runner.summarise fills them; blank where an input lacks one)
+LEAD = ("model", "method", "α", "K", "instruction", "mc/gen", "judge", "data", "N")
+# gen-task figures kept beside the columns: the judges' counts (sums over folds) and their checks on human labels
+JUDGE_COUNTS = ("judge_failures", "judge_undecided")
+JUDGE_CHECKS = ("judge_check_truth_acc", "judge_check_truth_auc", "judge_check_info_acc", "judge_check_info_auc")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -72,10 +80,41 @@ def aggregate_variant(folds: list[dict]) -> dict[str, dict]:
         out[column] = dict(mean_with_stderr(values, stderrs), per_fold=values)
     out["True*Info"] = true_times_info(folds)
     mark_partial(out, folds)
-    failures = [((f.get("metrics") or {}).get("truthfulqa_iti_gen") or {}).get("judge_failures") for f in folds]
-    if any(v is not None for v in failures):
-        out["judge_failures"] = {"sum": sum(v for v in failures if v is not None), "per_fold": failures}
+    out.update(judge_figures(folds))
     return out
+
+
+def judge_figures(folds: list[dict]) -> dict[str, dict]:
+    """The gen task's judge counts ({"sum", "per_fold"}: failures, undecided) and judge-check figures ({"mean",
+    "per_fold"}: each judge's accuracy and AUC on human-labelled answers) that any fold has."""
+    gen = [((f.get("metrics") or {}).get("truthfulqa_iti_gen") or {}) for f in folds]
+    out = {}
+    for name in JUDGE_COUNTS + JUDGE_CHECKS:  # a NaN (an outage, no check run) counts as absent
+        gen = [dict(g, **{name: None}) if isinstance(g.get(name), float) and math.isnan(g[name]) else g for g in gen]
+    for name in JUDGE_COUNTS:
+        values = [g.get(name) for g in gen]
+        if any(v is not None for v in values):
+            out[name] = {"sum": sum(v for v in values if v is not None), "per_fold": values}
+    for name in JUDGE_CHECKS:
+        values = [g.get(name) for g in gen]
+        present = [v for v in values if v is not None]
+        if present:
+            out[name] = {"mean": sum(present) / len(present), "per_fold": values}
+    return out
+
+
+def judge_note(rows: list[dict]) -> str:
+    """One line per row with judge counts or checks: undecided and failed judgments, the judges' check figures."""
+    lines = []
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        parts = [f"{name.replace('judge_', '')} {metrics[name]['sum']:g}" for name in JUDGE_COUNTS if name in metrics]
+        parts += [f"{name.replace('judge_check_', 'check ')} {metrics[name]['mean']:.3f}" for name in JUDGE_CHECKS
+                  if name in metrics]
+        if parts:
+            lines.append(f"- {row.get('method')}: " + ", ".join(parts))
+    return ("\nJudgments (undecided and failed: counts over folds; check: the judges on human-labelled answers):\n"
+            + "\n".join(lines) + "\n") if lines else ""
 
 
 def mark_partial(out: dict[str, dict], folds: list[dict]) -> None:
@@ -103,16 +142,71 @@ def format_cell(column: str, cell: dict | None) -> str:
     return text
 
 
-def markdown_table(rows: list[dict], lead: tuple[str, ...] = ("model", "method", "α", "K"),
-                   columns: tuple[str, ...] = COLUMNS) -> str:
+def markdown_table(rows: list[dict], lead: tuple[str, ...] = LEAD, columns: tuple[str, ...] = COLUMNS,
+                   deltas: dict[str, dict[str, dict]] | None = None) -> str:
     """Rows: dicts with the ``lead`` keys (plain values) and ``metrics`` ({column: cell}). Columns that no row has
-    are still printed (blank), so tables of different runs line up."""
-    header = list(lead) + list(columns)
+    are still printed (blank), so tables of different runs line up. ``deltas`` ({row key: {column: comparison}},
+    the row key being ``variant``, else ``method``): a "Δ<column>" column per column that any row has a comparison
+    in, "Δ [95% CI] p", † where it survives Holm."""
+    deltas = deltas or {}
+    delta_columns = [c for c in columns if any(c in d for d in deltas.values())]
+    header = list(lead) + list(columns) + [f"Δ{c}" for c in delta_columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         cells = ["" if row.get(k) is None else _plain(row.get(k)) for k in lead]
         cells += [format_cell(c, (row.get("metrics") or {}).get(c)) for c in columns]
+        mine = deltas.get(row.get("variant", row.get("method")), {})
+        cells += [format_delta(mine.get(c)) for c in delta_columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def format_delta(comparison: dict | None, digits: int = 3) -> str:
+    """"+0.030 [+0.010, +0.050] p=0.003†": Δ, its 95% CI and p; † = survives Holm; blank without a comparison."""
+    if not comparison:
+        return ""
+    low, high = comparison["ci"]
+    p = format_p(comparison["p"])
+    return (f"{_signed(comparison['delta'], digits)} [{_signed(low, digits)}, {_signed(high, digits)}] "
+            f"p{'' if p.startswith('<') else '='}{p}{'†' if comparison.get('survives') else ''}")
+
+
+def _signed(value: float, digits: int = 3) -> str:
+    """"+0.030", "-0.012"; a value that rounds to 0 is "+0.000" (never "-0.000" from a rounding residue)."""
+    text = f"{value:+.{digits}f}"
+    return "+" + text[1:] if float(text) == 0 else text
+
+
+def families_markdown(comparisons: list[dict]) -> str:
+    """ITI against each family of draws: its gain and the draws' gains over the baseline, how many draws did as well,
+    the rank p, and the paired Δ against the draws' per-question mean with its CI and p († = survives Holm)."""
+    rows = [c for c in comparisons if c["kind"] == "draws"]
+    if not rows:
+        return ""
+    header = ["row", "against", "draws", "metric", "gain", "draws' gain: mean ± sd [min, max]", "draws ≥ gain",
+              "rank p", "Δ vs draws' mean [95% CI] p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for c in rows:
+        spread = (f"{_signed(c['draw_gain_mean'])} ± {c['draw_gain_sd']:.3f} "
+                  f"[{_signed(c['draw_gain_min'])}, {_signed(c['draw_gain_max'])}]")
+        lines.append("| " + " | ".join([c["row"], c["reference"], str(c["draws"]), c["metric"], _signed(c["gain"]),
+                                        spread, str(c["draws_at_or_above"]), format_p(c["rank_p"]),
+                                        format_delta(c)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def strata_markdown(gains: list[dict]) -> str:
+    """ITI's gain over the baseline within each answer-style and answer-length stratum: n, Δ [95% CI] p."""
+    if not gains:
+        return ""
+    header = ["split", "stratum", "metric", "n", "Δ [95% CI] p"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for g in gains:
+        lines.append(f"| {g['split']} | {g['stratum']} | {g['metric']} | {g['n']} | {format_delta(g)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,18 +220,20 @@ def positions_legend(rows: list[dict]) -> str:
     """The token semantics of each method, once per distinct method (hooked and baked edits differ)."""
     seen, lines = set(), []
     for row in rows:
-        key = (row.get("method"), row.get("positions"))
+        method = _DRAW.sub(" (every draw)", str(row.get("method")))  # a family's draws share one line
+        key = (method, row.get("positions"))
         if key in seen or not row.get("positions"):
             continue
         seen.add(key)
-        lines.append(f"- **{row['method']}**: {row['positions']}")
+        lines.append(f"- **{method}**: {row['positions']}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def draw_group(variant: str) -> str | None:
-    """The control a row is one draw of ("random-matched", "random-matched-kl"), or None."""
+    """The control family a row is one draw of ("random-matched-3" -> "random-matched"; baselines.DRAW_FAMILIES),
+    or None."""
     head, _, tail = variant.rpartition("-")
-    return head if head in ("random-matched", "random-matched-kl") and tail.isdigit() else None
+    return head if head in DRAW_FAMILIES and tail.isdigit() else None
 
 
 def summarise_draws(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> list[dict]:

@@ -85,8 +85,20 @@ EVERY_POSITION_STEERED = "lm-eval steered (W_o·shift added at the o_proj output
 
 # random-matched: ITI's own heads and sigmas with seeded random directions (the same shift size), one row per draw
 # random-matched-kl: the same draws at the alpha where each costs ITI's own KL (matched in side effects, not size)
-BASELINE_NAMES = ("random-directions", "random-matched", "random-matched-kl", "random-heads", "probe-weights",
-                  "no-instruction", "baked", "steered")
+# random-heads: mass-mean directions on K random heads, one row per draw
+# label-shuffled: mass-mean directions on ITI's heads from labels permuted within each question, one row per draw
+# style: mass-mean directions on ITI's heads from hedged/negated-vs-plain labels, at ITI's KL (controls.py)
+BASELINE_NAMES = ("random-directions", "random-matched", "random-matched-kl", "random-heads", "label-shuffled",
+                  "style", "probe-weights", "no-instruction", "baked", "steered")
+# the controls with one row per draw ("<family>-<draw>"); validate compares ITI with each family as a whole
+DRAW_FAMILIES = ("random-matched", "random-matched-kl", "random-heads", "label-shuffled")
+# --baselines study: the controls of a study, with at least these draws per fold (--random-draws raises them)
+STUDY = "study"
+STUDY_BASELINES = ("random-matched", "random-matched-kl", "random-heads", "label-shuffled", "style",
+                   "probe-weights", "no-instruction")
+STUDY_DRAWS = {"random-matched": 20, "random-matched-kl": 20, "random-heads": 10, "label-shuffled": 10}
+# how draws are seeded (part of each control row's identity, so rows drawn the older way are recomputed)
+SEEDING = "SeedSequence(run seed, fold, draw, layer)"
 
 
 def baseline_variant(instruction: str = "default") -> Variant:
@@ -106,18 +118,60 @@ def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, inst
                    instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions, extra={"k": k})
 
 
+def is_control(variant: Variant) -> bool:
+    """A row whose directions the runner builds from ITI's fit of the fold (runner.Experiment.control)."""
+    return "control" in variant.extra
+
+
+def expand_baselines(baselines: tuple[str, ...], random_draws: int = 5,
+                     draws: dict[str, int] | None = None) -> tuple[tuple[str, ...], dict[str, int]]:
+    """(baseline names in BASELINE_NAMES order, draws per family): ``study`` adds STUDY_BASELINES with at least
+    STUDY_DRAWS draws; otherwise every family gets ``random_draws`` unless ``draws`` names it."""
+    names = set(baselines)
+    counts = {family: int(random_draws) for family in DRAW_FAMILIES}
+    if STUDY in names:
+        names = (names - {STUDY}) | set(STUDY_BASELINES)
+        counts = {family: max(STUDY_DRAWS[family], int(random_draws)) for family in DRAW_FAMILIES}
+    counts.update(draws or {})
+    unknown = sorted(names - set(BASELINE_NAMES))
+    if unknown:
+        raise ITIError(f"baselines={unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all', '{STUDY}')")
+    bad = [f for f, n in counts.items() if int(n) < 1 and f in names]
+    if bad:
+        raise ITIError(f"random_draws={counts[bad[0]]} ({bad[0]}) must be at least 1")
+    return tuple(n for n in BASELINE_NAMES if n in names), counts
+
+
+def _control_rows(name: str, main_fit: FitSpec, alpha, draws: int, hooked: dict) -> list[Variant]:
+    """The rows of one control built from ITI's fit: one per draw for a family, one for ``style``."""
+    labels = {"random-matched": "random directions, matched size", "random-matched-kl": "random directions, matched KL",
+              "random-heads": "random heads, mass-mean", "label-shuffled": "mass-mean on shuffled labels"}
+    if name == "style":
+        variant = iti_variant(main_fit, alpha, name="style", label="style directions (hedged vs plain), matched KL",
+                              **hooked)
+        return [replace(variant, extra=dict(variant.extra, control="style", match_kl=True))]
+    family = "random-matched" if name == "random-matched-kl" else name  # draw d of both is one random direction
+    rows = []
+    for draw in range(draws):
+        variant = iti_variant(main_fit, alpha, name=f"{name}-{draw}", label=f"{labels[name]} (draw {draw})", **hooked)
+        extra = dict(variant.extra, control=family, control_seed=draw, seeding=SEEDING,
+                     **({"match_kl": True} if name == "random-matched-kl" else {}))
+        rows.append(replace(variant, extra=extra))
+    return rows
+
+
 def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
                       mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5,
-                      selection: dict | None = None, curve_scales: tuple[float, ...] = ()) -> list[Variant]:
-    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order), then the
-    curve rows (``curve_rows``) when ``curve_scales`` is given.
+                      draws: dict[str, int] | None = None, selection: dict | None = None,
+                      curve_scales: tuple[float, ...] = ()) -> list[Variant]:
+    """The rows of ``validate``: baseline, ITI, then the requested baselines (in ``BASELINE_NAMES`` order; ``study``
+    = STUDY_BASELINES with STUDY_DRAWS), then the curve rows (``curve_rows``) when ``curve_scales`` is given. A draw
+    family gets ``random_draws`` rows unless ``draws`` ({family: n}) says otherwise.
 
     ``alpha="auto"``: each fold's strength is chosen by the side-effect budget on ITI's own fit of that fold, and every
     hooked, baked and steered row of the fold uses that same strength."""
-    unknown = [b for b in baselines if b not in BASELINE_NAMES]
-    if unknown:
-        raise ITIError(f"baselines={unknown[0]!r} is not one of {', '.join(BASELINE_NAMES)} (or 'all')")
+    baselines, counts = expand_baselines(tuple(baselines), random_draws, draws)
     if alpha == 0:
         raise ITIError("alpha=0 is the baseline itself; give the strength of the intervention (e.g. 15)")
     main_fit = FitSpec(method, False, num_heads)
@@ -131,24 +185,12 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
         main = replace(main, label=f"ITI ({method}), α and K by nested selection",
                        extra=dict(main.extra, select=selection))
     rows.append(main)
-    for name in BASELINE_NAMES:
-        if name not in baselines:
-            continue
+    for name in baselines:
         if name == "random-directions":
             rows.append(iti_variant(FitSpec("random", False, num_heads), alpha, name=name,
                                     label="random directions (top-K probe heads)", **hooked))
-        elif name in ("random-matched", "random-matched-kl"):
-            if random_draws < 1:
-                raise ITIError(f"random_draws={random_draws} must be at least 1")
-            by_kl = name == "random-matched-kl"  # draw d of both controls is the same random direction
-            for draw in range(random_draws):
-                variant = iti_variant(main_fit, alpha, name=f"{name}-{draw}", label=f"random directions, matched "
-                                      f"{'KL' if by_kl else 'size'} (draw {draw})", **hooked)
-                extra = dict(variant.extra, control_seed=draw, **({"match_kl": True} if by_kl else {}))
-                rows.append(replace(variant, extra=extra))
-        elif name == "random-heads":
-            rows.append(iti_variant(FitSpec("mass-mean", True, num_heads), alpha, name=name,
-                                    label="random heads (mass-mean)", **hooked))
+        elif name in DRAW_FAMILIES or name == "style":
+            rows += _control_rows(name, main_fit, alpha, counts.get(name, 1), hooked)
         elif name == "probe-weights":
             rows.append(iti_variant(FitSpec("probe", False, num_heads), alpha, name=name,
                                     label="probe-weight directions", **hooked))

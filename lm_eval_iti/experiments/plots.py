@@ -165,7 +165,7 @@ def kl_budget_curve(choice: dict, path: str | os.PathLike, title: str = "") -> P
 
 PARETO_MARKERS = {"iti": ("*", "C3"), "random-matched": ("o", "C0"), "random-matched-kl": ("^", "C1"),
                   "random-heads": ("s", "C2"), "probe-weights": ("D", "C4"), "random-directions": ("v", "C5"),
-                  "no-instruction": ("x", "C7")}
+                  "no-instruction": ("x", "C7"), "label-shuffled": ("P", "C6"), "style": ("h", "C9")}
 
 
 def _gain_points(results: dict, column: str) -> list[tuple[str, str, float, float]]:

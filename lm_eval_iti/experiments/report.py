@@ -4,8 +4,12 @@ Accepted inputs (files or folders):
   an experiment run folder or its ``results.json`` (validate / sweep): one row per variant, fold means;
   an lm-eval results file (``results_*.json``; a folder is searched for them): one row, lm-eval's stderr;
   a side-effects JSON (``lm-eval-iti side-effects --out``): one row with CE and KL only.
-Rows: model x method; columns MC1, MC2, MC3, binary, True, Info, True*Info, True&Info, CE, KL ("± stderr" where
-lm-eval gave one). A number that an input does not have is blank, never 0.
+Rows: model x method, then what defines a row (instruction, edited MC/gen positions, judge, data sha256, N
+questions); columns MC1, MC2, MC3, binary, True, Info, True*Info, True&Info, CE, KL ("± stderr" where lm-eval gave
+one). A number that an input does not have is blank, never 0. An experiment's rows also carry their paired Δ against
+the run's baseline row with its 95% CI and p (the run's ``comparisons``; computed from its ``per_question.csv`` for
+a run written before them), † where it survives Holm across the run's own table, and the run's ITI row its
+comparisons with each family of control draws.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from .runner import RESULTS_FORMAT
 NOTES = ("Means over folds for experiment runs (stderr: sqrt(sum of per-fold stderr²)/folds); lm-eval's own stderr "
          "for single runs. True*Info = mean(True) × mean(Info) (product of means, as ITI reports it); True&Info = "
          "share of answers judged both true and informative. CE: the row's model on the side-effect corpus; KL: "
-         "KL(base ‖ row's model) per token, nats. Blank = not measured.")
+         "KL(base ‖ row's model) per token, nats. Blank = not measured. Δ: row − its run's baseline over the questions both "
+         "scored, pooled over folds, [95% CI] by bootstrap over questions within folds, p McNemar exact (0/1 metrics) "
+         "or sign-flip permutation; † survives Holm at 0.05 across the comparisons of the run's own table.")
 
 
 def _cell(mean, stderr=None) -> dict:
@@ -36,13 +42,41 @@ def _number(value):
 
 
 def rows_from_experiment(results: dict, source: str) -> list[dict]:
+    """The run's rows, each with ``comparisons`` ({column: its comparison against the run's baseline}); the ITI row
+    also with ``against_draws`` (its comparisons with each family of control draws)."""
+    from .comparisons import by_row
+
+    found = results.get("comparisons")
+    if found is None:
+        found = comparisons_from_records(results, Path(source).parent)
+    deltas = by_row(found)
     rows = []
     for row in results.get("rows", []):
         r = dict(row)
         r["source"] = source
         r["run_kind"] = results.get("kind", "")
+        r["comparisons"] = deltas.get(row.get("variant"), {})
+        draws = [c for c in found if c["kind"] == "draws" and c["row"] == row.get("variant")]
+        if draws:
+            r["against_draws"] = draws
         rows.append(r)
     return rows
+
+
+def comparisons_from_records(results: dict, folder: Path) -> list[dict]:
+    """The comparisons of a run written before results.json carried them, from its per_question.csv ([] without)."""
+    from . import comparisons as cmp
+    from .baselines import curve_point
+    from .records import PER_QUESTION_FILE, read_per_question
+
+    path = folder / PER_QUESTION_FILE
+    if not path.is_file():
+        return []
+    scores = cmp.scores_from_lines(read_per_question(path))
+    names = [str(r.get("variant")) for r in results.get("rows", []) if r.get("variant")]
+    curves = [n for n in names if curve_point(n)]
+    found = cmp.table_comparisons(scores, [n for n in names if n not in curves], table="main")
+    return found + (cmp.table_comparisons(scores, curves, table="curves") if curves else [])
 
 
 def _model_name(config: dict) -> str:
@@ -84,8 +118,18 @@ def row_from_lm_eval(results: dict, source: str) -> dict:
     metrics["True*Info"] = _cell(t * i if t is not None and i is not None else None)
     metrics["CE"] = _cell(None)
     metrics["KL"] = _cell(None)
-    return {"model": _model_name(config), "method": method, "α": alpha, "K": k, "positions": positions,
-            "metrics": metrics, "source": source, "run_kind": "lm-eval"}
+    edits = f"{iti.get('mc_positions', 'answer')}/{iti.get('gen_positions', 'last')}" if iti else None
+    return {"model": _model_name(config), "method": method, "α": alpha, "K": k, "mc/gen": edits,
+            "N": _samples(results), "positions": positions, "metrics": metrics, "source": source,
+            "run_kind": "lm-eval"}
+
+
+def _samples(results: dict) -> int | None:
+    """The most documents lm-eval scored in one of the table's tasks (its ``n-samples``), or None."""
+    counts = results.get("n-samples") or {}
+    found = [_number((counts.get(task) or {}).get("effective")) for _, task, _ in agg.TASK_COLUMNS]
+    found = [int(n) for n in found if n is not None]
+    return max(found) if found else None
 
 
 def row_from_side_effects(result: dict, source: str) -> dict:
@@ -135,8 +179,14 @@ def rows_from_path(path: str | os.PathLike) -> list[dict]:
 
 
 def leaderboard_markdown(rows: list[dict], title: str = "Leaderboard") -> str:
-    return (f"# {title}\n\n" + agg.markdown_table(rows) + "\nPositions edited:\n" + agg.positions_legend(rows)
-            + "\n" + NOTES + "\n")
+    deltas = {i: row.get("comparisons") or {} for i, row in enumerate(rows)}
+    keyed = [dict(row, variant=i) for i, row in enumerate(rows)]  # runs may share variant names: key by position
+    families = agg.families_markdown([dict(c, row=f"{row.get('model')}: {c['row']}")
+                                      for row in rows for c in row.get("against_draws") or []])
+    if families:
+        families = "\nITI against each family of control draws (as in each run's table):\n\n" + families
+    return (f"# {title}\n\n" + agg.markdown_table(keyed, deltas=deltas) + families + "\nPositions edited:\n"
+            + agg.positions_legend(rows) + "\n" + NOTES + "\n")
 
 
 def build_report(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "Leaderboard",

@@ -36,7 +36,7 @@ from ..errors import ITIError
 from ..loading import execution_device
 from . import aggregate as agg
 from . import records
-from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant, curve_point
+from .baselines import AUTO, SELECT, SELECT_COLUMNS, Variant, curve_point, is_control
 
 log = logging.getLogger(__name__)
 RESULTS_FORMAT = "lm-eval-iti/experiment"
@@ -161,6 +161,7 @@ class Experiment:
         self._resolved: dict = {}
         self._base_logits: dict = {}  # CE/KL: the unedited logits of each document batch, computed once per run
         self._base_side_effects = None
+        self._view = None  # (fold, fit spec, controls.FitView): the activations the control rows are built from
         self.evaluations = 0  # variants evaluated in this process (resume skips do not count)
         self.fits_run: list[dict] = []
 
@@ -179,6 +180,7 @@ class Experiment:
             self.source = c.data_dir if c.data_dir is not None else c.dataset
             self.binary_data = c.binary_data
         docs = load_mc(self.source)
+        self.mc_docs = docs  # the answer style and length strata of comparisons
         if len(docs) < c.num_folds:
             raise ITIError(f"num_folds={c.num_folds} is more than the {len(docs)} questions of {self.source}")
         self.questions = [d["question"] for d in docs]
@@ -236,7 +238,7 @@ class Experiment:
         if self.kind == "validate":
             return self.config.engine == "on" and variant.kind in ("hf", "hf-iti")
         return (self.kind == "sweep" and variant.kind == "hf-iti" and variant.alpha != AUTO
-                and "control_seed" not in variant.extra and not variant.extra.get("lm_eval"))
+                and not is_control(variant) and not variant.extra.get("lm_eval"))
 
     def uses_engine(self, variant: Variant) -> bool:
         return self.engine_candidate(variant) and self.engine_enabled()
@@ -345,16 +347,9 @@ class Experiment:
         c = self.config
         model, tokenizer = self.model()
         path = self.out / "directions" / f"fold_{fold}_{spec.name}.safetensors"
-        local = c.data_dir is not None or c.num_questions is not None
-        source = {"data_dir": self.source} if local else {"dataset": self.source}
-        result = fit_and_save(model, path, tokenizer=tokenizer, **source, num_heads=spec.num_heads,
-                                method=spec.method, random_heads=spec.random_heads, val_ratio=c.val_ratio,
-                                seed=c.seed, num_folds=c.num_folds, fold=fold, contiguous_folds=c.contiguous_folds,
-                                prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,
-                                cache_dir=c.cache_dir, probe_backend=c.probe_backend, revision=c.revision,
-                                progress=c.progress,
-                                # one cache that every evaluated fold's fit reads (a single-fold run needs only its own)
-                                collect_all_folds=c.folds is None or len(c.folds) > 1)
+        result = fit_and_save(model, path, tokenizer=tokenizer, **self._fit_options(fold, spec),
+                                probe_backend=c.probe_backend, cache_dir=c.cache_dir, revision=c.revision,
+                                progress=c.progress, collect_all_folds=self._collect_all_folds())
         directions = load_directions(path)
         recorded = json.loads(directions.metadata["train_question_ids"])
         record = {"fold": fold, "fit": spec.name, "path": str(path), "sha256": file_sha256(path),
@@ -364,6 +359,35 @@ class Experiment:
         self.fits_run.append(record)
         self._fits[key] = {"record": record, "directions": directions, "train_ids": set(recorded)}
         return self._fits[key]
+
+    def _fit_options(self, fold: int, spec) -> dict:
+        """The options (fit.FitConfig fields) of ``spec``'s fit on ``fold``: what fit_and_save and fit_view share."""
+        c = self.config
+        local = c.data_dir is not None or c.num_questions is not None
+        source = {"data_dir": self.source} if local else {"dataset": self.source}
+        return dict(source, num_heads=spec.num_heads, method=spec.method, random_heads=spec.random_heads,
+                    val_ratio=c.val_ratio, seed=c.seed, num_folds=c.num_folds, fold=fold,
+                    contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format, sigma_data=c.sigma_data,
+                    batch_size=c.fit_batch_size)
+
+    def _collect_all_folds(self) -> bool:
+        # one cache that every evaluated fold's fit reads (a single-fold run needs only its own)
+        return self.config.folds is None or len(self.config.folds) > 1
+
+    def fit_view(self, fold: int, spec):
+        """The activations, labels and answers ``spec``'s fit on ``fold`` was computed from (controls.fit_view), read
+        from the activation cache the fit filled; only the latest fold's is kept in memory (rows run fold by fold)."""
+        if self._view is None or self._view[:2] != (fold, spec):
+            from .controls import fit_view
+
+            c = self.config
+            model, tokenizer = self.model()
+            clock = time.perf_counter()
+            view = fit_view(model, tokenizer, self._fit_options(fold, spec), revision=c.revision,
+                            cache_dir=c.cache_dir, collect_all_folds=self._collect_all_folds(), progress=c.progress)
+            view.seconds = round(time.perf_counter() - clock, 3)
+            self._view = (fold, spec, view)
+        return self._view[2]
 
     def corpus(self):
         if self._docs is None:
@@ -376,17 +400,42 @@ class Experiment:
         return self._docs
 
     def control(self, fold: int, fit: dict, variant: Variant) -> dict:
-        """A random-direction control matched in size to the fold's fit: same heads and sigmas, random directions."""
+        """A control row's directions, built from the fold's ITI fit (``variant.extra["control"]``): random directions
+        on its heads with its sigmas (random-matched), or, from the activations that fit read (no forward pass),
+        random heads, label-shuffled or style directions (``controls``); saved beside the fits."""
         from ..artifact import file_sha256, save_directions
-        from ..select import matched_random_directions
 
-        seed = int(variant.extra["control_seed"])
-        directions = matched_random_directions(fit["directions"], seed, orthogonal=variant.extra.get("orthogonal", False))
+        clock = time.perf_counter()
+        directions, view = self._control_directions(fold, fit, variant)
         path = self.out / "directions" / f"fold_{fold}_{variant.name}.safetensors"
         save_directions(directions, path)
         record = dict(fit["record"], path=str(path), sha256=file_sha256(path), fit=f"{fit['record']['fit']}-{variant.name}",
-                      control_of=fit["record"]["path"], control_seed=seed)
+                      control_of=fit["record"]["path"], control=variant.extra["control"],
+                      control_seed=variant.extra.get("control_seed"),
+                      control_seconds=round(time.perf_counter() - clock, 3),
+                      # the activations came from the cache: the forward passes reading them made (0 after the fit)
+                      control_forward_passes=view.forward_passes if view is not None else 0)
         return {"record": record, "directions": directions, "train_ids": fit["train_ids"]}
+
+    def _control_directions(self, fold: int, fit: dict, variant: Variant):
+        """(directions, the FitView they were built from or None) of a control row on ``fold``; every draw is seeded
+        by (run seed, fold, draw[, layer]), so no vector or head set is shared between folds or draws."""
+        from . import controls
+        from ..select import matched_random_directions
+
+        family, draw, seed = variant.extra["control"], int(variant.extra.get("control_seed", 0)), self.config.seed
+        if family == "random-matched":
+            return matched_random_directions(fit["directions"], draw, variant.extra.get("orthogonal", False),
+                                             fold=fold, run_seed=seed), None
+        view = self.fit_view(fold, variant.fit)
+        if family == "random-heads":
+            return controls.random_head_directions(fit["directions"], view, fold=fold, draw=draw, run_seed=seed), view
+        if family == "label-shuffled":
+            return controls.label_shuffled_directions(fit["directions"], view, fold=fold, draw=draw,
+                                                      run_seed=seed), view
+        if family == "style":
+            return controls.style_directions(fit["directions"], view), view
+        raise ITIError(f"{variant.name}: unknown control {family!r}")
 
     def auto_alpha(self, fold: int) -> dict:
         """The fold's alpha by the KL budget, measured on the main ITI fit of the fold (saved, reused on resume)."""
@@ -542,7 +591,7 @@ class Experiment:
         if key in self._resolved:
             return self._resolved[key]
         fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
-        if fit is not None and "control_seed" in variant.extra:
+        if fit is not None and is_control(variant):
             fit = self.control(fold, fit, variant)
         auto = selected = kl_matched = None
         if variant.alpha == AUTO:
@@ -651,6 +700,7 @@ class Experiment:
         results = self.summarise(fold_results, resumed)
         # from the fold results, so a resumed row's records come from its fold file
         results["per_question"] = records.write_records(self.out, fold_results)
+        results.update(self.comparisons(fold_results, results["rows"]))
         results["draw_summaries"] = agg.summarise_draws(results["rows"])
         if self.kind == "validate":
             from .plots import pareto
@@ -661,9 +711,31 @@ class Experiment:
         write_text_atomic(self.out / "table.md", table_markdown(results))
         return results
 
+    def comparisons(self, fold_results: dict[str, list[dict]], rows: list[dict]) -> dict:
+        """results.json's ``comparisons`` (``comparisons.table_comparisons`` of the main table and, apart, of the
+        curve table), from the per-question records, and ITI's gain by answer style and length (``strata_gains``)."""
+        from . import comparisons as cmp
+        from .answer_style import question_strata
+
+        clock = time.perf_counter()
+        scores = cmp.scores_from_lines(records.question_lines(fold_results))
+        names = [r["variant"] for r in rows]
+        curves = [n for n in names if curve_point(n)]
+        found = cmp.table_comparisons(scores, [n for n in names if n not in curves], table="main")
+        if curves:
+            found += cmp.table_comparisons(scores, curves, table="curves")
+        strata = question_strata(self.mc_docs)
+        gains = cmp.strata_gains(scores, strata)
+        counts = {split: {s: list(strata[split].values()).count(s) for s in sorted(set(strata[split].values()))}
+                  for split in ("style", "length")}
+        return {"comparisons": found, "strata_gains": gains,
+                "comparison_settings": dict(cmp.settings(), seconds=round(time.perf_counter() - clock, 2),
+                                            strata_questions=counts, median_words=strata["median_words"])}
+
     def summarise(self, fold_results: dict[str, list[dict]], resumed: list[str]) -> dict:
         c = self.config
         rows, directions = [], []
+        settings = self.settings()
         for v in self.variants:
             folds = fold_results[v.name]
             alpha = v.alpha if v.alpha not in (AUTO, SELECT) else \
@@ -671,10 +743,12 @@ class Experiment:
             if v.extra.get("match_kl"):
                 alpha = "KL-matched: " + "/".join(format(f["alpha_used"], ".3g") for f in folds)
             k = v.num_heads if v.alpha != SELECT else "select: " + "/".join(str(f["num_heads_used"]) for f in folds)
+            metrics = agg.aggregate_variant(folds)
             rows.append({"model": c.model, "method": v.label, "α": alpha, "K": k, "variant": v.name,
                          "kind": v.kind, "positions": v.positions, "instruction": v.instruction,
+                         **row_definition(v, folds, metrics, settings),
                          "scored_by": "/".join(sorted({f.get("scored_by", "lm-eval") for f in folds})) or None,
-                         "metrics": agg.aggregate_variant(folds)})
+                         "metrics": metrics})
             for f in folds:
                 if f.get("directions"):
                     directions.append(dict(f["directions"], variant=v.name))
@@ -686,7 +760,7 @@ class Experiment:
         leak = [{"fold": f["fold"], "variant": v, **f["leak_check"]} for v, fs in fold_results.items() for f in fs]
         return {
             "format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "kind": self.kind,
-            "settings": dict(self.settings(), data_source=self.source, binary_data_used=self.binary_data),
+            "settings": dict(settings, data_source=self.source, binary_data_used=self.binary_data),
             "variants": [v.describe() for v in self.variants],
             "rows": rows,
             # the per-question data stays in the fold files and per_question*.{csv,jsonl} (results["per_question"])
@@ -700,6 +774,25 @@ class Experiment:
             "package_version": __version__, "lm_eval_version": _lm_eval_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+
+def row_definition(variant: Variant, folds: list[dict], metrics: dict, settings: dict) -> dict:
+    """The table's columns that say what defines a row besides method, alpha and K: the edited MC/gen positions, the
+    judges (id@revision) where the row was judged, the data's sha256 (short) and how many questions it scored."""
+    edits = {"hf": "none", "hf-iti": f"{variant.mc_positions}/{variant.gen_positions}"}.get(variant.kind, "every/every")
+    judged = any((metrics.get(c) or {}).get("mean") is not None for c in ("True", "Info"))
+    questions = sum(len(set().union(*(f.get("question_ids") or {}).values())) for f in folds if f.get("question_ids"))
+    return {"mc/gen": edits, "judge": judge_label(settings.get("judge") or {}) if judged else None,
+            "data": str(settings.get("data_sha256", ""))[:12] or None, "N": questions or None}
+
+
+def judge_label(record: dict) -> str | None:
+    """"truth-judge@rev" (one judge for both) or "truth: a@r; info: b@r" from a judge record (judges.config)."""
+    if record.get("backend", "none") == "none":
+        return None
+    names = [(record.get(f"{k}_judge") or "?") + (f"@{record[f'{k}_revision']}" if record.get(f"{k}_revision") else "")
+             for k in ("truth", "info")]
+    return names[0] if names[0] == names[1] else f"truth: {names[0]}; info: {names[1]}"
 
 
 def _saved_for(path: Path, key) -> dict | None:
@@ -726,7 +819,8 @@ def _lm_eval_version() -> str:
 
 
 def table_markdown(results: dict) -> str:
-    """The run's table (rows = variants) and the token semantics of each method."""
+    """The run's table (rows = variants, Δ against the baseline with its CI and p), ITI against each family of
+    control draws, ITI's gain by answer style and length, the curve rows, and the token semantics of each method."""
     rows = results["rows"]
     s = results["settings"]
     limit = f", limit {s['limit']}" if s.get("limit") else ""
@@ -734,17 +828,47 @@ def table_markdown(results: dict) -> str:
     only = f", evaluated on held-out fold {', '.join(map(str, evaluated))} only" if len(evaluated) < s["num_folds"] else ""
     head = (f"{results['kind']} of {s['model']}: {s['num_folds']} folds (seed {s['seed']}"
             f"{', contiguous' if s['contiguous_folds'] else ''}){only}, tasks {', '.join(s['tasks'])}{limit}\n\n")
+    found = results.get("comparisons") or []
+    main_found = [c for c in found if c.get("table") == "main"]
+    curve_found = [c for c in found if c.get("table") == "curves"]
     draws = agg.draws_markdown(agg.summarise_draws(rows))
     if draws:
         draws = "\nRandom controls over their draws (mean ± sample sd [min, max]):\n\n" + draws
+    families = agg.families_markdown(main_found)
+    if families:
+        families = ("\nITI against each family of control draws (gain = row − baseline; rank p = (1 + draws with gain "
+                    "≥ ITI's) / (1 + draws), unadjusted; Δ = ITI − the draws' per-question mean):\n\n" + families)
+    strata = agg.strata_markdown(results.get("strata_gains") or [])
+    if strata:
+        strata = ("\nITI's gain over the baseline by the style and length of each question's true MC1 answer "
+                  "(descriptive: not in the Holm family):\n\n" + strata)
     selections = [f["selection"] for f in results["folds"].get("iti", []) if f.get("selection")]
     grid = selection_markdown(selections)
     curve_rows = [r for r in rows if curve_point(str(r.get("variant", "")))]
     main_rows = [r for r in rows if r not in curve_rows]
     curves = ("\nThe same rows at other multiples of their own alpha (`--curve-scales`; the curves of pareto.png):\n\n"
-              + agg.markdown_table(curve_rows)) if curve_rows else ""
-    return (head + agg.markdown_table(main_rows) + draws + curves + grid + "\nPositions edited:\n"
+              + agg.markdown_table(curve_rows, deltas=_deltas(curve_found)) + comparisons_note(curve_found)
+              ) if curve_rows else ""
+    return (head + agg.markdown_table(main_rows, deltas=_deltas(main_found)) + comparisons_note(main_found) + draws
+            + families + strata + curves + grid + agg.judge_note(rows) + "\nPositions edited:\n"
             + agg.positions_legend(main_rows))
+
+
+def _deltas(found: list[dict]) -> dict:
+    from .comparisons import by_row
+
+    return by_row(found)
+
+
+def comparisons_note(found: list[dict]) -> str:
+    """What the Δ columns and † of a table mean, with the size of its Holm family."""
+    if not found:
+        return ""
+    size = found[0].get("holm_family", 0)
+    return ("\nΔ: row − baseline over the questions both scored, pooled over folds; [95% CI]: bootstrap over questions "
+            "within folds; p: McNemar exact where both rows score 0/1 per question (MC1, True, Info, True&Info), else "
+            f"sign-flip permutation. † survives Holm at 0.05 across the {size} comparisons of this table (every row against the "
+            "baseline except single control draws, and ITI against each family of draws).\n")
 
 
 def selection_markdown(selections: list[dict]) -> str:

@@ -7,7 +7,8 @@
 Writes ``<out>/results.json`` (every setting, per-fold numbers, the aggregate rows, every directions file's
 sha256, the leak check), ``<out>/table.md``, ``<out>/folds/*.json`` (one per fold x variant, the resume points),
 ``<out>/per_question.csv`` and ``<out>/per_question_choices.jsonl`` (every row's value per question, and every
-choice's log-likelihood; see ``records``) and ``<out>/directions/*.safetensors`` (one fit per fold and
+choice's log-likelihood; see ``records``; the paired comparisons of results.json's ``comparisons`` are computed
+from them, see ``comparisons``) and ``<out>/directions/*.safetensors`` (one fit per fold and
 configuration).
 """
 
@@ -20,6 +21,8 @@ from .runner import Experiment, ExperimentConfig
 
 
 def parse_baselines(text: str | None) -> tuple[str, ...]:
+    """The comma list of ``--baselines``: names of BASELINE_NAMES, ``all`` (every one) or ``study`` (the study's
+    controls with their draw counts, expanded by ``baselines.expand_baselines``)."""
     if not text:
         return ()
     names = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -29,13 +32,18 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
 def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float | str = 15.0,
              num_heads: int = 48, instruction: str = "default", baseline: bool = True,
              baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last",
-             random_draws: int = 5, selection: dict | None = None, curve_scales: tuple[float, ...] = ()) -> dict:
+             random_draws: int = 5, draws: dict[str, int] | None = None, selection: dict | None = None,
+             curve_scales: tuple[float, ...] = ()) -> dict:
     """``alpha="select"`` with ``selection={"alphas": [...], "num_heads": [...], "by": "MC2", "inner_folds": 2}``:
     each outer fold's alpha and K are chosen by cross-validation on its training questions only (inner folds: fit on
     the others, the grid scored by the shared-prefix engine), then that setting is fitted on the whole training part
-    (the fold's own fit, with ``num_heads`` as its size) and evaluated on the held-out fold by lm-eval's hf-iti."""
+    (the fold's own fit, with ``num_heads`` as its size) and evaluated on the held-out fold by lm-eval's hf-iti.
+
+    ``baselines=("study",)``: the study's controls (``baselines.STUDY_BASELINES``) with at least 20 size-matched, 20
+    KL-matched, 10 random-head and 10 label-shuffled draws per fold; ``draws`` ({family: n}) sets a family's count."""
     variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, instruction=instruction,
                                  baseline=baseline, baselines=tuple(baselines), mc_positions=mc_positions,
-                                 gen_positions=gen_positions, random_draws=random_draws, selection=selection,
+                                 gen_positions=gen_positions, random_draws=random_draws, draws=draws,
+                                 selection=selection,
                                  curve_scales=tuple(curve_scales))
     return Experiment(config, variants, out, kind="validate").run()
