@@ -237,6 +237,9 @@ PATHS = [
     ("side-effects", ["--corpus", "{root}/absent.raw"], "no such file"),
     ("side-effects", ["--corpus", "{utf16}"], "not UTF-8 text"),
     ("side-effects", ["--num-docs", "50"], "fewer than --num-docs 50"),
+    ("side-effects", ["--device", "cuda"], "--device 'cuda': this machine has no usable CUDA GPU"),
+    ("side-effects", ["--device", "cuda:x"], "is not a device"),
+    ("fit", ["--device", "cuda"], "--device 'cuda': this machine has no usable CUDA GPU"),
     ("export", ["--out", "/dev/full"], "lm-eval's steered model reads .pt"),
     ("export", ["--out", "{file}/steer.pt"], "is a file, not a folder"),
     ("export", ["--out", "/proc/steer.pt"], "cannot write in /proc"),
@@ -535,3 +538,34 @@ def test_sealed_records_detect_edits_and_truncation(tmp_path):
     path.write_text('{"a": 1}')
     assert read_json_sealed(path)[1].endswith("no content_sha256 (written by an older version)")
     assert read_json_sealed(tmp_path / "absent.json") == (None, "missing")
+
+
+def test_a_nan_in_a_cache_chunk_is_refused_naming_the_file(tmp_path):
+    from lm_eval_iti.collect import ActivationCache
+
+    meta = {"layout": "1", "model_identity": "x", "tokens_sha256": "y", "dtype": "float32", "site": "s",
+            "shape": [2, 2, 4], "num_prompts": 3, "chunk_size": 3}
+    cache = ActivationCache.open(tmp_path, meta)
+    acts = torch.zeros(3, 2, 2, 4)
+    acts[1, 0, 0, 0] = float("nan")
+    cache.write_chunk(0, acts)  # hashes match: only the values are wrong
+    with pytest.raises(ITIError, match=f"{cache.chunk_path(0)}: activations contain NaN"):
+        cache.read_chunk(0)
+    with pytest.raises(ITIError, match="activations contain NaN"):
+        cache.read_chunk_layers(0, 0, 1)
+    assert cache.read_chunk_layers(0, 1, 2).shape == (3, 1, 2, 4)  # the clean layer reads
+
+
+def test_the_atomic_writer_writes_through_a_symlink_and_refuses_special_files(world, tmp_path):
+    from lm_eval_iti.atomic import write_text_atomic
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    for special in ("/dev/full", world["fifo"], str(tmp_path)):
+        with pytest.raises(ITIError, match="refusing to replace it with a file"):
+            write_text_atomic(special, "x")
+    assert Path(world["fifo"]).is_fifo() and Path("/dev/full").is_char_device()
