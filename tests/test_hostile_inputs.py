@@ -184,6 +184,11 @@ NUMBERS = [
     ("sweep", "--alphas", "-5", "-5 is below the minimum 0"),
     ("sweep", "--num-heads", "0", "0 is below the minimum 1"),
     ("sweep", "--num-heads", "x", "'x' is not a whole number"),
+    # seeds (numpy's SeedSequence takes no negative number: refused here, not when the controls are drawn)
+    ("fit", "--seed", "-1", "--seed -1 is below the minimum 0"),
+    ("validate", "--seed", "-1", "--seed -1 is below the minimum 0"),
+    ("validate", "--corpus-seed", "-2", "--corpus-seed -2 is below the minimum 0"),
+    ("side-effects", "--seed", "-1", "--seed -1 is below the minimum 0"),
     # demo and the truth world
     ("demo", "--num-heads", "0", "--num-heads 0 is below the minimum 1"),
     ("demo", "--kl-budget", "0", "--kl-budget 0 must be above 0"),
@@ -569,3 +574,16 @@ def test_the_atomic_writer_writes_through_a_symlink_and_refuses_special_files(wo
         with pytest.raises(ITIError, match="refusing to replace it with a file"):
             write_text_atomic(special, "x")
     assert Path(world["fifo"]).is_fifo() and Path("/dev/full").is_char_device()
+
+
+def test_report_refuses_a_results_file_holding_a_nan_score(world, tmp_path, capsys):
+    """A results.json from a broken run (or edited): the leaderboard never shows NaN as a score."""
+    argv = [str(a) for a in base_argv("validate", world, tmp_path)] + [
+        "--no-side-effects", "--alpha", "2", "--num-heads", "2", "--sigma-data", "mc", "--folds", "0"]
+    assert run_cli(argv, capsys)[0] == 0
+    results = tmp_path / "run" / "results.json"
+    data = json.loads(results.read_text())
+    data["rows"][1]["metrics"]["MC1"]["mean"] = float("nan")
+    results.write_text(json.dumps(data))
+    assert_refused(["report", str(results), "--out", str(tmp_path / "report"), "--no-plots"],
+                   "MC1 is nan (NaN or infinite)", capsys, tmp_path)

@@ -81,7 +81,7 @@ def common_options(func):
         click.option("--num-folds", default=2, type=Count(2)),
         click.option("--folds", "only_folds", default=None,
                      help="Evaluate only these held-out folds (comma list, e.g. 0); default: every fold."),
-        click.option("--seed", default=42, type=int, help="Fold / probe split / random-baseline seed."),
+        click.option("--seed", default=42, type=Count(0), help="Fold / probe split / random-baseline seed."),
         click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
         click.option("--instruction", type=click.Choice(INSTRUCTION_CHOICES), default="default"),
         click.option("--method", type=click.Choice(METHOD_CHOICES), default="mass-mean"),
@@ -109,7 +109,7 @@ def common_options(func):
                      help="CE/KL corpus: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw file."),
         click.option("--num-docs", default=100, type=Count(1), help="CE/KL documents."),
         click.option("--num-tokens", default=128, type=Count(2), help="CE/KL tokens per document."),
-        click.option("--corpus-seed", default=0, type=int),
+        click.option("--corpus-seed", default=0, type=Count(0)),
         click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation."),
         click.option("--cache-dir", default=None, help="Activation cache (default: ~/.cache/lm_eval_iti)."),
         click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -270,7 +270,7 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--corpus", default="wikitext", help="'wikitext' (hub wikitext-2-raw-v1 test split) or a local raw file.")
 @click.option("--num-docs", default=100, type=Count(1), help="Documents (paragraphs of >= 100 words).")
 @click.option("--num-tokens", default=128, type=Count(2), help="First T tokens of each document.")
-@click.option("--seed", default=0, type=int, help="Document sampling seed.")
+@click.option("--seed", default=0, type=Count(0), help="Document sampling seed.")
 @click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation.")
 @click.option("--batch-size", default=8, type=Count(1))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto")

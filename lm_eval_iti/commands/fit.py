@@ -31,7 +31,7 @@ DTYPE_CHOICES = DTYPES
 @click.option("--kl-corpus", default="wikitext",
               help="For --alpha auto: 'wikitext' (hub wikitext-2-raw-v1 test) or a local raw text file.")
 @click.option("--val-ratio", default=0.2, type=Real(minimum=0, maximum=1), help="Share of training questions used to validate probes.")
-@click.option("--seed", default=42, type=int, help="Seed of folds, train/val split, random heads/directions, sigma set.")
+@click.option("--seed", default=42, type=Count(0), help="Seed of folds, train/val split, random heads/directions, sigma set.")
 @click.option("--num-folds", default=None, type=Count(2), help="Split questions into N folds (default: fit on all questions).")
 @click.option("--fold", default=None, type=Count(0), help="Held-out fold: fit on every fold but this one.")
 @click.option("--contiguous-folds", is_flag=True, help="The reference's folds: contiguous blocks in file order.")

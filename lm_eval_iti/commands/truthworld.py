@@ -11,7 +11,7 @@ from ..cli_types import Count, check_output_dir, check_output_file
 
 
 def _world_options(f):
-    f = click.option("--world-seed", type=int, default=0, show_default=True, help="seed of the world (entities, facts, myths)")(f)
+    f = click.option("--world-seed", type=Count(0), default=0, show_default=True, help="seed of the world (entities, facts, myths)")(f)
     return f
 
 
@@ -30,7 +30,7 @@ def truthworld():
 
 @truthworld.command("train")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output model folder")
-@click.option("--seed", type=int, default=0, show_default=True, help="training seed (weights and documents)")
+@click.option("--seed", type=Count(0), default=0, show_default=True, help="training seed (weights and documents)")
 @click.option("--steps", type=Count(1), default=None, help="training steps (default: the shipped design's)")
 @click.option("--batch-size", type=Count(1), default=None, help="documents per step (default: the shipped design's)")
 @click.option("--threads", type=Count(1), default=1, show_default=True, help="torch CPU threads")
@@ -78,7 +78,7 @@ def export_data(out, model_dir):
               help="a truth-world checkpoint (default: the shipped one)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
 @click.option("--num-heads", type=Count(1), default=None, help="K (default: the shipped design's)")
-@click.option("--seed", type=int, default=42, show_default=True, help="fold and probe seed")
+@click.option("--seed", type=Count(0), default=42, show_default=True, help="fold and probe seed")
 def evaluate_cmd(model_dir, out, num_heads, seed):
     """The bar: 2-fold fit-directions, alpha chosen on the training folds within side-effect bounds, scored on the
     held-out fold against random and orthogonal directions, random heads and a colour prior."""

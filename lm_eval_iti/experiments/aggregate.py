@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 
+from ..errors import ITIError
 from ..judges.folds import JUDGE_COLUMNS, true_times_info, unjudged_note
 from .baselines import DRAW_FAMILIES
 
@@ -142,12 +143,30 @@ def format_cell(column: str, cell: dict | None) -> str:
     return text
 
 
+# scores and side effects the model computes: a NaN or inf there is a broken run, never a number to show (a judge
+# column may be missing after an outage, which mark_partial says)
+MODEL_COLUMNS = ("MC1", "MC2", "MC3", "binary", "CE", "KL")
+
+
+def check_finite(rows: list[dict]) -> None:
+    """One line naming the row and column of the first NaN or infinite model score."""
+    for row in rows:
+        for column in MODEL_COLUMNS:
+            cell = (row.get("metrics") or {}).get(column)
+            value = cell.get("mean") if isinstance(cell, dict) else cell
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                name = row.get("variant") or row.get("method") or "a row"
+                raise ITIError(f"{name}: {column} is {value} (NaN or infinite): the run that produced it is broken; "
+                               "refusing to put it in a table")
+
+
 def markdown_table(rows: list[dict], lead: tuple[str, ...] = LEAD, columns: tuple[str, ...] = COLUMNS,
                    deltas: dict[str, dict[str, dict]] | None = None) -> str:
     """Rows: dicts with the ``lead`` keys (plain values) and ``metrics`` ({column: cell}). Columns that no row has
     are still printed (blank), so tables of different runs line up. ``deltas`` ({row key: {column: comparison}},
     the row key being ``variant``, else ``method``): a "Δ<column>" column per column that any row has a comparison
     in, "Δ [95% CI] p", † where it survives Holm."""
+    check_finite(rows)
     deltas = deltas or {}
     delta_columns = [c for c in columns if any(c in d for d in deltas.values())]
     header = list(lead) + list(columns) + [f"Δ{c}" for c in delta_columns]
