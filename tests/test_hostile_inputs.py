@@ -189,6 +189,13 @@ NUMBERS = [
     ("validate", "--seed", "-1", "--seed -1 is below the minimum 0"),
     ("validate", "--corpus-seed", "-2", "--corpus-seed -2 is below the minimum 0"),
     ("side-effects", "--seed", "-1", "--seed -1 is below the minimum 0"),
+    # lm-eval-iti judge
+    ("judge", "--concurrency", "0", "--concurrency 0 is below the minimum 1"),
+    ("judge", "--timeout", "-1", "--timeout -1 must be above 0"),
+    ("judge", "--retries", "-1", "--retries -1 is below the minimum 0"),
+    ("judge", "--backoff", "nan", "--backoff 'nan' is not finite"),
+    ("judge", "--check-examples", "0", "--check-examples 0 is below the minimum 2"),
+    ("judge", "--check-min-accuracy", "2", "--check-min-accuracy 2 must be below"),
     # demo and the truth world
     ("demo", "--num-heads", "0", "--num-heads 0 is below the minimum 1"),
     ("demo", "--kl-budget", "0", "--kl-budget 0 must be above 0"),
@@ -216,6 +223,7 @@ def base_argv(command: str, w: dict, out: Path) -> list:
         "truthworld-evaluate": ["truthworld", "evaluate", "--out", out / "tw.json"],
         "truthworld-train": ["truthworld", "train", "--out", out / "tw"],
         "report": ["report", w["root"] / "no-results", "--out", out / "report"],
+        "judge": ["judge", w["root"] / "no-samples", "--out", out / "judged.json"],
     }[command]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli_types import Count, Real
+
 from ..judges.config import BACKENDS, DEFAULT_CHECK_EXAMPLES
 
 JUDGE_CHOICES = tuple(b for b in BACKENDS if b != "none")  # "none" (no judge) makes no sense for this command
@@ -41,11 +43,11 @@ _OPTIONS = {
 @click.option("--info-base-url", default=None, help="The info judge's own server (default --base-url).")
 @click.option("--api-key-env", default=None, help="NAME of the variable holding the API key (OPENAI_API_KEY).")
 @click.option("--cache", default=None, help="SQLite judgment cache, or 'off'.")
-@click.option("--concurrency", default=None, type=int, help="Parallel API requests (8).")
-@click.option("--timeout", default=None, type=float, help="Seconds per API request (60).")
-@click.option("--retries", default=None, type=int, help="Retries per request (6).")
-@click.option("--backoff", default=None, type=float, help="First backoff in seconds, doubled per retry (1).")
-@click.option("--batch-size", default=None, type=int, help="hf: prompts per forward (8).")
+@click.option("--concurrency", default=None, type=Count(1), help="Parallel API requests (8).")
+@click.option("--timeout", default=None, type=Real(minimum=0), help="Seconds per API request (60).")
+@click.option("--retries", default=None, type=Count(0), help="Retries per request (6).")
+@click.option("--backoff", default=None, type=Real(minimum=0, inclusive_minimum=True), help="First backoff in seconds, doubled per retry (1).")
+@click.option("--batch-size", default=None, type=Count(1), help="hf: prompts per forward (8).")
 @click.option("--device", default=None, help="hf: device (cuda if available, else cpu).")
 @click.option("--dtype", default=None, help="hf: auto, float32, float16 or bfloat16.")
 @click.option("--no-judge-check", "--no-check", "no_check", is_flag=True,
@@ -55,12 +57,12 @@ _OPTIONS = {
               help=f"Without SAMPLES: only check the judges on human-labelled TruthfulQA answers (accuracy, usable "
                    f"share, AUC; {DEFAULT_CHECK_EXAMPLES} per judge unless --check-examples). With SAMPLES the check "
                    f"runs anyway.")
-@click.option("--check-examples", default=None, type=int,
+@click.option("--check-examples", default=None, type=Count(2),
               help=f"Labelled answers per judge for the check, half positive (even; {DEFAULT_CHECK_EXAMPLES}).")
 @click.option("--check-data", default=None, help="TruthfulQA's eval_examples.csv or its folder (default: download).")
-@click.option("--check-min-accuracy", default=None, type=float, help="A judge below it fails the check (0.7).")
+@click.option("--check-min-accuracy", default=None, type=Real(minimum=0, maximum=1.0000001), help="A judge below it fails the check (0.7).")
 @click.option("--check-allow-fail", is_flag=True, help="A failed check warns instead of stopping.")
-@click.option("--check-seed", default=None, type=int, help="Which labelled answers are drawn (0).")
+@click.option("--check-seed", default=None, type=Count(0), help="Which labelled answers are drawn (0).")
 def judge(samples, out, samples_out, filter_name, no_check, check, check_allow_fail, **options):
     """Judge the generations of SAMPLES (an lm-eval samples_truthfulqa_iti_gen_*.jsonl, or a folder holding one)
     with the truth and info judges, and write True, Info, True*Info, True-and-Info and judge_failures to --out.
