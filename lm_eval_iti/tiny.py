@@ -64,6 +64,25 @@ def tiny_config(model_type: str = "llama", vocab_size: int = 512, hidden: int = 
     elif model_type == "opt":
         cfg = tf.OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=hidden * 2,
                            word_embed_proj_dim=hidden, max_position_embeddings=1024, **common)
+    elif model_type in ("gemma3_text", "gemma3"):
+        # Gemma 3's layout: sliding-window layers (a window of 8 tokens unless overridden, so that tiny prompts cross
+        # it) before every second layer's full attention, q/k norms, scaled embeddings, tied embeddings
+        text = tf.Gemma3TextConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                   num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads,
+                                   intermediate_size=hidden * 2, max_position_embeddings=1024,
+                                   query_pre_attn_scalar=hidden // heads,
+                                   sliding_window=overrides.pop("sliding_window", 8),
+                                   layer_types=["full_attention" if i % 2 else "sliding_attention"
+                                                for i in range(layers)], **common)
+        if model_type == "gemma3_text":
+            cfg = text
+        else:  # the multimodal wrapper: a tiny SigLIP tower; its language model is the text config above (the
+            # image tokens lie outside the vocabulary, so no text ever contains one)
+            vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=16, patch_size=8)
+            cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                  boi_token_index=vocab_size, eoi_token_index=vocab_size + 1,
+                                  image_token_index=vocab_size + 2)
     else:
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
                "qwen3": tf.Qwen3Config, "gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config, "phi3": tf.Phi3Config,

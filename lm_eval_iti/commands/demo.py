@@ -12,7 +12,7 @@ from .placement import placement_options
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Folder for the table, heatmap, alpha curve and JSON (default: results/demo or results/demo-MODEL).")
 @click.option("--model", default=None,
-              help="A real model (folder, hub id, .gguf, or smollm2-135m-instruct): fit on TruthfulQA fold 1, "
+              help="A real model (folder, hub id, .gguf, smollm2-135m-instruct or gemma3-270m): fit on TruthfulQA fold 1, "
                    "evaluate fold 0 with lm-eval hf and hf-iti. Default: the embedded truth-world model.")
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder.")
 @click.option("--data-dir", type=click.Path(exists=True), default=None,

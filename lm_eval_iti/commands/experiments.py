@@ -65,7 +65,7 @@ def _slug(text: str) -> str:
 def common_options(func):
     """The options validate and sweep share (data, folds, tasks, fit, lm-eval, CE/KL, output)."""
     options = [
-        click.option("--model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct)."),
+        click.option("--model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct, gemma3-270m)."),
         click.option("--gguf-file", default=None, help="GGUF file inside the --model folder."),
         click.option("--revision", default=None, help="Hub revision of --model."),
         click.option("--dtype", type=click.Choice(DTYPES), default="auto"),

@@ -14,7 +14,7 @@ DTYPE_CHOICES = DTYPES
 
 
 @click.command("fit-directions", context_settings={"show_default": True})
-@click.option("--model", "model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct).")
+@click.option("--model", "model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct, gemma3-270m).")
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Directions file to write (.safetensors).")
