@@ -595,3 +595,8 @@ def test_report_refuses_a_results_file_holding_a_nan_score(world, tmp_path, caps
     results.write_text(json.dumps(data))
     assert_refused(["report", str(results), "--out", str(tmp_path / "report"), "--no-plots"],
                    "MC1 is nan (NaN or infinite)", capsys, tmp_path)
+
+
+def test_the_fingerprint_matches_the_same_weights_in_another_dtype(world):
+    """A fit in float32 steers the same model loaded in bfloat16 without an override."""
+    assert _hfiti(world, dtype="bfloat16").iti_info()["model_check"] == "match"
