@@ -176,3 +176,21 @@ def tiny_arch_with_directions(tmp_path_factory, model_type: str, prefix: str):
     path = root / "dirs.safetensors"
     save_directions(random_directions(model, num_heads=6, seed=1, alpha=3.0), path)
     return model, tok, path, load_directions(path), root
+
+
+def load_float32(folder):
+    """(model in float32, eval mode; tokenizer) of a saved folder: the real-model tests' plain model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(str(folder)))
+
+
+def random_directions_file(model, folder, num_heads: int, alpha: float, model_id: str, seed: int = 5):
+    """A directions file of random unit directions on ``num_heads`` heads of ``model`` (with its fingerprint)."""
+    from lm_eval_iti.artifact import save_directions
+    from lm_eval_iti.tiny import random_directions
+
+    path = folder / "random.safetensors"
+    save_directions(random_directions(model, num_heads=num_heads, seed=seed, alpha=alpha, model_id=model_id), path)
+    return path

@@ -16,21 +16,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.hf_steered import SteeredModel
 from lm_eval.models.huggingface import HFLM
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from _reference.iti_hook import reference_generate, reference_loglikelihood, reference_vectors
-from conftest import run_cli, tqa_v0
+from conftest import load_float32, random_directions_file, run_cli, tqa_v0
 from lm_eval_iti import prefix_scoring as ps
-from lm_eval_iti.artifact import load_directions, save_directions
+from lm_eval_iti.artifact import load_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.export import bake, export_steered
 from lm_eval_iti.gguf import dequantized_folder, gguf_identity, packaged_model_path, resolve_model
 from lm_eval_iti.harness.model import HFITI
-from lm_eval_iti.tiny import random_directions
 
 pytestmark = pytest.mark.slow
 NAME = "gemma3-270m"
@@ -68,16 +65,14 @@ def gemma3_dir(gguf_source):
 
 @pytest.fixture(scope="module")
 def plain(gemma3_dir):
-    return (AutoModelForCausalLM.from_pretrained(str(gemma3_dir), dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(str(gemma3_dir)))
+    return load_float32(gemma3_dir)
 
 
 @pytest.fixture(scope="module")
 def dirs_file(plain, tmp_path_factory):
     """Random unit directions on 16 of the 72 heads, alpha 4: a shift that moves the scores without wrecking them."""
-    path = tmp_path_factory.mktemp("gemma3") / "random.safetensors"
-    save_directions(random_directions(plain[0], num_heads=16, seed=5, alpha=ALPHA, model_id=NAME), path)
-    return path
+    return random_directions_file(plain[0], tmp_path_factory.mktemp("gemma3"), num_heads=16, alpha=ALPHA,
+                                  model_id=NAME)
 
 
 @contextlib.contextmanager

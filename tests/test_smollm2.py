@@ -15,16 +15,14 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.hf_steered import SteeredModel
 from lm_eval.models.huggingface import HFLM
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from _reference.iti_hook import reference_generate, reference_loglikelihood, reference_vectors
-from conftest import shared_data, tqa_v0
-from lm_eval_iti.artifact import load_directions, save_directions
+from conftest import load_float32, random_directions_file, shared_data, tqa_v0
+from lm_eval_iti.artifact import load_directions
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.export import bake, export_steered
 from lm_eval_iti.gguf import dequantized_folder, gguf_identity, packaged_model_path, resolve_model
 from lm_eval_iti.harness.model import HFITI
-from lm_eval_iti.tiny import random_directions
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-135m-instruct"
@@ -52,16 +50,14 @@ def smollm2_dir(gguf_source):
 
 @pytest.fixture(scope="module")
 def plain(smollm2_dir):
-    return (AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(str(smollm2_dir)))
+    return load_float32(smollm2_dir)
 
 
 @pytest.fixture(scope="module")
 def dirs_file(plain, tmp_path_factory):
     """Random unit directions on 24 heads, alpha 4: a shift of realistic size that changes the scores."""
-    path = tmp_path_factory.mktemp("smol") / "random.safetensors"
-    save_directions(random_directions(plain[0], num_heads=24, seed=5, alpha=4.0, model_id=NAME), path)
-    return path
+    return random_directions_file(plain[0], tmp_path_factory.mktemp("smol"), num_heads=24, alpha=4.0,
+                                  model_id=NAME)
 
 
 def lm(cls, folder, batch_size=4, **kw):
