@@ -39,7 +39,7 @@ from .model_args import check_alpha_value
 from .loading import DTYPES, execution_device, load_model
 from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
-from .select import METHODS, compute_directions, compute_sigma, head_activations, rank_heads, select_heads, split_train_val
+from .select import METHODS, compute_directions, compute_sigma, head_activations, ranked_selection, split_train_val
 
 
 @dataclass
@@ -251,10 +251,7 @@ def probe_stage(cfg: FitConfig, acts: torch.Tensor, prompts: FitPrompts, *, devi
 def select_stage(cfg: FitConfig, probes: ProbeResult) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 5: (selected [K, 2], head_rank [L*H, 2]): the K heads (best validation accuracy, or random with
     ``random_heads``), then every other head by rank."""
-    selected = select_heads(probes.accuracy, cfg.num_heads, cfg.seed, cfg.random_heads)
-    chosen = {tuple(p) for p in selected.tolist()}
-    rest = [p for p in rank_heads(probes.accuracy).tolist() if tuple(p) not in chosen]
-    return selected, torch.cat([selected, torch.tensor(rest, dtype=torch.int64).reshape(-1, 2)])
+    return ranked_selection(probes.accuracy, cfg.num_heads, cfg.seed, cfg.random_heads)
 
 
 # stage 6: directions and sigma ------------------------------------------------------------------------------------

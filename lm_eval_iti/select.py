@@ -57,6 +57,15 @@ def select_heads(accuracy: torch.Tensor, k: int, seed: int = 42, random_heads: b
     return rank_heads(accuracy)[:k]
 
 
+def ranked_selection(accuracy: torch.Tensor, k: int, seed: int = 42, random_heads: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selected [k, 2], head_rank [L*H, 2]): the k heads of ``select_heads``, then every other head by rank."""
+    selected = select_heads(accuracy, k, seed, random_heads)
+    chosen = {tuple(p) for p in selected.tolist()}
+    rest = [p for p in rank_heads(accuracy).tolist() if tuple(p) not in chosen]
+    return selected, torch.cat([selected, torch.tensor(rest, dtype=torch.int64).reshape(-1, 2)])
+
+
 def _unit(v: torch.Tensor, what: str, heads: torch.Tensor) -> torch.Tensor:
     norms = v.norm(dim=-1, keepdim=True)
     zero = (norms.squeeze(-1) == 0).nonzero().flatten().tolist()
