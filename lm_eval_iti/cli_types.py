@@ -157,3 +157,27 @@ def _probe_writable(folder: Path, what: str, shown) -> None:
             pass
     except OSError as exc:
         raise ITIError(f"{what} {shown}: cannot write in {folder} ({exc.strerror or type(exc).__name__})") from None
+
+
+# old spellings -----------------------------------------------------------------------------------------------------
+def renamed(old: str, new: str, type_=None, param: str | None = None):
+    """Keep ``old`` (e.g. ``--heads``) working as a hidden alias of ``new`` (``--num-heads``) with a one-line
+    deprecation on stderr. Put it under ``@click.command`` (it wraps the function and adds the hidden option)."""
+    import functools
+
+    old_param = old.lstrip("-").replace("-", "_") + "_renamed"
+    new_param = param or new.lstrip("-").replace("-", "_")  # ``param``: the new option's Python name, if not its flag's
+
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            value = kwargs.pop(old_param)
+            if value is not None:
+                click.echo(f"lm-eval-iti: warning: {old} is deprecated; use {new}", err=True)
+                kwargs[new_param] = value
+            return func(*args, **kwargs)
+
+        return click.option(old, old_param, type=type_, default=None, hidden=True,
+                            help=f"Deprecated spelling of {new}.")(wrapper)
+
+    return decorate

@@ -69,9 +69,10 @@ def compare(recorded: dict, model) -> str | None:
     return None
 
 
-def check_model_identity(directions, model, allow_mismatch: bool = False) -> str:
+def check_model_identity(directions, model, allow_mismatch: bool = False,
+                         override: str = "--allow-model-mismatch") -> str:
     """'match', 'unrecorded' (an older file: warned once) or 'mismatch allowed'; a mismatch raises one line unless
-    ``allow_mismatch`` (the caller records that it was allowed)."""
+    ``allow_mismatch`` (the caller records that it was allowed); ``override``: how the caller's user asks for that."""
     raw = directions.metadata.get(FINGERPRINT_KEY, "")
     if not raw:
         log.warning("lm-eval-iti: %s records no model fingerprint (fitted by an older version): cannot check that it "
@@ -91,5 +92,5 @@ def check_model_identity(directions, model, allow_mismatch: bool = False) -> str
         log.warning("lm-eval-iti: %s was fitted on %s and %s; going on as asked (allow_model_mismatch)",
                     directions.source, fitted, problem)
         return "mismatch allowed"
-    raise ITIError(f"{directions.source} was fitted on {fitted}, not on this model: {problem}; pass "
-                   "allow_model_mismatch=true (--allow-model-mismatch) to steer it anyway")
+    raise ITIError(f"{directions.source} was fitted on {fitted}, not on this model: {problem}; {override} steers "
+                   "with it anyway")

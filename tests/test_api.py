@@ -254,7 +254,7 @@ def test_cli_names_flags_where_the_library_names_parameters(tiny_model_dir, tmp_
 
     result = CliRunner().invoke(cli, ["fit-directions", "--model", str(tiny_model_dir), "--out",
                                       str(tmp_path / "d.safetensors"), "--data-dir", str(tqa_v0()), "--num-heads", "99",
-                                      "--max-questions", "10", "--no-cache", "--quiet"])
+                                      "--num-questions", "10", "--no-cache", "--quiet"])
     assert isinstance(result.exception, iti_error())
     message = with_flags(str(result.exception), LazyGroup.invoked)
     assert message.startswith("--num-heads 99 is larger than layers x heads"), message

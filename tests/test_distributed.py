@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 PYTHON = sys.executable
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-FIT_ARGS = ["--num-heads", "3", "--max-questions", "8", "--sigma-data", "mc", "--chunk-size", "6", "--batch-size", "4",
+FIT_ARGS = ["--num-heads", "3", "--num-questions", "8", "--sigma-data", "mc", "--chunk-size", "6", "--batch-size", "4",
             "--dtype", "float32", "--no-plot", "--quiet"]
 
 

@@ -302,7 +302,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(case, tmp_path, tiny_model_dir
     out = tmp_path / "out" / "dirs.safetensors"
     out.parent.mkdir()
     args = ["fit-directions", "--model", str(tiny_model_dir), "--out", str(out), "--data-dir", str(v0),
-            "--max-questions", "10", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--num-heads", "2"]
+            "--num-questions", "10", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--num-heads", "2"]
     if case == "unknown_model":
         args[2], match = str(tmp_path / "no-such-model"), "no such model folder"
     elif case == "missing_column":
@@ -339,7 +339,7 @@ def test_a_cache_written_by_another_model_fails_cleanly(first_fit, tmp_path, v0,
     out = tmp_path / "out" / "dirs.safetensors"
     out.parent.mkdir()
     code, err = _run_cli(["fit-directions", "--model", str(other_dir), "--out", str(out), "--data-dir", str(v0),
-                          "--max-questions", str(NQ), "--cache-dir", str(cache), "--quiet", "--num-heads", "2"], capsys)
+                          "--num-questions", str(NQ), "--cache-dir", str(cache), "--quiet", "--num-heads", "2"], capsys)
     _assert_clean_failure(out, code, err, "written by another model")
 
 

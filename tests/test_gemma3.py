@@ -210,7 +210,7 @@ def test_fit_directions_by_model_name_finds_heads_that_beat_shuffled_labels(plai
     from lm_eval_iti.prompts import mc_prompt_set
 
     n, out, cache = 40, tmp_path / "d.safetensors", tmp_path / "cache"
-    code, _, err = run_cli(["fit-directions", "--model", NAME, "--data-dir", str(tqa_v0()), "--max-questions", str(n),
+    code, _, err = run_cli(["fit-directions", "--model", NAME, "--data-dir", str(tqa_v0()), "--num-questions", str(n),
                             "--num-heads", "8", "--sigma-data", "mc", "--dtype", "float32", "--batch-size", "16",
                             "--device", "cpu", "--cache-dir", str(cache), "--out", str(out), "--no-plot", "--quiet"],
                            capsys)

@@ -102,6 +102,7 @@ def _files_under(path: Path) -> set[str]:
 
 
 def assert_refused(argv: list[str], match: str, capsys, watch: Path) -> None:
+    capsys.readouterr()  # only this command's output counts
     before = _files_under(watch)
     code, _, err = run_cli([str(a) for a in argv], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -135,26 +136,26 @@ NUMBERS = [
     ("fit", "--num-folds", "0", "--num-folds 0 is below the minimum 2"),
     ("fit", "--num-folds", "1", "--num-folds 1 is below the minimum 2"),
     ("fit", "--fold", "-1", "--fold -1 is below the minimum 0"),
-    ("fit", "--max-questions", "0", "--max-questions 0 is below the minimum 2"),
-    ("fit", "--max-questions", "1", "is below the minimum 2"),
+    ("fit", "--num-questions", "0", "--num-questions 0 is below the minimum 2"),
+    ("fit", "--max-questions", "1", "--max-questions 1 is below the minimum 2"),  # the old spelling
     ("fit", "--batch-size", "0", "--batch-size 0 is below the minimum 1"),
     ("fit", "--chunk-size", "0", "--chunk-size 0 is below the minimum 1"),
     # side-effects
     ("side-effects", "--alpha", "nan", "--alpha nan must be finite"),
     ("side-effects", "--alpha", "inf", "must be finite"),
     ("side-effects", "--alpha", "1e39", "overflows float32"),
-    ("side-effects", "--heads", "0", "--heads 0 is below the minimum 1"),
-    ("side-effects", "--heads", "-2", "is below the minimum 1"),
+    ("side-effects", "--num-heads", "0", "--num-heads 0 is below the minimum 1"),
+    ("side-effects", "--heads", "-2", "--heads -2 is below the minimum 1"),  # the old spelling
     ("side-effects", "--num-docs", "0", "--num-docs 0 is below the minimum 1"),
     ("side-effects", "--num-tokens", "1", "--num-tokens 1 is below the minimum 2"),
     ("side-effects", "--batch-size", "0", "--batch-size 0 is below the minimum 1"),
     # export and bake
     ("export", "--alpha", "nan", "must be finite"),
     ("export", "--alpha", "1e39", "overflows float32"),
-    ("export", "--heads", "0", "--heads 0 is below the minimum 1"),
+    ("export", "--num-heads", "0", "--num-heads 0 is below the minimum 1"),
     ("bake", "--alpha", "inf", "must be finite"),
     ("bake", "--alpha", "1e39", "overflows float32"),
-    ("bake", "--heads", "0", "--heads 0 is below the minimum 1"),
+    ("bake", "--num-heads", "0", "--num-heads 0 is below the minimum 1"),
     # validate
     ("validate", "--kl-budget", "-0.5", "--kl-budget -0.5 must be above 0"),
     ("validate", "--kl-budget", "0", "must be above 0"),
@@ -188,7 +189,7 @@ NUMBERS = [
     ("fit", "--seed", "-1", "--seed -1 is below the minimum 0"),
     ("validate", "--seed", "-1", "--seed -1 is below the minimum 0"),
     ("validate", "--corpus-seed", "-2", "--corpus-seed -2 is below the minimum 0"),
-    ("side-effects", "--seed", "-1", "--seed -1 is below the minimum 0"),
+    ("side-effects", "--corpus-seed", "-1", "--corpus-seed -1 is below the minimum 0"),
     # lm-eval-iti judge
     ("judge", "--concurrency", "0", "--concurrency 0 is below the minimum 1"),
     ("judge", "--timeout", "-1", "--timeout -1 must be above 0"),
@@ -212,7 +213,7 @@ def base_argv(command: str, w: dict, out: Path) -> list:
     run_like = ["--tasks", "truthfulqa_iti_mc1", "--corpus", w["corpus"], "--num-docs", "2", "--num-questions", "10",
                 "--out", out / "run"]
     return {
-        "fit": ["fit-directions", *fit_like, "--max-questions", "10", "--num-heads", "2", "--out", out / "d.safetensors"],
+        "fit": ["fit-directions", *fit_like, "--num-questions", "10", "--num-heads", "2", "--out", out / "d.safetensors"],
         "side-effects": ["side-effects", "--model", w["model"], "--directions", w["dirs"], "--corpus", w["corpus"],
                          "--num-docs", "2", "--num-tokens", "16", "--device", "cpu", "--quiet", "--out", out / "se.json"],
         "export": ["export", "--model", w["model"], "--directions", w["dirs"], "--out", out / "steer.pt"],
@@ -481,7 +482,7 @@ def test_fit_directions_killed_mid_collection_resumes_to_the_same_directions(wor
 
     argv = [str(a) for a in base_argv("fit", world, tmp_path)] + ["--sigma-data", "mc", "--no-plot",
                                                                   "--chunk-size", "4", "--batch-size", "4"]
-    argv[argv.index("--max-questions") + 1] = "40"
+    argv[argv.index("--num-questions") + 1] = "40"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "lm_eval_iti", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -600,3 +601,22 @@ def test_report_refuses_a_results_file_holding_a_nan_score(world, tmp_path, caps
 def test_the_fingerprint_matches_the_same_weights_in_another_dtype(world):
     """A fit in float32 steers the same model loaded in bfloat16 without an override."""
     assert _hfiti(world, dtype="bfloat16").iti_info()["model_check"] == "match"
+
+
+def test_old_spellings_still_work_with_a_one_line_deprecation(world, tmp_path, capsys):
+    from lm_eval_iti.artifact import load_directions
+
+    argv = [str(a) for a in base_argv("side-effects", world, tmp_path)] + ["--heads", "2", "--seed", "1"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert err.splitlines() == ["lm-eval-iti: warning: --heads is deprecated; use --num-heads",
+                                "lm-eval-iti: warning: --seed is deprecated; use --corpus-seed"] or \
+        sorted(err.splitlines()) == sorted(["lm-eval-iti: warning: --heads is deprecated; use --num-heads",
+                                           "lm-eval-iti: warning: --seed is deprecated; use --corpus-seed"])
+    saved = json.loads((tmp_path / "se.json").read_text())
+    assert saved["intervention"]["num_heads_used"] == 2 and saved["corpus"]["seed"] == 1
+    fit = [str(a) for a in base_argv("fit", world, tmp_path)] + ["--max-questions", "12", "--sigma-data", "mc",
+                                                               "--no-plot"]
+    code, out, err = run_cli(fit, capsys)
+    assert code == 0 and "--max-questions is deprecated; use --num-questions" in err
+    assert load_directions(tmp_path / "d.safetensors").metadata["max_questions"] == "12"

@@ -99,10 +99,10 @@ def test_fit_on_max_questions_is_refused(tmp_path, capsys):
     evaluated = set(fold_indices(questions, 2, 0, 42)[1])
     leaked = len(fitted & evaluated)
     assert leaked > 0
-    with pytest.raises(ITIError, match=f"{leaked} of the {len(evaluated)} .*first 100 questions .*--max-questions"):
+    with pytest.raises(ITIError, match=f"{leaked} of the {len(evaluated)} .*first 100 questions .*--num-questions"):
         taskfns.load_truthfulqa_mc(**_local_metadata(num_folds=2, fold=0, directions=path))
     with capsys.disabled():
-        print(f"\nleak guard: fit --max-questions 100 ({len(fitted)} fit questions), evaluate the full data's fold 0:"
+        print(f"\nleak guard: fit --num-questions 100 ({len(fitted)} fit questions), evaluate the full data's fold 0:"
               f" {leaked} refused")
 
 

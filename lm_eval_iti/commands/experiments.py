@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_types import Alpha, Count, NumberList, Real, check_output_dir, check_output_file
+from ..cli_types import Alpha, Count, NumberList, Real, check_output_dir, check_output_file, renamed
 from ..errors import ITIError
 from ..choices import DTYPES, ENGINE_MODES, GEN_POSITIONS, MC_POSITIONS, METHODS, PROBE_BACKENDS, SELECT_COLUMNS
 from ..prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
@@ -266,11 +266,13 @@ def _echo_run(results: dict, out: str) -> None:
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
 @click.option("--alpha", default=None, type=Alpha(), help="Strength (default: the file's alpha).")
-@click.option("--heads", default=None, type=Count(1), help="Use only the file's top-K heads.")
+@click.option("--num-heads", default=None, type=Count(1), help="Use only the file's top-K heads.")
+@renamed("--heads", "--num-heads", Count(1))
 @click.option("--corpus", default="wikitext", help="'wikitext' (hub wikitext-2-raw-v1 test split) or a local raw file.")
 @click.option("--num-docs", default=100, type=Count(1), help="Documents (paragraphs of >= 100 words).")
 @click.option("--num-tokens", default=128, type=Count(2), help="First T tokens of each document.")
-@click.option("--seed", default=0, type=Count(0), help="Document sampling seed.")
+@click.option("--corpus-seed", default=0, type=Count(0), help="Document sampling seed (as validate's).")
+@renamed("--seed", "--corpus-seed", Count(0))
 @click.option("--no-detokenize", is_flag=True, help="Keep WikiText's ' @-@ ' tokenisation.")
 @click.option("--batch-size", default=8, type=Count(1))
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto")
@@ -281,8 +283,8 @@ def _echo_run(results: dict, out: str) -> None:
               help="Use directions fitted on another model of the same shape (refused otherwise).")
 @click.option("--quiet", is_flag=True)
 @placement_options
-def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, num_tokens, seed, no_detokenize, batch_size,
-                 dtype, device, revision, out, allow_model_mismatch, quiet, device_map, max_memory, offload_folder):
+def side_effects(model, gguf_file, directions, alpha, num_heads, corpus, num_docs, num_tokens, corpus_seed, no_detokenize,
+                 batch_size, dtype, device, revision, out, allow_model_mismatch, quiet, device_map, max_memory, offload_folder):
     """CE of base and steered model and KL(base || steered) per token, same documents, every position edited."""
     import os
 
@@ -295,11 +297,11 @@ def side_effects(model, gguf_file, directions, alpha, heads, corpus, num_docs, n
         raise ITIError(f"{directions}: directions file not found")
     if out:
         check_output_file(out)
-    load_corpus(corpus, num_docs, seed, detokenized=False)  # enough paragraphs? before the model loads
+    load_corpus(corpus, num_docs, corpus_seed, detokenized=False)  # enough paragraphs? before the model loads
     loaded, tokenizer = load_model(model, revision, dtype, device, not quiet, gguf_file=gguf_file,
                                    device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
-    result = measure(loaded, tokenizer, directions, alpha=alpha, heads=heads, corpus=corpus, num_docs=num_docs,
-                     num_tokens=num_tokens, seed=seed, detokenized=not no_detokenize, batch_size=batch_size,
+    result = measure(loaded, tokenizer, directions, alpha=alpha, heads=num_heads, corpus=corpus, num_docs=num_docs,
+                     num_tokens=num_tokens, seed=corpus_seed, detokenized=not no_detokenize, batch_size=batch_size,
                      progress=not quiet, allow_model_mismatch=allow_model_mismatch)
     result["model"] = model
     s = result["side_effects"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..choices import DTYPES, EXPORT_FORMATS
-from ..cli_types import Alpha, Count, check_output_dir, check_output_file
+from ..cli_types import Alpha, Count, check_output_dir, check_output_file, renamed
 from .placement import placement_options
 
 WEIGHT_DTYPES = tuple(d for d in DTYPES if d != "auto")  # a file's dtype must be named
@@ -42,7 +42,8 @@ def _alpha(alpha, directions):
               help="Export format: the .pt that lm-eval's own `steered` model reads.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pt file.")
 @click.option("--alpha", type=Alpha(), default=None, help="Strength (default: the file's alpha).")
-@click.option("--heads", "num_heads", type=Count(1), default=None, help="Use only the file's top-K heads.")
+@click.option("--num-heads", "num_heads", type=Count(1), default=None, help="Use only the file's top-K heads.")
+@renamed("--heads", "--num-heads", Count(1))
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True)
 @click.option("--revision", default=None)
 @ALLOW_MISMATCH
@@ -69,7 +70,8 @@ def export(model_id, gguf_file, directions, target, out, alpha, num_heads, dtype
 @click.option("--directions", required=True, type=click.Path(dir_okay=False), help="Directions .safetensors file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder (new or empty).")
 @click.option("--alpha", type=Alpha(), default=None, help="Strength (default: the file's alpha).")
-@click.option("--heads", "num_heads", type=Count(1), default=None, help="Use only the file's top-K heads.")
+@click.option("--num-heads", "num_heads", type=Count(1), default=None, help="Use only the file's top-K heads.")
+@renamed("--heads", "--num-heads", Count(1))
 @click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True,
               help="Weights dtype of the saved model.")
 @click.option("--revision", default=None)

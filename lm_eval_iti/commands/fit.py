@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..data import HUB_ID
-from ..cli_types import Alpha, Count, Real, check_output_dir, check_output_file
+from ..cli_types import Alpha, Count, Real, check_output_dir, check_output_file, renamed
 from ..choices import DTYPES, METHODS, PROBE_BACKENDS, PROBE_MEMORY
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from .placement import placement_options
@@ -44,8 +44,9 @@ DTYPE_CHOICES = DTYPES
 @click.option("--probe-memory", type=click.Choice(PROBE_MEMORY), default="memory",
               help="stream: probes read the activation cache a block of layers at a time (bounded memory for large "
                    "models; same result).")
-@click.option("--max-questions", default=None, type=Count(2),
+@click.option("--num-questions", "max_questions", default=None, type=Count(2),
               help="Use only the first N questions of the data (quick trials; folds are then over those N).")
+@renamed("--max-questions", "--num-questions", Count(2), param="max_questions")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
 @click.option("--batch-size", default=16, type=Count(1), help="Prompts per forward pass.")
 @click.option("--chunk-size", default=512, type=Count(1),

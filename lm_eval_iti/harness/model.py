@@ -177,7 +177,8 @@ class HFITI(HFLM):
             self.directions_path = str(directions)
             self.directions_sha256 = file_sha256(directions)
         check_identity(loaded, self.model_identity)
-        self.model_check = check_model_identity(loaded, self.model, allow_mismatch)
+        self.model_check = check_model_identity(loaded, self.model, allow_mismatch,
+                                                override="the model_arg allow_model_mismatch=true")
         self.directions = loaded.top_k(k) if k else loaded
         self.alpha = loaded.alpha if alpha_value is None else alpha_value
         self.mc_positions = mc_positions

@@ -160,7 +160,7 @@ def _fit_mismatches(fit: dict, opts: TaskOptions) -> list[str]:
     causes = []
     fit_folds, fit_fold = fit.get("num_folds", ""), fit.get("fold", "")
     if fit.get("max_questions"):
-        causes.append(f"the fit used only the first {fit['max_questions']} questions (--max-questions), so its folds "
+        causes.append(f"the fit used only the first {fit['max_questions']} questions (--num-questions), so its folds "
                       "are not the full data's")
     if fit_folds == "":
         causes.append("the directions were fitted on every question (no --num-folds/--fold)")
@@ -237,7 +237,7 @@ def guard_fit_questions(question_ids: list[str], metadata: dict, task: str) -> N
     fit = directions.metadata
     causes = _fit_mismatches(fit, opts) or ["the fit's question split differs from this run's"]
     if fit.get("max_questions"):
-        fix = "refit without --max-questions (or evaluate a data_dir holding only those questions)"
+        fix = "refit without --num-questions (or evaluate a data_dir holding only those questions)"
     elif fit.get("num_folds"):
         seed = f",seed={fit['seed']}" if fit.get("seed", "42") != "42" else ""
         contiguous = ",contiguous_folds=true" if fit.get("contiguous_folds") == "true" else ""
