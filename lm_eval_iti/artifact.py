@@ -280,15 +280,18 @@ def save_directions(d: Directions, path: str | os.PathLike) -> Path:
     """Validate, then write atomically (temp file, then rename)."""
     from safetensors.torch import save_file
 
+    import dataclasses
+
     meta = {k: str(v) for k, v in d.metadata.items()}
     meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(d.num_layers),
                 num_heads=str(d.num_heads), head_dim=str(d.head_dim))
-    d.metadata = meta
-    # the file stores float32: cast in-memory floats (e.g. float64 from numpy) before validating
-    d.directions = {layer: t.to(torch.float32) if t.is_floating_point() else t for layer, t in d.directions.items()}
-    d.sigma = {layer: t.to(torch.float32) if t.is_floating_point() else t for layer, t in d.sigma.items()}
-    if d.probe_accuracy is not None and d.probe_accuracy.is_floating_point():
-        d.probe_accuracy = d.probe_accuracy.to(torch.float32)
+
+    def float32(t):  # the file stores float32: in-memory floats (e.g. float64 from numpy) are cast on a copy
+        return t.to(torch.float32) if t is not None and t.is_floating_point() else t
+
+    # the caller's object is left as it was: a copy is validated and written
+    d = dataclasses.replace(d, metadata=meta, directions={k: float32(t) for k, t in d.directions.items()},
+                            sigma={k: float32(t) for k, t in d.sigma.items()}, probe_accuracy=float32(d.probe_accuracy))
     validate(d)
     tensors: dict[str, torch.Tensor] = {}
     for layer in sorted(d.heads):

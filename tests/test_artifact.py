@@ -142,3 +142,16 @@ def test_metadata_is_plain_strings(tmp_path):
     d.metadata["train_question_ids"] = json.dumps(["a", "b"])
     back = load_directions(save_directions(d, tmp_path / "d.safetensors"))
     assert json.loads(back.metadata["train_question_ids"]) == ["a", "b"]
+
+
+def test_saving_leaves_the_callers_object_as_it_was(tmp_path):
+    import torch
+
+    from lm_eval_iti.artifact import Directions, load_directions, save_directions
+
+    d = Directions(2, 2, 3, {1: torch.tensor([0])}, {1: torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)},
+                   {1: torch.tensor([0.5], dtype=torch.float64)}, {"alpha": 2.5, "method": "mass-mean"})
+    save_directions(d, tmp_path / "d.safetensors")
+    assert d.directions[1].dtype == torch.float64 and d.metadata["alpha"] == 2.5  # untouched
+    loaded = load_directions(tmp_path / "d.safetensors")
+    assert loaded.directions[1].dtype == torch.float32 and loaded.alpha == 2.5
