@@ -39,14 +39,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def regular_file_target(path: str | os.PathLike) -> Path:
-    """The file an atomic write replaces: ``path``, or the file a symlink points to; anything else is refused."""
-    target = Path(path)
+def regular_file_target(path: str | os.PathLike, what: str = "") -> Path:
+    """The file an atomic write replaces: ``path``, or the file a symlink points to; anything else is refused (the
+    message names ``what``, e.g. the option, when given)."""
+    target = Path(path).expanduser()
     if target.is_symlink():
         target = Path(os.path.realpath(target))
     if target.exists() and not target.is_file():
         kind = "a folder" if target.is_dir() else "not a regular file (a device, pipe or socket)"
-        raise ITIError(f"{path}: is {kind}; refusing to replace it with a file")
+        raise ITIError(f"{what + ' ' if what else ''}{path}: is {kind}; refusing to replace it with a file")
     return target
 
 

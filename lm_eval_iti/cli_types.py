@@ -127,13 +127,9 @@ def _existing_ancestor(path: Path) -> Path:
 
 def check_output_file(path: str | os.PathLike, what: str = "--out") -> None:
     """An output file must be a regular file (or not exist yet) in a folder this process can create and write."""
-    p = Path(path).expanduser()
-    if p.is_symlink():
-        p = Path(os.path.realpath(p))
-    if p.exists() and not p.is_file():
-        kind = "a folder" if p.is_dir() else "not a regular file (a device, pipe or socket)"
-        raise ITIError(f"{what} {path}: is {kind}; give a regular file name")
-    check_output_dir(p.parent, what, shown=path)
+    from .atomic import regular_file_target  # the writer's own rule, checked before the compute
+
+    check_output_dir(regular_file_target(path, what).parent, what, shown=path)
 
 
 def check_output_dir(path: str | os.PathLike, what: str = "--out", shown=None) -> None:

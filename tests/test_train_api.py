@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _reference.activations import reference_activation
 from conftest import tqa_v0
 from lm_eval_iti.errors import ITIError
 
@@ -34,23 +35,9 @@ def tiny(tiny_model_dir):
 
 
 def plain_hook_activations(model, tokenizer, prompts) -> torch.Tensor:
-    """[N, L, H, d] out-projection inputs at the last token, one prompt per forward (no padding), rounded to fp16 as
-    the activation store keeps them: an independent path to the same numbers."""
-    layers = model.model.layers
-    heads, dim = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
-    rows = []
-    for prompt in prompts:
-        captured = {}
-        handles = [layer.self_attn.o_proj.register_forward_pre_hook(
-            lambda m, args, i=i: captured.__setitem__(i, args[0][0, -1].detach().clone())) for i, layer in enumerate(layers)]
-        try:
-            with torch.no_grad():
-                model(**tokenizer(prompt, return_tensors="pt"))
-        finally:
-            for h in handles:
-                h.remove()
-        rows.append(torch.stack([captured[i].reshape(heads, dim) for i in range(len(layers))]))
-    return torch.stack(rows).half().float()
+    """[N, L, H, d] out-projection inputs at the last token, one unpadded prompt per forward (the test reference's
+    own hooks), rounded to fp16 as the activation store keeps them: an independent path to the same numbers."""
+    return torch.stack([reference_activation(model, tokenizer, p) for p in prompts]).half().float()
 
 
 def test_train_on_labelled_pairs_matches_an_independent_computation(tiny):

@@ -181,10 +181,8 @@ def validate(**kw):
     """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
     from ..experiments.validate import parse_baselines, validate as run_validate
 
-    from ..experiments.side_effects import parse_alpha_option
-
-    selecting = str(kw["alpha"]).strip().lower() == "select"
-    alpha = "select" if selecting else parse_alpha_option(kw["alpha"])
+    alpha = kw["alpha"]  # a float, "auto" or "select" (the Alpha option type)
+    selecting = alpha == "select"
     selection = None
     if selecting:
         selection = {"alphas": kw["select_alphas"], "num_heads": kw["select_num_heads"],
@@ -223,10 +221,11 @@ def check_before_loading(kw: dict, out: str, kl_sample: bool = False) -> None:
     check_output_dir(out)
     if kw.get("cache_dir"):
         check_output_dir(kw["cache_dir"], "--cache-dir")
-    if kw["side_effects"]:  # the library's corpus= and num_docs= are shown as the flags
-        load_corpus(kw["corpus"], kw["num_docs"], kw["corpus_seed"], detokenized=False)
+    # the library's corpus= and num_docs= are shown as the flags; the KL check reads the CE/KL sample too
     if kl_sample:
         check_kl_corpus(kw["corpus"], held_out_from=(kw["num_docs"], kw["corpus_seed"]))
+    elif kw["side_effects"]:
+        load_corpus(kw["corpus"], kw["num_docs"], kw["corpus_seed"], detokenized=False)
 
 
 @click.command(context_settings={"show_default": True})

@@ -304,18 +304,6 @@ AUTO_SEED = 1
 BASE_LOGITS_BYTES = 2 * 1024 ** 3
 
 
-def parse_alpha_option(text) -> float | str:
-    """A number, or the string 'auto' (alpha chosen by the KL budget)."""
-    if isinstance(text, str) and text.strip().lower() == "auto":
-        return "auto"
-    from ..model_args import parse_alpha
-
-    value = parse_alpha(text)
-    if value is None:
-        raise ITIError("alpha: give a number or 'auto'")
-    return value
-
-
 def check_kl_corpus(corpus: str, option: str = "corpus", held_out_from: tuple[int, int] = (DEFAULT_NUM_DOCS, 0)) -> None:
     """Before any model loads: the KL sample needs paragraphs beside the side-effects sample (``KLMeter``); errors
     name ``option``, the caller's spelling of the corpus."""
