@@ -117,7 +117,7 @@ def measure_fit(model, tok, v0: Path, questions: int, repeats: int, work: Path) 
     def fit():
         runs["n"] += 1
         runs["result"] = fit_and_save(model, work / "dirs.safetensors", tokenizer=tok, data_dir=v0,
-                                        max_questions=questions, num_folds=2, fold=0, batch_size=16,
+                                        num_questions=questions, num_folds=2, fold=0, batch_size=16,
                                         cache_dir=work / f"cache{runs['n']}", progress=False)
 
     class Stop(Exception):

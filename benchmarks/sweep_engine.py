@@ -97,7 +97,7 @@ def main():
             if alpha == 0 and k != KS[0]:
                 out[(alpha, k)] = out[(alpha, KS[0])]  # alpha 0 edits nothing: evaluated once, as sweep does
                 continue
-            lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, batch_size=16)
+            lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, num_heads=k, batch_size=16)
             try:
                 out[(alpha, k)] = run_tasks(lm, TASKS, metadata, **common)["metrics"]
             finally:

@@ -11,7 +11,7 @@ The public API (imported lazily: ``import lm_eval_iti`` loads neither torch nor 
     dirs = iti.Directions.load("dirs.safetensors")
     with dirs.apply(model, alpha=15):                        # every position
         model(**batch)
-    with dirs.apply(model, alpha=15, gen_positions="last"):  # ITI's generation convention
+    with dirs.apply(model, alpha=15):                        # generate: ITI's convention (gen_positions="last")
         model.generate(**prompt)
     lm = iti.HFITI(pretrained=model, tokenizer=tokenizer, directions=dirs, alpha=15)  # for lm_eval.simple_evaluate
 """

@@ -18,7 +18,8 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ import torch
 from .architectures import ModelShape, model_shape
 from .atomic import atomic_path
 from .errors import ITIError
+from .options import DEFAULT_ALPHA, default_of
 
 FORMAT = "lm-eval-iti/directions"
 FORMAT_VERSION = "1"
@@ -35,31 +37,78 @@ REQUIRED_METADATA = ("format", "format_version", "num_layers", "num_heads", "hea
 _LAYER_KEY = re.compile(r"layers\.([0-9]+)\.(heads|directions|sigma)")  # used with fullmatch
 
 
-@dataclass
+class ReadOnlyDict(dict):
+    """A dict that refuses changes (the mappings of a frozen Directions); it copies and pickles as its contents."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("Directions are immutable: use dataclasses.replace, with_alpha or top_k for a changed copy")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+    def __reduce__(self):
+        return ReadOnlyDict, (dict(self),)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return ReadOnlyDict(copy.deepcopy(dict(self), memo))
+
+
+PROVENANCE_KEYS = ("model", "model_revision", "model_identity", "model_fingerprint", "dataset", "dataset_sha256",
+                   "num_folds", "fold", "seed", "contiguous_folds", "max_questions", "num_questions",
+                   "train_question_ids", "train_question_ids_sha256", "package", "package_version")
+
+
+@dataclass(frozen=True)
 class Directions:
-    """Per-layer head indices, unit directions and sigmas, with the file's metadata."""
+    """Per-layer head indices, unit directions and sigmas, the strength ``alpha`` and the file's metadata.
+
+    Immutable: ``with_alpha``, ``top_k`` and ``dataclasses.replace`` return new objects; ``metadata`` (string
+    fields, read-only) is written to the file as is, with ``alpha`` added by ``save`` (the one place a number becomes
+    text). ``alpha`` defaults to the metadata's (a file's), else 15.
+    """
 
     num_layers: int
     num_heads: int
     head_dim: int
-    heads: dict[int, torch.Tensor]
-    directions: dict[int, torch.Tensor]
-    sigma: dict[int, torch.Tensor]
-    metadata: dict[str, str] = field(default_factory=dict)
+    heads: Mapping[int, torch.Tensor]
+    directions: Mapping[int, torch.Tensor]
+    sigma: Mapping[int, torch.Tensor]
+    metadata: Mapping[str, str] = field(default_factory=dict)
     probe_accuracy: torch.Tensor | None = None
     head_rank: torch.Tensor | None = None
     source: str = "<memory>"
+    alpha: float | None = None
 
     def __post_init__(self):
+        meta = dict(self.metadata)
+        text = meta.pop("alpha", None)
+        alpha = self.alpha if self.alpha is not None else DEFAULT_ALPHA if text is None else _parse_alpha(self.source, text)
         # objects built in memory get the format fields a saved file carries
         for key, value in (("format", FORMAT), ("format_version", FORMAT_VERSION), ("site", SITE),
                            ("num_layers", self.num_layers), ("num_heads", self.num_heads),
-                           ("head_dim", self.head_dim), ("alpha", "15"), ("method", "unknown")):
-            self.metadata.setdefault(key, str(value))
+                           ("head_dim", self.head_dim), ("method", "unknown")):
+            meta.setdefault(key, str(value))
+        set_field = object.__setattr__  # frozen: the normalised values are set once, here
+        set_field(self, "alpha", float(alpha))
+        set_field(self, "metadata", ReadOnlyDict(meta))
+        for name in ("heads", "directions", "sigma"):
+            set_field(self, name, ReadOnlyDict(getattr(self, name)))
 
     @property
-    def alpha(self) -> float:
-        return float(self.metadata.get("alpha", "15"))
+    def provenance(self) -> dict[str, str]:
+        """Where the directions come from: the model, the data and its sha256, the folds and the training question
+        ids (what the leak guard checks)."""
+        return {key: self.metadata[key] for key in PROVENANCE_KEYS if key in self.metadata}
+
+    def with_alpha(self, alpha: float) -> "Directions":
+        """The same directions at another default strength."""
+        from .model_args import check_alpha_value
+
+        return replace(self, alpha=check_alpha_value(float(alpha)))
 
     @property
     def num_selected(self) -> int:
@@ -91,8 +140,7 @@ class Directions:
                 heads[layer] = self.heads[layer][idx]
                 dirs[layer] = self.directions[layer][idx]
                 sig[layer] = self.sigma[layer][idx]
-        return Directions(self.num_layers, self.num_heads, self.head_dim, heads, dirs, sig, dict(self.metadata),
-                          self.probe_accuracy, self.head_rank, self.source)
+        return replace(self, heads=heads, directions=dirs, sigma=sig)
 
     # the public API: save, load, check against a model, apply -----------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -109,12 +157,13 @@ class Directions:
         """Raise one ITIError line unless these directions fit ``model`` (layers, heads, head_dim)."""
         return validate(self, model_shape(model))
 
-    def apply(self, model, alpha: float | None = None, *, positions: str = "all", gen_positions: str = "all"):
+    def apply(self, model, alpha: float | None = None, *, positions: str = "all",
+              gen_positions: str = default_of("gen_positions")):
         """Context manager that steers ``model``: ``alpha * sigma * direction`` added to each selected head.
 
         ``positions``: what a plain forward edits (``all`` or ``last``); ``gen_positions``: what each
-        ``model.generate`` call edits (``all``; ``last``: ITI's convention, the last prompt position and every
-        generated token; ``generated``). ``alpha`` defaults to the file's. The hooks are removed on exit, also after
+        ``model.generate`` call edits (``last``, hf-iti's default and ITI's convention: the last prompt position and
+        every generated token; ``all``; ``generated``). ``alpha`` defaults to the file's. The hooks are removed on exit, also after
         an exception; applying to a model that is already steered raises.
         """
         from .intervene import steer
@@ -157,7 +206,7 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
     src = d.source
     meta = d.metadata
     for key in REQUIRED_METADATA:
-        if key not in meta:
+        if key not in meta and key != "alpha":  # in memory, alpha is a field
             raise _fail(src, f"__metadata__.{key}", "missing")
     if meta["format"] != FORMAT:
         raise _fail(src, "__metadata__.format", f"is {meta['format']!r}, expected {FORMAT!r}")
@@ -165,11 +214,7 @@ def validate(d: Directions, expect: ModelShape | None = None) -> Directions:
         raise _fail(src, "__metadata__.format_version", f"is {meta['format_version']!r}; this version reads {FORMAT_VERSION!r}")
     if meta["site"] != SITE:
         raise _fail(src, "__metadata__.site", f"is {meta['site']!r}, expected {SITE!r}")
-    try:
-        alpha = float(meta["alpha"])
-    except ValueError:
-        raise _fail(src, "__metadata__.alpha", f"{meta['alpha']!r} is not a number") from None
-    if not math.isfinite(alpha):
+    if not math.isfinite(d.alpha):
         raise _fail(src, "__metadata__.alpha", "is not finite")
     if not d.heads:
         raise _fail(src, "layers", "the file intervenes on no layer")
@@ -276,20 +321,17 @@ def check_provenance(src, meta: dict) -> None:
         raise _fail(src, "__metadata__.train_question_ids_sha256", "does not match train_question_ids (edited file?)")
 
 
-def save_directions(d: Directions, path: str | os.PathLike) -> Path:
-    """Validate, then write atomically (temp file, then rename)."""
-    from safetensors.torch import save_file
-
+def _file_parts(d: Directions) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and string metadata a file holds, validated (the caller's object is left as it was)."""
     import dataclasses
 
     meta = {k: str(v) for k, v in d.metadata.items()}
-    meta.update(format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(d.num_layers),
+    meta.update(alpha=repr(float(d.alpha)), format=FORMAT, format_version=FORMAT_VERSION, site=SITE, num_layers=str(d.num_layers),
                 num_heads=str(d.num_heads), head_dim=str(d.head_dim))
 
     def float32(t):  # the file stores float32: in-memory floats (e.g. float64 from numpy) are cast on a copy
         return t.to(torch.float32) if t is not None and t.is_floating_point() else t
 
-    # the caller's object is left as it was: a copy is validated and written
     d = dataclasses.replace(d, metadata=meta, directions={k: float32(t) for k, t in d.directions.items()},
                             sigma={k: float32(t) for k, t in d.sigma.items()}, probe_accuracy=float32(d.probe_accuracy))
     validate(d)
@@ -302,6 +344,14 @@ def save_directions(d: Directions, path: str | os.PathLike) -> Path:
         tensors["probe_accuracy"] = d.probe_accuracy.to(torch.float32).contiguous()
     if d.head_rank is not None:
         tensors["head_rank"] = d.head_rank.to(torch.int64).contiguous()
+    return tensors, meta
+
+
+def save_directions(d: Directions, path: str | os.PathLike) -> Path:
+    """Validate, then write atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = _file_parts(d)
     target = Path(path)
     if _same_content(target, tensors, meta):
         return target  # keep the bytes: safetensors writes metadata in hash-map order, so a rewrite changes sha256
@@ -345,6 +395,31 @@ def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -
         first = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
         problem = f"not a readable safetensors directions file ({type(exc).__name__}: {first})"
         raise ITIError(one_line(f"{src}: {problem}")) from None
+    return _from_parts(meta, tensors, src, expect)
+
+
+def to_bytes(d: Directions) -> bytes:
+    """The file's content as bytes (safetensors, metadata included): how accelerate ranks share a fit."""
+    from safetensors.torch import save
+
+    tensors, meta = _file_parts(d)
+    return save(tensors, metadata=meta)
+
+
+def from_bytes(data: bytes, source: str = "<bytes>") -> Directions:
+    """``to_bytes``'s inverse, validated as a file is (safetensors: no pickle)."""
+    import json as json_module
+    import struct
+
+    from safetensors.torch import load
+
+    header_len = struct.unpack("<Q", data[:8])[0]
+    meta = json_module.loads(data[8:8 + header_len]).get("__metadata__", {})
+    return _from_parts(dict(meta), load(data), source)
+
+
+def _from_parts(meta: dict[str, str], tensors: dict[str, torch.Tensor], src: str,
+                expect: ModelShape | None = None) -> Directions:
     if meta.get("format") != FORMAT:
         raise _fail(src, "__metadata__.format", f"is {meta.get('format')!r}, expected {FORMAT!r}: not an lm-eval-iti directions file")
     for key in REQUIRED_METADATA:  # before Directions() fills in-memory defaults (alpha 15, site, method)
@@ -373,3 +448,13 @@ def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -
     d = Directions(ints["num_layers"], ints["num_heads"], ints["head_dim"], heads, dirs, sig, meta,
                    tensors.get("probe_accuracy"), tensors.get("head_rank"), src)
     return validate(d, expect)
+
+
+def _parse_alpha(src, text) -> float:
+    try:
+        alpha = float(text)
+    except (TypeError, ValueError):
+        raise _fail(src, "__metadata__.alpha", f"{str(text)[:40]!r} is not a number") from None
+    if not math.isfinite(alpha):
+        raise _fail(src, "__metadata__.alpha", "is not finite")
+    return alpha

@@ -11,3 +11,4 @@ ENGINE_MODES = ("auto", "on", "off")  # experiments.runner: the shared-prefix en
 SELECT_COLUMNS = {"MC1": "truthfulqa_iti_mc1", "MC2": "truthfulqa_iti_mc2", "MC3": "truthfulqa_iti_mc3",
                   "binary": "truthfulqa_iti_binary"}  # --alpha select: the metric maximised -> its task
 EXPORT_FORMATS = ("steered",)  # lm-eval's own steered model (.pt)
+JUDGE_BACKENDS = ("openai", "hf", "chat", "none")  # judges.config

@@ -83,3 +83,19 @@ def main_writes_others_wait(func):
             barrier()
 
     return wrapper
+
+
+def share_from_main(payload: bytes | None) -> bytes:
+    """The main process's ``payload`` on every process (the others pass None). Raw bytes over torch.distributed's
+    broadcast, never a pickle; a no-op for one process."""
+    if not _launched():
+        return payload
+    import torch.distributed as dist
+
+    device = process_device() or torch.device("cpu")
+    size = torch.tensor([len(payload) if is_main_process() else 0], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device) if is_main_process()
+              else torch.empty(int(size.item()), dtype=torch.uint8, device=device))
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().numpy().tobytes())

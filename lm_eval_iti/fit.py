@@ -37,6 +37,7 @@ from .identity import fingerprint_metadata
 from .folds import fold_assignment, fold_indices, question_id
 from .model_args import check_alpha_value
 from .loading import DTYPES, execution_device, load_model
+from .options import DEFAULT_ALPHA, config_field, default_of
 from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
 from .select import METHODS, compute_directions, compute_sigma, head_activations, ranked_selection, split_train_val
@@ -46,26 +47,26 @@ from .select import METHODS, compute_directions, compute_sigma, head_activations
 class FitConfig:
     """Every choice that decides the fitted directions (not where files go, nor progress bars)."""
 
-    dataset: str = HUB_ID
-    data_dir: str | os.PathLike | None = None
-    num_heads: int = 48
-    method: str = "mass-mean"
-    random_heads: bool = False
-    val_ratio: float = 0.2
-    seed: int = 42
-    num_folds: int | None = None
-    fold: int | None = None
-    contiguous_folds: bool = False
-    prompt_format: str = "qa"
-    sigma_data: str = "gen_end_q"
+    dataset: str = config_field("dataset")
+    data_dir: str | os.PathLike | None = config_field("data_dir")
+    num_heads: int = config_field("num_heads")
+    method: str = config_field("method")
+    random_heads: bool = config_field("random_heads")
+    val_ratio: float = config_field("val_ratio")
+    seed: int = config_field("seed", option="fold_seed")
+    num_folds: int | None = config_field("num_folds")  # used with fold; without a fold the fit uses every question
+    fold: int | None = config_field("fold")
+    contiguous_folds: bool = config_field("contiguous_folds")
+    prompt_format: str = config_field("prompt_format")
+    sigma_data: str = config_field("sigma_data")
     sigma_ddof: int = 1
-    alpha: float | str = 15.0
-    kl_budget: float = 0.2
-    kl_corpus: str = "wikitext"
-    probe_backend: str = "torch"
-    max_questions: int | None = None
-    batch_size: int = 16
-    chunk_size: int = 512
+    alpha: float | str = DEFAULT_ALPHA
+    kl_budget: float = config_field("kl_budget")
+    kl_corpus: str = config_field("kl_corpus")
+    probe_backend: str = config_field("probe_backend")
+    num_questions: int | None = config_field("num_questions")
+    batch_size: int = config_field("batch_size", option="fit_batch_size")
+    chunk_size: int = config_field("chunk_size")
 
     @property
     def source(self) -> str:
@@ -81,6 +82,8 @@ class FitConfig:
                 raise ITIError(f"{name}={value!r} is not one of {', '.join(allowed)}")
         if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
             raise ITIError(f"num_heads={self.num_heads!r} must be a whole number, at least 1")
+        if self.fold is None and self.num_folds == default_of("num_folds"):
+            self.num_folds = None  # no held-out fold: every question (the default num_folds applies with a fold)
         if (self.num_folds is None) != (self.fold is None):
             raise ITIError("num_folds= and fold= go together (fit on every fold but fold)")
         if self.num_folds is not None and (self.num_folds < 2 or not 0 <= self.fold < self.num_folds):
@@ -100,8 +103,8 @@ class FitConfig:
             raise ITIError(f"batch_size={self.batch_size} must be at least 1")
         if self.chunk_size < 1:
             raise ITIError(f"chunk_size={self.chunk_size} must be at least 1")
-        if self.max_questions is not None and self.max_questions < 2:
-            raise ITIError(f"max_questions={self.max_questions} must be at least 2")
+        if self.num_questions is not None and self.num_questions < 2:
+            raise ITIError(f"num_questions={self.num_questions} must be at least 2")
         if self.sigma_ddof not in (0, 1):
             raise ITIError(f"sigma_ddof={self.sigma_ddof} must be 0 or 1")
         return self
@@ -155,8 +158,8 @@ def load_and_split(cfg: FitConfig) -> FitData:
     """Stage 1: the multiple-choice (and, for gen_end_q, generation) data, the folds and the probe train/val split."""
     source = cfg.source
     mc_docs = load_mc(source)
-    if cfg.max_questions is not None:
-        mc_docs = mc_docs[:cfg.max_questions]
+    if cfg.num_questions is not None:
+        mc_docs = mc_docs[:cfg.num_questions]
     questions = [d["question"] for d in mc_docs]  # load_mc refused repeats and unusable rows
     fit_q, test_q, train_q, val_q = fit_split(questions, cfg.num_folds, cfg.fold, cfg.seed, cfg.contiguous_folds,
                                               cfg.val_ratio)
@@ -278,13 +281,11 @@ def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelS
     return {
         "model": model_name, "model_revision": model_revision, "model_identity": model_identity or "",
         "model_fingerprint": model_fingerprint, "architecture": shape.architecture,
-        # alpha auto: a placeholder until choose_alpha_auto writes the choice (the search passes each alpha itself)
-        "alpha": "0.0" if cfg.alpha == "auto" else repr(float(cfg.alpha)),
         "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
         "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
         "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
         "dataset": cfg.source, "dataset_sha256": data_sha256(data.mc_docs),
-        "max_questions": "" if cfg.max_questions is None else str(cfg.max_questions),
+        "max_questions": "" if cfg.num_questions is None else str(cfg.num_questions),
         "num_questions": str(len(data.questions)), "prompt_format": cfg.prompt_format,
         "prompt_template": prompts.mc_set.info["template"], "sigma_data": cfg.sigma_data,
         "sigma_template": prompts.sigma_set.info["template"],
@@ -312,23 +313,23 @@ def _group_by_layer(selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Ten
 
 
 def assemble(shape: ModelShape, selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Tensor, meta: dict[str, str],
-             probes: ProbeResult, head_rank: torch.Tensor, source: str = "<memory>") -> Directions:
+             probes: ProbeResult, head_rank: torch.Tensor, source: str = "<memory>", alpha: float = 0.0) -> Directions:
     """The Directions object: selected heads grouped by layer, with the probe accuracies and the head ranking."""
     heads, directions, sigmas = _group_by_layer(selected, dirs, sigma)
     return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, directions, sigmas, meta,
-                      probes.accuracy.float(), head_rank, source)
+                      probes.accuracy.float(), head_rank, source, alpha=alpha)
 
 
-def choose_alpha_auto(model, tokenizer, directions: Directions, cfg: FitConfig, progress: bool = True) -> dict:
-    """``alpha='auto'``: the largest alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget``; the
-    choice is written into the directions' metadata."""
-    from .experiments.side_effects import alpha_for_kl_budget
+def choose_alpha_auto(model, tokenizer, directions: Directions, cfg: FitConfig,
+                      progress: bool = True) -> tuple[Directions, dict]:
+    """``alpha='auto'``: the largest alpha whose KL on held-out ``kl_corpus`` text stays within ``kl_budget``; returns
+    the directions at that alpha (the search recorded in their metadata) and the search."""
+    from .side_effects import alpha_for_kl_budget
 
     choice = alpha_for_kl_budget(model, tokenizer, directions, kl_budget=cfg.kl_budget, corpus=cfg.kl_corpus,
                                  progress=progress)
-    directions.metadata.update(alpha=repr(float(choice["alpha"])), kl_budget=repr(float(cfg.kl_budget)),
-                               alpha_auto=json.dumps(choice))
-    return choice
+    meta = {**directions.metadata, "kl_budget": repr(float(cfg.kl_budget)), "alpha_auto": json.dumps(choice)}
+    return dataclasses.replace(directions, metadata=meta, alpha=float(choice["alpha"])), choice
 
 
 # the whole fit ----------------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
     clock = time.perf_counter()
     data = load_and_split(cfg)  # before the model: bad data fails fast
     if cfg.alpha == "auto":
-        from .experiments.side_effects import check_kl_corpus
+        from .side_effects import check_kl_corpus
 
         check_kl_corpus(cfg.kl_corpus, option="kl_corpus")
     timings["load data"] = time.perf_counter() - clock
@@ -421,10 +422,12 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
                       model_identity=acts.stats["probe set"].model_identity,
                       dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                       model_fingerprint=fingerprint_metadata(model))
-    directions = assemble(shape, selected, dirs, sigma, meta, probes, head_rank, source)
+    # alpha auto: 0 until choose_alpha_auto sets the choice (the search passes each alpha itself)
+    directions = assemble(shape, selected, dirs, sigma, meta, probes, head_rank, source,
+                          alpha=0.0 if cfg.alpha == "auto" else float(cfg.alpha))
     if cfg.alpha == "auto":  # on held-out text, never on a question
         clock = time.perf_counter()
-        choose_alpha_auto(model, tokenizer, directions, cfg, progress)
+        directions, _ = choose_alpha_auto(model, tokenizer, directions, cfg, progress)
         timings["alpha auto"] = time.perf_counter() - clock
     validate(directions, shape)
     summary = fit_summary(cfg, data, prompts, acts, probes, selected, sigma, directions, shape, model_name, timings,
@@ -445,7 +448,7 @@ def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitAct
                     "random_heads": cfg.random_heads, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
                     "num_folds": cfg.num_folds, "fold": cfg.fold, "contiguous_folds": cfg.contiguous_folds,
                     "prompt_format": cfg.prompt_format, "sigma_data": cfg.sigma_data, "sigma_ddof": cfg.sigma_ddof,
-                    "alpha": cfg.alpha, "probe_backend": cfg.probe_backend, "max_questions": cfg.max_questions},
+                    "alpha": cfg.alpha, "probe_backend": cfg.probe_backend, "num_questions": cfg.num_questions},
         "counts": {"questions": len(data.questions), "fit_questions": len(data.fit_questions),
                    "probe_train_questions": len(data.train_questions), "probe_val_questions": len(data.val_questions),
                    "test_questions": len(data.test_questions), "probe_prompts": len(prompts.mc_all),
@@ -460,7 +463,7 @@ def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitAct
         "top_heads": [{"rank": i + 1, "layer": int(l), "head": int(h), "val_accuracy": round(float(probes.accuracy[l, h]), 4),
                        "sigma": round(float(sigma[i]), 6)} for i, (l, h) in enumerate(selected.tolist())],
         "train_question_ids_sha256": meta["train_question_ids_sha256"],
-        "alpha": float(meta["alpha"]), "alpha_auto": json.loads(meta["alpha_auto"]) if "alpha_auto" in meta else None,
+        "alpha": directions.alpha, "alpha_auto": json.loads(meta["alpha_auto"]) if "alpha_auto" in meta else None,
         "timings_s": timings, "package_version": __version__,
     }
 
@@ -470,19 +473,34 @@ def fit_directions(model, tokenizer=None, *, revision: str | None = None, dtype:
                    device: str | None = None, gguf_file: str | None = None,
                    cache_dir: str | os.PathLike | None = None, progress: bool = True, device_map=None,
                    max_memory=None, offload_folder=None, probe_memory: str = "memory",
-                   **options) -> Directions | None:
+                   **options) -> Directions:
     """Fit ITI directions in memory and return them; nothing is written (``cache_dir``: an activation cache to read
     and fill, off by default).
 
     ``model``: a loaded ``PreTrainedModel`` (with ``tokenizer``), or a folder, hub id, ``.gguf`` file or named model.
     ``options``: the fields of ``FitConfig`` (``data_dir``, ``num_folds``, ``fold``, ``num_heads``, ``method``,
     ``alpha`` (a number or ``"auto"``), ...). Save with ``Directions.save``; steer with ``Directions.apply``.
+    Under ``accelerate launch`` the ranks share the collection, rank 0 fits, and every rank returns its directions.
     """
     cfg = make_config(**options)
-    result = run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
-                     cache_dir=cache_dir, progress=progress, device_map=device_map, max_memory=max_memory,
-                     offload_folder=offload_folder, probe_memory=probe_memory)
-    return None if result is None else result.directions  # None: a non-main rank under accelerate launch
+    try:
+        result = run_fit(model, tokenizer, cfg, revision=revision, dtype=dtype, device=device, gguf_file=gguf_file,
+                         cache_dir=cache_dir, progress=progress, device_map=device_map, max_memory=max_memory,
+                         offload_folder=offload_folder, probe_memory=probe_memory)
+    except BaseException:
+        if distributed.world_size() > 1 and distributed.is_main_process():
+            distributed.share_from_main(b"")  # the other ranks wait for the fit: tell them it failed
+        raise
+    if distributed.world_size() == 1:
+        return result.directions
+    from .artifact import from_bytes, to_bytes
+
+    shared = distributed.share_from_main(to_bytes(result.directions) if result is not None else None)
+    if result is not None:
+        return result.directions
+    if not shared:
+        raise ITIError("rank 0's fit failed (its error is above); this rank has no directions")
+    return from_bytes(shared, "<rank 0's fit>")
 
 
 def companion_paths(out: str | os.PathLike) -> tuple[Path, Path]:
@@ -498,7 +516,7 @@ def write_fit(result: FitResult, out: str | os.PathLike, model_name: str | None 
     out = Path(out)
     clock = time.perf_counter()
     heatmap_path, summary_path = companion_paths(out)
-    result.directions.source = str(out)
+    result.directions = dataclasses.replace(result.directions, source=str(out))
     result.summary = {"out": str(out), "heatmap": str(heatmap_path) if write_plot else None, **result.summary}
     if write_plot:
         from .plots import heads_heatmap

@@ -32,12 +32,24 @@ def parse_alpha(alpha) -> float | None:
     return check_alpha_value(value)
 
 
-def parse_heads(heads) -> int | None:
+def parse_heads(heads, name: str = "num_heads") -> int | None:
     if heads is None or heads == "":
         return None
     if isinstance(heads, bool) or not str(heads).isdigit() or int(heads) <= 0:
-        raise ITIError(f"heads={heads!r} must be a positive whole number of heads")
+        raise ITIError(f"{name}={heads!r} must be a positive whole number of heads")
     return int(heads)
+
+
+def num_heads_arg(num_heads, heads) -> int | None:
+    """hf-iti's K: ``num_heads=`` (``heads=`` is its deprecated spelling, with a one-line warning)."""
+    if heads is not None and heads != "":
+        if num_heads is not None and num_heads != "":
+            raise ITIError("give num_heads= only (heads= is its deprecated spelling)")
+        import sys
+
+        print("lm-eval-iti: warning: the model_arg heads= is deprecated; use num_heads=", file=sys.stderr)
+        return parse_heads(heads, "heads")
+    return parse_heads(num_heads)
 
 
 def parse_bool(value) -> bool:

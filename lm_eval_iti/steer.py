@@ -129,7 +129,7 @@ def train(model, tokenizer, samples: Iterable, *, num_heads: int = 48, method: s
     digest = hashlib.sha256(json.dumps([[s.prompt, s.label, s.group] for s in items]).encode()).hexdigest()
     meta = {"model": getattr(model.config, "_name_or_path", "") or type(model).__name__,
             "model_fingerprint": fingerprint_metadata(model), "architecture": shape.architecture,
-            "alpha": repr(float(alpha)), "method": method, "seed": str(seed), "val_ratio": repr(float(val_ratio)),
+            "method": method, "seed": str(seed), "val_ratio": repr(float(val_ratio)),
             "num_samples": str(len(items)), "num_groups": str(len(set(groups))), "samples_sha256": digest,
             "sigma_data": "samples" if sigma_samples is None else "sigma_samples", "sigma_ddof": str(sigma_ddof),
             "num_heads_selected": str(num_heads), "probe_backend": probe_backend, "source": "lm_eval_iti.train",
@@ -140,4 +140,4 @@ def train(model, tokenizer, samples: Iterable, *, num_heads: int = 48, method: s
     meta.update({k: str(v) for k, v in (provenance or {}).items()})
     heads, directions, sigmas = _group_by_layer(selected, dirs, sigma)
     return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, directions, sigmas, meta,
-                      probes.accuracy.float(), head_rank)
+                      probes.accuracy.float(), head_rank, alpha=float(alpha))

@@ -136,9 +136,9 @@ def random_directions(model, num_heads: int = 4, seed: int = 0, alpha: float = 2
         sig[layer] = torch.rand(len(hs), generator=g) + 0.5
     rank = torch.tensor([[l, h] for l, h in flat_to_pairs(flat, shape.num_heads)], dtype=torch.int64)
     # fitted on no question: the leak guard has nothing to refuse
-    meta = {"model": model_id, "model_revision": "", "architecture": shape.architecture, "alpha": str(alpha),
+    meta = {"model": model_id, "model_revision": "", "architecture": shape.architecture,
             "method": "random", "train_question_ids": "[]", FINGERPRINT_KEY: fingerprint_metadata(model)}
-    return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, dirs, sig, meta, None, rank)
+    return Directions(shape.num_layers, shape.num_heads, shape.head_dim, heads, dirs, sig, meta, None, rank, alpha=float(alpha))
 
 
 def flat_to_pairs(flat, num_heads: int) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .data import HUB_ID
+from .options import default_of
 from .steer import Sample
 
 
@@ -23,9 +24,10 @@ class TruthfulQASamples:
                 "provenance": self.provenance}
 
 
-def samples(data_dir: str = HUB_ID, *, num_folds: int | None = None, fold: int | None = None, seed: int = 42,
+def samples(data_dir: str = HUB_ID, *, num_folds: int | None = default_of("num_folds"), fold: int | None = None,
+            seed: int = default_of("fold_seed"),
             contiguous_folds: bool = False, prompt_format: str = "qa", tokenizer=None, sigma_data: str = "mc",
-            max_questions: int | None = None) -> TruthfulQASamples:
+            num_questions: int | None = None) -> TruthfulQASamples:
     """The training fold's samples (every question but fold ``fold`` of ``num_folds``; all questions without folds).
 
     ``iti.train(model, tok, s.samples, **s.train_kwargs())`` is the fit of ``fit_directions`` with the same options
@@ -33,14 +35,14 @@ def samples(data_dir: str = HUB_ID, *, num_folds: int | None = None, fold: int |
     from .fit import build_prompt_sets, data_sha256, load_and_split, make_config
 
     cfg = make_config(data_dir=data_dir, num_folds=num_folds, fold=fold, seed=seed, contiguous_folds=contiguous_folds,
-                      prompt_format=prompt_format, sigma_data=sigma_data, max_questions=max_questions)
+                      prompt_format=prompt_format, sigma_data=sigma_data, num_questions=num_questions)
     data = load_and_split(cfg)
     prompts = build_prompt_sets(cfg, data, tokenizer)
     mc = prompts.mc_set
     items = [Sample(p, int(y), data.questions[q]) for p, y, q in zip(mc.prompts, mc.labels, mc.question_index)]
     sigma = None if prompts.sigma_set is mc else list(prompts.sigma_set.prompts)
     provenance = {"seed": str(seed), "dataset": cfg.source, "dataset_sha256": data_sha256(data.mc_docs),
-                  "num_folds": "" if num_folds is None else str(num_folds), "fold": "" if fold is None else str(fold),
+                  "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if fold is None else str(fold),
                   "contiguous_folds": str(bool(contiguous_folds)).lower(), "prompt_format": prompt_format,
                   "prompt_template": mc.info["template"], "sigma_data": sigma_data,
                   "num_questions": str(len(data.questions))}

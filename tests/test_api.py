@@ -16,7 +16,7 @@ import torch
 from _reference.iti_hook import ReferenceHook, reference_generate, reference_loglikelihood, reference_vectors
 from conftest import ROOT, tqa_v0
 
-FIT = dict(num_folds=2, fold=0, num_heads=3, max_questions=24, batch_size=32, alpha=4.0)
+FIT = dict(num_folds=2, fold=0, num_heads=3, num_questions=24, batch_size=32, alpha=4.0)
 
 
 @pytest.fixture(scope="module")

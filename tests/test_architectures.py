@@ -159,7 +159,7 @@ def test_gemma3_engine_equals_hf_iti_across_the_sliding_window(gemma3, mode, max
                       mc_positions=mode, stats=stats)
     assert (stats["truncated"] > 0) == (max_length == 20)
     for (alpha, k), got in zip(G3_SETTINGS, engine):
-        lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+        lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, num_heads=k, mc_positions=mode,
                    batch_size=4, max_length=max_length)
         try:
             expected = lm._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs], disable_tqdm=True)
@@ -200,7 +200,7 @@ def test_gemma3_fit_on_a_few_questions_gives_directions_hf_iti_loads(gemma3, tmp
     from lm_eval_iti import fit_directions
 
     model, tok, *_ = gemma3
-    fitted = fit_directions(model, tok, data_dir=str(tqa_v0()), max_questions=12, num_heads=3, sigma_data="mc",
+    fitted = fit_directions(model, tok, data_dir=str(tqa_v0()), num_questions=12, num_heads=3, sigma_data="mc",
                             progress=False, cache_dir=str(tmp_path / "cache"))
     assert fitted.num_selected == 3 and fitted.metadata["architecture"] == type(model).__name__
     path = save_directions(fitted, tmp_path / "fit.safetensors")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 
@@ -120,8 +122,8 @@ def test_saving_the_same_content_again_keeps_the_file_and_its_sha256(tmp_path):
     # safetensors orders metadata as a hash map does, so an identical rewrite may change the bytes: none happens
     save_directions(make(), path)
     assert file_sha256(path) == before and path.stat().st_ino == inode  # a write would rename a new file in
-    changed = make()
-    changed.sigma[0] = changed.sigma[0] * 2
+    base = make()
+    changed = dataclasses.replace(base, sigma={**base.sigma, 0: base.sigma[0] * 2})
     save_directions(changed, path)
     assert file_sha256(path) != before and torch.equal(load_directions(path).sigma[0], changed.sigma[0].float())
     changed_meta = make(alpha=3.0)
@@ -130,16 +132,15 @@ def test_saving_the_same_content_again_keeps_the_file_and_its_sha256(tmp_path):
 
 
 def test_failed_save_writes_nothing(tmp_path):
-    d = make()
-    d.sigma[0] = torch.tensor([math.nan, 1.0])
+    base = make()
+    d = dataclasses.replace(base, sigma={**base.sigma, 0: torch.tensor([math.nan, 1.0])})
     with pytest.raises(ITIError):
         save_directions(d, tmp_path / "d.safetensors")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_metadata_is_plain_strings(tmp_path):
-    d = make()
-    d.metadata["train_question_ids"] = json.dumps(["a", "b"])
+    d = dataclasses.replace(make(), metadata={**make().metadata, "train_question_ids": json.dumps(["a", "b"])})
     back = load_directions(save_directions(d, tmp_path / "d.safetensors"))
     assert json.loads(back.metadata["train_question_ids"]) == ["a", "b"]
 
@@ -152,6 +153,42 @@ def test_saving_leaves_the_callers_object_as_it_was(tmp_path):
     d = Directions(2, 2, 3, {1: torch.tensor([0])}, {1: torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)},
                    {1: torch.tensor([0.5], dtype=torch.float64)}, {"alpha": 2.5, "method": "mass-mean"})
     save_directions(d, tmp_path / "d.safetensors")
-    assert d.directions[1].dtype == torch.float64 and d.metadata["alpha"] == 2.5  # untouched
+    assert d.directions[1].dtype == torch.float64 and d.alpha == 2.5 and "alpha" not in d.metadata  # untouched
     loaded = load_directions(tmp_path / "d.safetensors")
     assert loaded.directions[1].dtype == torch.float32 and loaded.alpha == 2.5
+
+
+def test_directions_are_immutable_and_with_alpha_returns_a_new_object(tmp_path):
+    d = make(alpha=4.0)
+    for mutate in (lambda: setattr(d, "alpha", 1.0), lambda: d.metadata.__setitem__("method", "x"),
+                   lambda: d.sigma.__setitem__(0, d.sigma[0] * 2), lambda: d.heads.pop(0),
+                   lambda: d.metadata.update(method="x"), lambda: d.directions.clear()):
+        with pytest.raises((dataclasses.FrozenInstanceError, TypeError, AttributeError)):
+            mutate()
+    stronger = d.with_alpha(9)
+    assert stronger is not d and (d.alpha, stronger.alpha) == (4.0, 9.0) and isinstance(stronger.alpha, float)
+    assert stronger.heads[0] is d.heads[0]  # the tensors are shared, not copied
+    with pytest.raises(ITIError, match="must be finite"):
+        d.with_alpha(float("nan"))
+    with pytest.raises(ITIError, match="overflows float32"):
+        d.with_alpha(1e39)
+    assert d.top_k(2).alpha == 4.0  # every derived object keeps the strength
+    import copy
+    import pickle
+
+    for twin in (copy.deepcopy(d), pickle.loads(pickle.dumps(d)), dataclasses.replace(d)):
+        assert twin.alpha == 4.0 and twin.metadata == d.metadata and torch.equal(twin.sigma[0], d.sigma[0])
+    assert dataclasses.asdict(d)["metadata"]["method"] == d.metadata["method"]
+
+
+def test_alpha_and_provenance_round_trip_through_the_file(tmp_path):
+    provenance = {"model": "tiny", "model_revision": "r", "dataset": "v0", "dataset_sha256": "ab" * 32, "num_folds": "2", "fold": "1",
+                  "seed": "7", "train_question_ids": json.dumps(["q1", "q2"])}
+    d = dataclasses.replace(make(), metadata={**make().metadata, **provenance}).with_alpha(2.75)
+    assert d.provenance == provenance and "alpha" not in d.metadata
+    back = load_directions(save_directions(d, tmp_path / "d.safetensors"))
+    assert back.alpha == 2.75 and back.provenance == provenance
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "d.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["alpha"] == "2.75"  # save is where the number becomes text

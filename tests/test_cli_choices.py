@@ -29,13 +29,14 @@ EXPECTED = {
     "sigma_data": set(SIGMA_DATA),
     "probe_backend": set(PROBE_BACKENDS),
     "probe_memory": set(PROBE_MEMORY),
-    "target": set(EXPORT_FORMATS),
-    "backend": set(BACKENDS) - {"none"},
+    "export_format": set(EXPORT_FORMATS),
+    "judge": set(BACKENDS) - {"none"},
     "engine": set(ENGINE_MODES),
     "select_by": set(SELECT_COLUMNS),
+    "rescore_by": set(SELECT_COLUMNS) | {"auto", "none"},  # sweep's --select-by (validate's always selects)
+    "dtype": set(DTYPES),
+    "save_dtype": set(DTYPES) - {"auto"},  # export and bake write weights: a named dtype
 }
-SELECT_BY_SWEEP = {"auto", "none"}  # sweep's --select-by also offers these (validate's always selects)
-WEIGHT_DTYPE_COMMANDS = {"export", "bake"}  # they write weights: a named dtype, not "auto"
 
 
 def _choice_options():
@@ -52,16 +53,11 @@ def test_every_choice_list_equals_the_library_constant():
     seen = set()
     for command, param in _choice_options():
         choices = set(param.type.choices)
-        if param.name == "dtype":
-            expected = set(DTYPES) - ({"auto"} if command in WEIGHT_DTYPE_COMMANDS else set())
-        else:
-            assert param.name in EXPECTED, f"{command} --{param.name}: add its library constant to EXPECTED"
-            expected = EXPECTED[param.name]
-            if param.name == "select_by" and command == "sweep":
-                expected = expected | SELECT_BY_SWEEP
+        assert param.name in EXPECTED, f"{command} --{param.name}: add its library constant to EXPECTED"
+        expected = EXPECTED[param.name]
         assert choices == expected, (command, param.name)
         seen.add(param.name)
-    assert {"mc_positions", "gen_positions", "method", "dtype", "instruction"} <= seen
+    assert {"mc_positions", "gen_positions", "method", "dtype", "save_dtype", "instruction", "rescore_by"} <= seen
     assert set(COMMANDS) >= {"validate", "sweep", "fit-directions"}
 
 

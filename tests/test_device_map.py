@@ -91,7 +91,7 @@ def test_offloaded_fit_writes_the_same_directions_file(model_dir, tmp_path):
     from lm_eval_iti.fit import fit_and_save
 
     v0 = shared_data("truthfulqa", "v0")
-    common = dict(data_dir=v0, num_heads=4, max_questions=12, sigma_data="mc", use_cache=False, progress=False,
+    common = dict(data_dir=v0, num_heads=4, num_questions=12, sigma_data="mc", use_cache=False, progress=False,
                   write_plot=False, batch_size=8, dtype="float32")
     fit_and_save(str(model_dir), tmp_path / "plain.safetensors", device="cpu", **common)
     fit_and_save(str(model_dir), tmp_path / "offloaded.safetensors", device_map=OFFLOAD_MAP,

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 PYTHON = sys.executable
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-FIT_ARGS = ["--num-heads", "3", "--num-questions", "8", "--sigma-data", "mc", "--chunk-size", "6", "--batch-size", "4",
+FIT_ARGS = ["--num-heads", "3", "--num-questions", "8", "--sigma-data", "mc", "--chunk-size", "6", "--fit-batch-size", "4",
             "--dtype", "float32", "--no-plot", "--quiet"]
 
 
@@ -138,3 +138,35 @@ def test_each_process_shards_over_its_own_gpus(monkeypatch):
     assert distributed.local_gpus(8) == [0, 2, 4, 6]
     monkeypatch.setattr(distributed, "_launched", lambda: False)
     assert distributed.local_gpus(3) == [0, 1, 2]
+
+
+FIT_SCRIPT = """
+import sys
+import lm_eval_iti as iti
+from lm_eval_iti import distributed
+from lm_eval_iti.artifact import save_directions
+model, data, cache, out = sys.argv[1:5]
+dirs = iti.fit_directions(model, data_dir=data, num_heads=3, num_questions=8, sigma_data="mc", chunk_size=6,
+                          batch_size=4, dtype="float32", cache_dir=cache, progress=False)
+save_directions(dirs, f"{out}/rank{distributed.rank()}.safetensors")
+"""
+
+
+def test_under_accelerate_launch_every_rank_gets_the_directions(single, tiny_model_dir, tmp_path):
+    """fit_directions returns the same Directions on every rank (rank 0 fits; the others receive its bytes), equal
+    to the single-process fit-directions file."""
+    if not ACCELERATE.is_file():
+        pytest.skip(f"no accelerate launcher beside {sys.executable}")
+    root, data, _ = single
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_SCRIPT)
+    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(script),
+           str(tiny_model_dir), str(data), str(tmp_path / "cache"), str(tmp_path)]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    t1, m1 = _read(root / "dirs.safetensors")
+    for rank in (0, 1):
+        t2, m2 = _read(tmp_path / f"rank{rank}.safetensors")
+        assert t1.keys() == t2.keys() and all((t1[k] == t2[k]).all() for k in t1), rank
+        assert m2["alpha"] == m1["alpha"] and m2["train_question_ids"] == m1["train_question_ids"], rank

@@ -26,7 +26,7 @@ def arch(request, tmp_path_factory):
 def _run_hf_iti(model, tok, path, alpha, k, mode, metadata, max_length=None):
     from lm_eval_iti.harness.driver import run_tasks
 
-    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, num_heads=k, mc_positions=mode,
                batch_size=8, **({"max_length": max_length} if max_length else {}))
     try:
         return run_tasks(lm, TASKS, metadata, limit=LIMIT, bootstrap_iters=0)["metrics"]
@@ -35,7 +35,7 @@ def _run_hf_iti(model, tok, path, alpha, k, mode, metadata, max_length=None):
 
 
 def _hf_iti_requests(model, tok, path, alpha, k, mode, pairs, max_length=None):
-    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+    lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, num_heads=k, mc_positions=mode,
                batch_size=8, **({"max_length": max_length} if max_length else {}))
     try:
         return lm._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs], disable_tqdm=True)

@@ -38,7 +38,7 @@ def first_fit(tmp_path_factory, tiny_model_dir, v0):
 
     root = tmp_path_factory.mktemp("fit")
     result = fit_and_save(str(tiny_model_dir), root / "dirs.safetensors", data_dir=v0, num_heads=3, num_folds=2,
-                            fold=0, max_questions=NQ, cache_dir=root / "cache", progress=False, batch_size=32)
+                            fold=0, num_questions=NQ, cache_dir=root / "cache", progress=False, batch_size=32)
     return result, root
 
 
@@ -57,8 +57,13 @@ def test_output_file_heatmap_and_summary_record_the_fit(first_fit, v0, tiny_mode
     assert not set(json.loads(meta["train_question_ids"])) & {question_id(questions[i]) for i in test}
     for key, value in {"method": "mass-mean", "seed": "42", "num_folds": "2", "fold": "0", "contiguous_folds": "false",
                        "sigma_data": "gen_end_q", "sigma_ddof": "1", "num_heads_selected": "3", "prompt_format": "qa",
-                       "alpha": "15.0", "val_ratio": "0.2", "model": str(tiny_model_dir)}.items():
+                       "val_ratio": "0.2", "model": str(tiny_model_dir)}.items():
         assert meta[key] == value, key
+    assert d.alpha == 15.0 and "alpha" not in meta  # a float field; the file's text is read once, on load
+    from safetensors import safe_open
+
+    with safe_open(str(root / "dirs.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["alpha"] == "15.0"
     assert meta["package_version"] and meta["model_identity"].startswith("LlamaForCausalLM:sha256:")
     assert d.num_selected == 3 and d.probe_accuracy.shape == (2, 4) and d.head_rank.shape == (8, 2)
     assert [tuple(p) for p in d.head_rank[:3].tolist()] == [tuple(p) for p in result.selected.tolist()]
@@ -105,7 +110,7 @@ def test_second_fit_with_other_k_method_or_fold_makes_no_forward_pass(first_fit,
     first, root = first_fit
     assert first.forward_passes > 0
     model, tok = loaded  # an already-loaded model: the same cache entry as the path-loaded fit
-    common = dict(tokenizer=tok, data_dir=v0, max_questions=NQ, cache_dir=root / "cache", progress=False,
+    common = dict(tokenizer=tok, data_dir=v0, num_questions=NQ, cache_dir=root / "cache", progress=False,
                   write_plot=False)
     other_k = fit_and_save(model, root / "k2.safetensors", num_heads=2, method="probe", num_folds=2, fold=0, **common)
     assert other_k.forward_passes == 0
@@ -154,7 +159,7 @@ def test_a_single_fold_fit_forwards_only_the_prompts_of_its_training_questions(t
     probe_rows, sigma_rows, total = _needed_rows(v0, 0)
     seen, handle = _counting_forwards(model)
     try:
-        result = fit_and_save(model, tmp_path / "d.safetensors", tokenizer=tok, data_dir=v0, max_questions=NQ,
+        result = fit_and_save(model, tmp_path / "d.safetensors", tokenizer=tok, data_dir=v0, num_questions=NQ,
                                 num_heads=3, num_folds=2, fold=0, cache_dir=tmp_path / "cache", progress=False,
                                 write_plot=False, batch_size=8)
     finally:
@@ -173,7 +178,7 @@ def test_collect_all_folds_fills_one_cache_that_the_other_fold_reads_with_the_sa
     from lm_eval_iti.fit import fit_and_save
 
     model, tok = loaded
-    common = dict(tokenizer=tok, data_dir=v0, max_questions=NQ, num_heads=3, num_folds=2, progress=False,
+    common = dict(tokenizer=tok, data_dir=v0, num_questions=NQ, num_heads=3, num_folds=2, progress=False,
                   write_plot=False, batch_size=8)
     probe_rows, sigma_rows, total = _needed_rows(v0, 1)
     filling = fit_and_save(model, tmp_path / "f0.safetensors", fold=0, cache_dir=tmp_path / "all",

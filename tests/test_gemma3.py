@@ -211,7 +211,7 @@ def test_fit_directions_by_model_name_finds_heads_that_beat_shuffled_labels(plai
 
     n, out, cache = 40, tmp_path / "d.safetensors", tmp_path / "cache"
     code, _, err = run_cli(["fit-directions", "--model", NAME, "--data-dir", str(tqa_v0()), "--num-questions", str(n),
-                            "--num-heads", "8", "--sigma-data", "mc", "--dtype", "float32", "--batch-size", "16",
+                            "--num-heads", "8", "--sigma-data", "mc", "--dtype", "float32", "--fit-batch-size", "16",
                             "--device", "cpu", "--cache-dir", str(cache), "--out", str(out), "--no-plot", "--quiet"],
                            capsys)
     assert code == 0, err[-2000:]

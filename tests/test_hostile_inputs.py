@@ -138,7 +138,8 @@ NUMBERS = [
     ("fit", "--fold", "-1", "--fold -1 is below the minimum 0"),
     ("fit", "--num-questions", "0", "--num-questions 0 is below the minimum 2"),
     ("fit", "--max-questions", "1", "--max-questions 1 is below the minimum 2"),  # the old spelling
-    ("fit", "--batch-size", "0", "--batch-size 0 is below the minimum 1"),
+    ("fit", "--fit-batch-size", "0", "--fit-batch-size 0 is below the minimum 1"),
+    ("fit", "--batch-size", "0", "--batch-size 0 is below the minimum 1"),  # the old spelling
     ("fit", "--chunk-size", "0", "--chunk-size 0 is below the minimum 1"),
     # side-effects
     ("side-effects", "--alpha", "nan", "--alpha nan must be finite"),
@@ -186,8 +187,9 @@ NUMBERS = [
     ("sweep", "--num-heads", "0", "0 is below the minimum 1"),
     ("sweep", "--num-heads", "x", "'x' is not a whole number"),
     # seeds (numpy's SeedSequence takes no negative number: refused here, not when the controls are drawn)
-    ("fit", "--seed", "-1", "--seed -1 is below the minimum 0"),
-    ("validate", "--seed", "-1", "--seed -1 is below the minimum 0"),
+    ("fit", "--fold-seed", "-1", "--fold-seed -1 is below the minimum 0"),
+    ("validate", "--fold-seed", "-1", "--fold-seed -1 is below the minimum 0"),
+    ("validate", "--seed", "-1", "--seed -1 is below the minimum 0"),  # the old spelling
     ("validate", "--corpus-seed", "-2", "--corpus-seed -2 is below the minimum 0"),
     ("side-effects", "--corpus-seed", "-1", "--corpus-seed -1 is below the minimum 0"),
     # lm-eval-iti judge
@@ -382,7 +384,7 @@ def test_a_nan_loglikelihood_or_logit_is_an_error_never_a_score(world):
 
 
 def test_nan_side_effects_are_an_error_never_a_measurement():
-    from lm_eval_iti.experiments.side_effects import measure
+    from lm_eval_iti.side_effects import measure
 
     docs = [[1, 2, 3, 4], [5, 6, 7]]
     finite = lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 11)  # noqa: E731
@@ -481,7 +483,7 @@ def test_fit_directions_killed_mid_collection_resumes_to_the_same_directions(wor
     import time
 
     argv = [str(a) for a in base_argv("fit", world, tmp_path)] + ["--sigma-data", "mc", "--no-plot",
-                                                                  "--chunk-size", "4", "--batch-size", "4"]
+                                                                  "--chunk-size", "4", "--fit-batch-size", "4"]
     argv[argv.index("--num-questions") + 1] = "40"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "lm_eval_iti", *argv], env=env, stdout=subprocess.DEVNULL,

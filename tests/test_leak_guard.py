@@ -7,6 +7,8 @@ independent set intersections of ``folds.fold_indices`` splits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import re
@@ -50,7 +52,7 @@ def directions_file(path: Path, provenance: dict | None, model=None) -> str:
     else:
         d = Directions(2, 4, 16, {0: torch.tensor([1])}, {0: torch.nn.functional.normalize(torch.ones(1, 16))},
                        {0: torch.ones(1)})
-    d.metadata.update(provenance or {})
+    d = dataclasses.replace(d, metadata={**d.metadata, **(provenance or {})})
     return str(save_directions(d, path))
 
 

@@ -241,7 +241,7 @@ def test_heads_option_uses_the_top_k_by_rank(tiny_model_dir, tiny_directions_fil
     top2 = top_heads_by_rank(tiny_directions_file, 2)
     every = top_heads_by_rank(tiny_directions_file, 4)
     assert len(top2) == 2 and len(every) == 4  # 2 of 4: keeping the wrong 2 would be seen
-    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), heads=2, mc_positions="all")
+    model = lm(HFITI, tiny_model_dir, directions=str(tiny_directions_file), num_heads=2, mc_positions="all")
     assert set(model.directions.selected_heads()) == top2
     info = model.get_model_info()["iti"]
     assert info["num_heads_used"] == 2 and {tuple(p) for p in info["heads_used"]} == top2
@@ -265,7 +265,9 @@ def test_results_record_provenance(steered_answer, tiny_directions_file):
     ({"mc_positions": "middle"}, "mc_positions='middle' is not one of answer, all, legacy"),
     ({"gen_positions": "prompt"}, "gen_positions='prompt'"),
     ({"alpha": "strong"}, "alpha='strong' is not a number"),
-    ({"heads": "0"}, "heads='0' must be a positive"),
+    ({"num_heads": "0"}, "num_heads='0' must be a positive"),
+    ({"heads": "0"}, "heads='0' must be a positive"),  # the deprecated spelling
+    ({"heads": "2", "num_heads": "3"}, "give num_heads= only"),
     ({"directions": None}, "hf-iti needs directions"),
 ])
 def test_bad_options_fail_before_loading(tiny_model_dir, tiny_directions_file, kwargs, message):

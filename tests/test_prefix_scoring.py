@@ -48,7 +48,7 @@ def hf_iti(model, tok, path, settings, mode, pairs, max_length=None, batch_size=
     out = []
     extra = {"max_length": max_length} if max_length else {}
     for alpha, k in settings:
-        lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, heads=k, mc_positions=mode,
+        lm = HFITI(pretrained=model, tokenizer=tok, directions=str(path), alpha=alpha, num_heads=k, mc_positions=mode,
                    batch_size=batch_size, **extra)
         try:
             out.append(lm._loglikelihood_tokens([(("", ""), c, x) for c, x in pairs], disable_tqdm=True))

@@ -97,7 +97,7 @@ def test_a_streaming_fit_writes_the_in_memory_directions_file(tiny_model_dir, tm
     from lm_eval_iti.fit import fit_and_save
 
     v0 = shared_data("truthfulqa", "v0")
-    common = dict(data_dir=v0, num_heads=3, max_questions=12, progress=False, write_plot=False, batch_size=8,
+    common = dict(data_dir=v0, num_heads=3, num_questions=12, progress=False, write_plot=False, batch_size=8,
                   chunk_size=10, **(dict(num_folds=2, fold=1) if folds else {}))
     memory = fit_and_save(str(tiny_model_dir), tmp_path / "memory.safetensors", cache_dir=tmp_path / "c1", **common)
     # a fresh cache: the streaming run collects (without assembling the tensor), then reads layers back

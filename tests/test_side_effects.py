@@ -12,7 +12,7 @@ from conftest import shared_data
 
 from lm_eval_iti.cli import main
 from lm_eval_iti.errors import ITIError
-from lm_eval_iti.experiments import side_effects as se
+from lm_eval_iti import side_effects as se
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
          "upsilon phi chi psi omega").split()
@@ -166,3 +166,20 @@ def test_a_base_logits_cache_kept_across_calls_gives_the_same_numbers_with_one_b
     calls.clear()
     fresh = se.measure(base, shifted(0.7), other, batch_size=2, base_cache=cache)
     assert len(calls) == 3 and fresh["per_doc"] == se.measure(base, shifted(0.7), other, batch_size=2)["per_doc"]
+
+
+def test_the_detokenizer_equals_lm_evals_on_the_whole_wikitext_test_split():
+    """side_effects.detokenize is lm-eval's WikiText detokeniser, step for step (it lives below the lm-eval glue in
+    the import graph): equal to lm-eval's own function on every line of the test split and on a whole document."""
+    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+
+    text = shared_data("webtext", "wikitext-2-raw-v1.test.raw").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines(keepends=True) if line.strip()]
+    assert len(lines) > 2000
+    changed = 0
+    for line in lines:
+        ours = se.detokenize(line)
+        assert ours == wikitext_detokenizer({"page": line}), line
+        changed += ours != line
+    assert changed > 1000  # the steps do act on this text
+    assert se.detokenize(text[:200000]) == wikitext_detokenizer({"page": text[:200000]})

@@ -155,7 +155,7 @@ def test_stock_lm_eval_cli_runs_hf_iti_on_the_gguf(gguf_source, dirs_file, tmp_p
 def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2_dir, plain, tmp_path):
     from lm_eval_iti.fit import fit_and_save
 
-    result = fit_and_save(NAME, tmp_path / "d.safetensors", data_dir=str(tqa_v0()), max_questions=80,
+    result = fit_and_save(NAME, tmp_path / "d.safetensors", data_dir=str(tqa_v0()), num_questions=80,
                             num_heads=16, sigma_data="mc", dtype="float32", batch_size=16, device="cpu",
                             cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
     best = float(result.probes.accuracy.max())
@@ -187,7 +187,7 @@ def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2
     assert len(json.loads(meta["train_question_ids"])) == 80
     # the same fit with alpha auto: every activation from the cache, then the KL scan on held-out WikiText
     corpus = str(shared_data("webtext", "wikitext-2-raw-v1.test.raw"))
-    auto = fit_and_save(NAME, tmp_path / "auto.safetensors", data_dir=str(tqa_v0()), max_questions=80, num_heads=16,
+    auto = fit_and_save(NAME, tmp_path / "auto.safetensors", data_dir=str(tqa_v0()), num_questions=80, num_heads=16,
                         sigma_data="mc", dtype="float32", batch_size=16, device="cpu", alpha="auto", kl_budget=0.02,
                         kl_corpus=corpus, cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
     chosen = json.loads(auto.directions.metadata["alpha_auto"])
@@ -199,7 +199,7 @@ def test_a_fit_on_80_questions_finds_heads_that_separate_true_from_false(smollm2
 
 
 def test_alpha_auto_stays_within_the_kl_budget_and_the_next_alpha_does_not(plain, dirs_file):
-    from lm_eval_iti.experiments import side_effects as se
+    from lm_eval_iti import side_effects as se
     from lm_eval_iti.intervene import Intervener
 
     model, tokenizer = plain
@@ -243,7 +243,7 @@ def test_chat_prompts_on_the_real_chat_template(plain, smollm2_dir, tmp_path):
     assert prompts[0].startswith("<|im_start|>system\n")  # the template's own default system turn
     assert f"<|im_start|>user\n{question}<|im_end|>" in prompts[0]
     result = fit_and_save(str(smollm2_dir), tmp_path / "chat.safetensors", data_dir=str(tqa_v0()),
-                            max_questions=10, num_heads=8, sigma_data="mc", prompt_format="chat", dtype="float32",
+                            num_questions=10, num_heads=8, sigma_data="mc", prompt_format="chat", dtype="float32",
                             device="cpu", cache_dir=str(tmp_path / "cache"), progress=False, write_plot=False)
     assert result.directions.metadata["prompt_format"] == "chat"
     assert result.directions.num_selected == 8

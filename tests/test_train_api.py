@@ -103,7 +103,7 @@ def test_truthfulqa_samples_give_the_fit_of_fit_directions(tiny):
     import lm_eval_iti as iti
 
     model, tok = tiny
-    options = dict(num_folds=2, fold=0, max_questions=24, seed=3)
+    options = dict(num_folds=2, fold=0, num_questions=24, seed=3)
     tqa = iti.truthfulqa.samples(str(tqa_v0()), **options)
     assert {s.label for s in tqa.samples} == {0, 1} and tqa.sigma_samples is None
     trained = iti.train(model, tok, tqa.samples, num_heads=4, seed=3, progress=False, **tqa.train_kwargs())

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import shared_data, write_wikitext_corpus
 from lm_eval_iti.errors import ITIError
-from lm_eval_iti.experiments.side_effects import alpha_for_kl_target
+from lm_eval_iti.side_effects import alpha_for_kl_target
 
 TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2")
 
@@ -122,7 +122,7 @@ def test_kl_matched_controls_cost_the_kl_of_iti_on_a_fresh_measurement(engine_an
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lm_eval_iti.artifact import load_directions
-    from lm_eval_iti.experiments.side_effects import AUTO_NUM_DOCS, KLMeter
+    from lm_eval_iti.side_effects import AUTO_NUM_DOCS, KLMeter
 
     root, runs = engine_and_lm_eval_runs
     folds = runs["on"]["folds"]
@@ -157,7 +157,7 @@ def test_nested_selection_scores_only_points_within_the_kl_budget(tiny_model_dir
     assert all(g["kl_mean"] is None and g["mean"] is not None for g in grid)
     # a budget between the KLs of the grid: measure them first on the same sample
     from lm_eval_iti.artifact import load_directions
-    from lm_eval_iti.experiments.side_effects import AUTO_NUM_DOCS, KLMeter
+    from lm_eval_iti.side_effects import AUTO_NUM_DOCS, KLMeter
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()

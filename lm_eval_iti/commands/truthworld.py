@@ -7,12 +7,8 @@ import sys
 
 import click
 
-from ..cli_types import Count, check_output_dir, check_output_file
-
-
-def _world_options(f):
-    f = click.option("--world-seed", type=Count(0), default=0, show_default=True, help="seed of the world (entities, facts, myths)")(f)
-    return f
+from ..cli_types import check_output_dir, check_output_file
+from ..options import cli_options
 
 
 def _world_config(world_seed: int):
@@ -28,26 +24,20 @@ def truthworld():
     """The offline truth world: a small trained Llama where ITI must measurably work."""
 
 
-@truthworld.command("train")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="output model folder")
-@click.option("--seed", type=Count(0), default=0, show_default=True, help="training seed (weights and documents)")
-@click.option("--steps", type=Count(1), default=None, help="training steps (default: the shipped design's)")
-@click.option("--batch-size", type=Count(1), default=None, help="documents per step (default: the shipped design's)")
-@click.option("--threads", type=Count(1), default=1, show_default=True, help="torch CPU threads")
-@click.option("--probe-every", type=Count(0), default=0, show_default=True,
-              help="every N steps print how linearly readable truth is at '.' per head (0: never)")
-@_world_options
-def train_cmd(out, seed, steps, batch_size, threads, probe_every, world_seed):
+@truthworld.command("train", context_settings={"show_default": True})
+@cli_options("world_train_out", "train_seed", "steps", "documents_per_step", "threads", "probe_every", "world_seed")
+def train_cmd(world_train_out, train_seed, steps, documents_per_step, threads, probe_every, world_seed):
     """Train the truth-world model (fixed seed, fixed step count; resumes an interrupted run in OUT)."""
     from dataclasses import replace
 
     from ..truthworld.design import MODEL, TRAIN
     from ..truthworld.train import train
 
+    out = world_train_out
     check_output_dir(out)
-    cfg = replace(TRAIN, seed=seed, threads=threads, probe_every=probe_every,
+    cfg = replace(TRAIN, seed=train_seed, threads=threads, probe_every=probe_every,
                   **({"steps": steps} if steps is not None else {}),
-                  **({"batch_size": batch_size} if batch_size is not None else {}))
+                  **({"batch_size": documents_per_step} if documents_per_step is not None else {}))
     command = "lm-eval-iti truthworld train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     path = train(out, _world_config(world_seed), MODEL, cfg, command=command)
     click.echo(f"wrote {path}")
@@ -57,40 +47,35 @@ train_cmd.name = "train"
 
 
 @truthworld.command("export-data")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="folder for mc_task.json, TruthfulQA.csv and world.json")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="take the world from this checkpoint's world.json (default: the shipped checkpoint)")
-def export_data(out, model_dir):
+@cli_options("world_data_out", "world_model")
+def export_data(world_data_out, world_model):
     """Write the world's questions in TruthfulQA's own formats (for fit-directions --data-dir and the tasks)."""
     from ..truthworld import CHECKPOINT_DIR
     from ..truthworld.generator import export_truthfulqa, load_world
 
+    out = world_data_out
     check_output_dir(out)
-    world = load_world(model_dir or CHECKPOINT_DIR)
+    world = load_world(world_model or CHECKPOINT_DIR)
     path = export_truthfulqa(world, out)
     click.echo(f"wrote {path}/mc_task.json, TruthfulQA.csv, world.json ({len(world.entities)} questions, "
                f"{len(world.myth_entities)} with a myth)")
 
 
-@truthworld.command("evaluate")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="a truth-world checkpoint (default: the shipped one)")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
-@click.option("--num-heads", type=Count(1), default=None, help="K (default: the shipped design's)")
-@click.option("--seed", type=Count(0), default=42, show_default=True, help="fold and probe seed")
-def evaluate_cmd(model_dir, out, num_heads, seed):
+@truthworld.command("evaluate", context_settings={"show_default": True})
+@cli_options("world_model", "result_file", "world_num_heads", "fold_seed")
+def evaluate_cmd(world_model, result_file, world_num_heads, fold_seed):
     """The bar: 2-fold fit-directions, alpha chosen on the training folds within side-effect bounds, scored on the
     held-out fold against random and orthogonal directions, random heads and a colour prior."""
     import json
 
+    out = result_file
     if out:
         check_output_file(out)
     from ..atomic import write_json_atomic
     from ..truthworld import CHECKPOINT_DIR
     from ..truthworld.bar import run_bar
 
-    report = run_bar(model_dir or CHECKPOINT_DIR, num_heads=num_heads, seed=seed)
+    report = run_bar(world_model or CHECKPOINT_DIR, num_heads=world_num_heads, seed=fold_seed)
     click.echo(json.dumps(report["summary"], indent=2))
     if out:
         write_json_atomic(out, report)
@@ -101,10 +86,8 @@ evaluate_cmd.name = "evaluate"
 
 
 @truthworld.command("diagnose")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="a truth-world checkpoint (default: the shipped one)")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the report JSON here")
-def diagnose_cmd(model_dir, out):
+@cli_options("world_model", "result_file")
+def diagnose_cmd(world_model, result_file):
     """Why the bar holds or fails: speaker evidence in context, the best a constant shift at the answer can do (the
     model's own belief direction), and each head alone with the method's direction."""
     import torch
@@ -115,7 +98,8 @@ def diagnose_cmd(model_dir, out):
     from ..truthworld.diagnose import diagnose
     from ..truthworld.generator import load_world
 
-    folder = str(model_dir or CHECKPOINT_DIR)
+    out = result_file
+    folder = str(world_model or CHECKPOINT_DIR)
     world = load_world(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     report = diagnose(model, AutoTokenizer.from_pretrained(folder), world)

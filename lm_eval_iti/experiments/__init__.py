@@ -10,4 +10,4 @@ from .runner import Experiment, ExperimentConfig
 from .sweep import sweep
 from .validate import validate
 
-__all__ = ["Experiment", "ExperimentConfig", "sweep", "validate"]  # CE/KL: experiments.side_effects.side_effects
+__all__ = ["Experiment", "ExperimentConfig", "sweep", "validate"]  # CE/KL: lm_eval_iti.side_effects.side_effects

@@ -12,15 +12,20 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..options import default_of
 from ..errors import ITIError
 
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2")
 
+DEMO_NUM_DOCS = 50  # a quick demo's CE/KL sample (validate's --num-docs is 100)
+
 
 def run_real_demo(out: str | os.PathLike, model: str = DEMO_MODEL, *, gguf_file: str | None = None,
-                  data_dir: str | None = None, num_questions: int | None = 100, num_heads: int = 16,
-                  kl_budget: float = 0.2, corpus: str = "wikitext", num_docs: int = 50, batch_size: int = 8,
+                  data_dir: str | None = None, num_questions: int | None = default_of("demo_num_questions"),
+                  num_heads: int = default_of("demo_num_heads"), kl_budget: float = default_of("kl_budget"),
+                  corpus: str = default_of("corpus"), num_docs: int = DEMO_NUM_DOCS,
+                  batch_size: int = default_of("batch_size"),
                   progress: bool = True, log: Callable[[str], None] = print, device_map=None, max_memory=None,
                   offload_folder=None) -> dict:
     """Run (or resume) the demo in ``out``; returns the validate results with the plot paths added."""

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..options import config_field, default_of
 from .. import __version__
 from ..atomic import read_json_sealed, write_json_atomic, write_json_sealed, write_text_atomic
 from ..data import HUB_ID, load_mc
@@ -60,50 +61,50 @@ def instruction_metadata(instruction: str) -> dict[str, dict]:
 @dataclass
 class ExperimentConfig:
     model: str
-    revision: str | None = None
-    gguf_file: str | None = None
-    dtype: str = "auto"
-    device: str | None = None
-    data_dir: str | None = None
-    dataset: str = HUB_ID
-    binary_data: str | None = None
-    num_questions: int | None = None
-    tasks: tuple[str, ...] = ("truthfulqa_iti",)
-    num_folds: int = 2
-    seed: int = 42
-    contiguous_folds: bool = False
+    revision: str | None = config_field("revision")
+    gguf_file: str | None = config_field("gguf_file")
+    dtype: str = config_field("dtype")
+    device: str | None = config_field("device")
+    data_dir: str | None = config_field("data_dir")
+    dataset: str = config_field("dataset")
+    binary_data: str | None = config_field("binary_data")
+    num_questions: int | None = config_field("num_questions")
+    tasks: tuple[str, ...] = (default_of("tasks"),)
+    num_folds: int = config_field("num_folds")
+    seed: int = config_field("seed", option="fold_seed")
+    contiguous_folds: bool = config_field("contiguous_folds")
     limit: int | float | None = None
     # extra task metadata for every task (judge settings, ...); "instruction" here is the instruction of the tasks
     # that do not take the row's (binary, transfer): the MC/gen tasks always get the row's (INSTRUCTED_TASKS)
     metadata: dict = field(default_factory=dict)
-    val_ratio: float = 0.2
-    prompt_format: str = "qa"
-    sigma_data: str = "gen_end_q"
-    probe_backend: str = "torch"
-    side_effects: bool = True
-    corpus: str = "wikitext"
-    num_docs: int = 100
-    num_tokens: int = 128
-    corpus_seed: int = 0
+    val_ratio: float = config_field("val_ratio")
+    prompt_format: str = config_field("prompt_format")
+    sigma_data: str = config_field("sigma_data")
+    probe_backend: str = config_field("probe_backend")
+    side_effects: bool = config_field("side_effects")
+    corpus: str = config_field("corpus")
+    num_docs: int = config_field("num_docs")
+    num_tokens: int = config_field("num_tokens")
+    corpus_seed: int = config_field("corpus_seed")
     detokenize: bool = True
-    bootstrap_iters: int = 100000
-    apply_chat_template: bool | str = False
-    system_instruction: str | None = None
-    gen_kwargs: str | None = None
-    max_length: int | None = None
-    batch_size: int = 8
-    fit_batch_size: int = 16
-    cache_dir: str | None = None
+    bootstrap_iters: int = config_field("bootstrap_iters")
+    apply_chat_template: bool | str = config_field("apply_chat_template")
+    system_instruction: str | None = config_field("system_instruction")
+    gen_kwargs: str | None = config_field("gen_kwargs")
+    max_length: int | None = config_field("max_length")
+    batch_size: int = config_field("batch_size")
+    fit_batch_size: int = config_field("fit_batch_size")
+    cache_dir: str | None = config_field("cache_dir")
     progress: bool = True
-    kl_budget: float = 0.2  # for alpha "auto" (side_effects.DEFAULT_KL_BUDGET)
+    kl_budget: float = config_field("kl_budget")  # for alpha "auto"
     folds: tuple[int, ...] | None = None  # evaluate only these held-out folds (None: every fold)
     # hooked rows of loglikelihood tasks scored by the shared-prefix engine (harness.engine): auto = when every task
     # is a loglikelihood task; off = every row through lm-eval's hf-iti; on = refuse tasks it cannot score
-    engine: str = "auto"
+    engine: str = config_field("engine")
     engine_max_batch_bytes: int = 1 << 30
-    device_map: str | dict | None = None  # accelerate placement (loading.load_model); not part of a run's identity
-    max_memory: str | dict | None = None
-    offload_folder: str | None = None
+    device_map: str | dict | None = config_field("device_map")  # accelerate placement (loading.load_model); not part of a run's identity
+    max_memory: str | dict | None = config_field("max_memory")
+    offload_folder: str | None = config_field("offload_folder")
 
     def check(self) -> None:
         if self.num_folds < 2:
@@ -391,7 +392,7 @@ class Experiment:
 
     def corpus(self):
         if self._docs is None:
-            from .side_effects import corpus_docs
+            from ..side_effects import corpus_docs
 
             c = self.config
             _, tokenizer = self.model()
@@ -439,7 +440,7 @@ class Experiment:
 
     def auto_alpha(self, fold: int) -> dict:
         """The fold's alpha by the KL budget, measured on the main ITI fit of the fold (saved, reused on resume)."""
-        from .side_effects import alpha_for_kl_budget
+        from ..side_effects import alpha_for_kl_budget
 
         # the main ITI row ("iti") when there is one, else the first hooked row with alpha auto
         main = min((v for v in self.variants if v.kind == "hf-iti" and v.alpha == AUTO), key=lambda v: v.name != "iti")
@@ -462,7 +463,7 @@ class Experiment:
     def kl_meter(self):
         """One held-out text sample (not the reported CE/KL sample) for every KL the run chooses by."""
         if self._kl_meter is None:
-            from .side_effects import AUTO_NUM_DOCS, KLMeter
+            from ..side_effects import AUTO_NUM_DOCS, KLMeter
 
             c = self.config
             model, tokenizer = self.model()
@@ -474,7 +475,7 @@ class Experiment:
     def kl_match(self, fold: int, variant: Variant, control: dict) -> dict:
         """The alpha at which the control's directions cost the KL that the fold's ITI row (same fit, alpha and K,
         already resolved in ``variant``) costs on the KL sample; saved to ``folds/fold_<i>_<name>_kl_match.json``."""
-        from .side_effects import alpha_for_kl_target
+        from ..side_effects import alpha_for_kl_target
 
         key = {"settings": self.settings(), "variant": variant.describe(), "fold": fold,
                "control_sha256": control["record"]["sha256"]}
@@ -612,7 +613,7 @@ class Experiment:
         from ..harness.driver import run_tasks
         from ..harness.variants import variant_lm
         from ..judges.glue import keep_judged
-        from .side_effects import measure
+        from ..side_effects import measure
 
         c = self.config
         model, tokenizer = self.model()

@@ -1,6 +1,6 @@
 """A small local TruthfulQA folder: the first N questions of ``mc_task.json`` with their rows of the CSVs.
 
-Fitting and the tasks must see the same question list for the folds to agree (``fit_directions(max_questions=...)``
+Fitting and the tasks must see the same question list for the folds to agree (``fit_directions(num_questions=...)``
 truncates before the split, the tasks do not), so quick runs use a real subset folder instead. Rows are copied
 verbatim (the same JSON objects, the same CSV lines), so every loader reads them exactly as it reads the full files.
 """

@@ -1,4 +1,4 @@
-"""Small pieces of lm-eval the rest of the package uses: its ``k=v`` parser, its WikiText detokeniser and its CLI."""
+"""Small pieces of lm-eval the rest of the package uses: its ``k=v`` parser and its CLI."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ def parse_args_string(text: str) -> dict:
     from lm_eval.utils import simple_parse_args_string
 
     return simple_parse_args_string(text)
-
-
-def wikitext_detokenize(text: str) -> str:
-    """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
-    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
-
-    return wikitext_detokenizer({"page": text})
 
 
 def run_stock_cli(args: list[str]) -> None:

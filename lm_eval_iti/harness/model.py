@@ -30,7 +30,8 @@ from ..gguf import hflm_model_args
 from ..identity import check_model_identity
 from ..loading import check_device, check_model_source
 from ..intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
-from ..model_args import parse_alpha, parse_bool, parse_heads  # noqa: F401  (parse_alpha: also this module's API)
+from ..model_args import num_heads_arg, parse_alpha, parse_bool  # noqa: F401  (parse_alpha: also this module's API)
+from ..options import default_of
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +145,21 @@ def _strip_zeros(tokens: list[int]) -> list[int]:
 
 
 class HFITI(HFLM):
-    """``--model hf-iti --model_args pretrained=...,directions=FILE[,alpha=15][,heads=K][,mc_positions=...][,gen_positions=...]``
+    """``--model hf-iti --model_args pretrained=...,directions=FILE[,alpha=15][,num_heads=K][,mc_positions=...][,gen_positions=...]``
 
     From Python, ``pretrained`` may also be a loaded model (with ``tokenizer=``, as for HFLM) and ``directions`` a
     ``Directions`` object; its ``iti_info`` then records no file and no sha256 (there is no file to hash)."""
 
-    def __init__(self, pretrained="", directions: "str | os.PathLike | Directions | None" = None, alpha=None, heads=None,
-                 mc_positions: str = "answer", gen_positions: str = "last", gguf_file: str | None = None,
+    def __init__(self, pretrained="", directions: "str | os.PathLike | Directions | None" = None, alpha=None, num_heads=None,
+                 mc_positions: str = default_of("mc_positions"), gen_positions: str = default_of("gen_positions"),
+                 heads=None, gguf_file: str | None = None,
                  gguf_cache=True, allow_model_mismatch=False, **kwargs):
         from .plugin import ensure_registered
 
         ensure_registered()  # the packaged tasks, for Python programs where the .pth autoload did not run
         check_options(directions, mc_positions, gen_positions)
         alpha_value = parse_alpha(alpha)
-        k = parse_heads(heads)
+        k = num_heads_arg(num_heads, heads)
         allow_mismatch = parse_bool(allow_model_mismatch)
         check_model_args(pretrained, gguf_file, kwargs)
         pretrained, gguf_file, self.model_identity = hflm_model_args(pretrained, gguf_file, parse_bool(gguf_cache))

@@ -18,7 +18,7 @@ def variant_lm(variant, model, tokenizer, directions_path: str | None, direction
     Hooks and temporary checkpoints are removed on exit, so the next variant gets the model back untouched."""
     from lm_eval.models.huggingface import HFLM
 
-    from ..experiments import side_effects as se
+    from .. import side_effects as se
 
     common = dict(tokenizer=tokenizer, batch_size=batch_size)
     if max_length:
@@ -32,7 +32,7 @@ def variant_lm(variant, model, tokenizer, directions_path: str | None, direction
     if variant.kind == "hf-iti":
         from .model import HFITI
 
-        lm = HFITI(pretrained=model, directions=directions_path, alpha=variant.alpha, heads=variant.heads,
+        lm = HFITI(pretrained=model, directions=directions_path, alpha=variant.alpha, num_heads=variant.heads,
                    mc_positions=variant.mc_positions, gen_positions=variant.gen_positions, **common)
         try:
             yield lm, se.hooked_logits(model, lm.intervener), {"iti": lm.iti_info()}

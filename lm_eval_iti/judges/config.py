@@ -49,14 +49,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..choices import JUDGE_BACKENDS
 from ..errors import ITIError
+from ..options import JUDGE_DEFAULTS
 
-BACKENDS = ("openai", "hf", "chat", "none")
+BACKENDS = JUDGE_BACKENDS
 ALLENAI_TRUTH = "allenai/truthfulqa-truth-judge-llama2-7B"
 ALLENAI_INFO = "allenai/truthfulqa-info-judge-llama2-7B"
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_KEY_ENV = JUDGE_DEFAULTS["api_key_env"]
 ENV_PREFIX = "LM_EVAL_ITI_"
-DEFAULT_CHECK_EXAMPLES = 100  # per judge: 50 positive + 50 negative human-labelled answers
+DEFAULT_CHECK_EXAMPLES = JUDGE_DEFAULTS["check_examples"]  # per judge: 50 positive + 50 negative human-labelled answers
 
 def _model_dtypes() -> tuple[str, ...]:
     from ..choices import DTYPES
@@ -116,19 +118,19 @@ class JudgeConfig:
     info_base_url: str = ""
     api_key_env: str = DEFAULT_KEY_ENV
     cache: str = ""
-    concurrency: int = 8
-    timeout: float = 60.0
-    retries: int = 6
-    backoff: float = 1.0
-    batch_size: int = 8
+    concurrency: int = JUDGE_DEFAULTS["concurrency"]
+    timeout: float = JUDGE_DEFAULTS["timeout"]
+    retries: int = JUDGE_DEFAULTS["retries"]
+    backoff: float = JUDGE_DEFAULTS["backoff"]
+    batch_size: int = JUDGE_DEFAULTS["batch_size"]
     device: str = ""
-    dtype: str = "auto"
+    dtype: str = JUDGE_DEFAULTS["dtype"]
     check: bool = True
     check_examples: int = DEFAULT_CHECK_EXAMPLES
     check_data: str = ""
-    check_min_accuracy: float = 0.7
+    check_min_accuracy: float = JUDGE_DEFAULTS["check_min_accuracy"]
     check_allow_fail: bool = False
-    check_seed: int = 0
+    check_seed: int = JUDGE_DEFAULTS["check_seed"]
 
     @property
     def enabled(self) -> bool:

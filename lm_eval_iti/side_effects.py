@@ -26,13 +26,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ITIError
-from ..loading import execution_device
+from .options import default_of
+from .errors import ITIError
+from .loading import execution_device
 
 HUB_CORPUS = {"path": "Salesforce/wikitext", "name": "wikitext-2-raw-v1", "split": "test"}
-DEFAULT_CORPUS = "wikitext"
-DEFAULT_NUM_DOCS = 100
-DEFAULT_NUM_TOKENS = 128
+DEFAULT_CORPUS = default_of("corpus")
+DEFAULT_NUM_DOCS = default_of("num_docs")
+DEFAULT_NUM_TOKENS = default_of("num_tokens")
 MIN_WORDS = 100
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -55,11 +56,30 @@ def paragraphs(lines, min_words: int = MIN_WORDS) -> list[str]:
     return out
 
 
-def detokenize(text: str) -> str:
-    """lm-eval's own WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
-    from ..harness.lm_eval_utils import wikitext_detokenize
+# lm-eval 0.4's WikiText detokeniser (lm_eval/tasks/wikitext/preprocess_wikitext.py, MIT), step for step. It lives
+# here, not in harness/, so that the CE/KL maths stays below the lm-eval glue in the import graph (fit's alpha auto
+# needs it); tests/test_side_effects.py checks it against lm-eval's own function on the whole WikiText-2 test split.
+_DETOKENIZE_STEPS = (
+    ("replace", "s '", "s'"), ("sub", r"/' [0-9]/", r"/'[0-9]/"),
+    ("replace", " @-@ ", "-"), ("replace", " @,@ ", ","), ("replace", " @.@ ", "."),
+    ("replace", " : ", ": "), ("replace", " ; ", "; "), ("replace", " . ", ". "), ("replace", " ! ", "! "),
+    ("replace", " ? ", "? "), ("replace", " , ", ", "),
+    ("sub", r"\(\s*([^\)]*?)\s*\)", r"(\1)"), ("sub", r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+    ("sub", r"{\s*([^}]*?)\s*}", r"{\1}"), ("sub", r"\"\s*([^\"]*?)\s*\"", r'"\1"'),
+    ("sub", r"'\s*([^']*?)\s*'", r"'\1'"),
+    ("replace", "= = = =", "===="), ("replace", "= = =", "==="), ("replace", "= =", "=="),
+    ("replace", " " + chr(176) + " ", chr(176)), ("replace", " \n", "\n"), ("replace", "\n ", "\n"),
+    ("replace", " N ", " 1 "), ("replace", " 's", "'s"),
+)
 
-    return wikitext_detokenize(text)
+
+def detokenize(text: str) -> str:
+    """lm-eval's WikiText detokeniser (`` @-@ `` -> ``-``, spaces before punctuation, ...)."""
+    import re
+
+    for kind, old, new in _DETOKENIZE_STEPS:
+        text = text.replace(old, new) if kind == "replace" else re.sub(old, new, text)
+    return text
 
 
 @dataclass
@@ -218,7 +238,7 @@ def model_logits(model) -> LogitsFn:
 
 def hooked_logits(model, intervener) -> tuple[LogitsFn, LogitsFn]:
     """(hooks off, hooks on at every position) on one model with an installed ``Intervener``."""
-    from ..intervene import ALL
+    from .intervene import ALL
 
     def base(ids):
         with intervener.editing(None):
@@ -256,10 +276,10 @@ def side_effects(model, tokenizer, directions, alpha: float | None = None, heads
     """CE (base, steered) and KL(base || steered) of ``directions`` at ``alpha`` (default: the file's) on ``model``.
 
     ``directions``: a Directions object or a path. Hooks are installed for the call and removed afterwards."""
-    from ..architectures import model_shape
-    from ..artifact import Directions, file_sha256, load_directions
-    from ..identity import check_model_identity
-    from ..intervene import Intervener
+    from .architectures import model_shape
+    from .artifact import Directions, file_sha256, load_directions
+    from .identity import check_model_identity
+    from .intervene import Intervener
 
     info: dict = {}
     if not isinstance(directions, Directions):
@@ -285,7 +305,7 @@ def side_effects(model, tokenizer, directions, alpha: float | None = None, heads
 
 
 def write_side_effects(result: dict, out: str | os.PathLike) -> Path:
-    from ..atomic import write_json_atomic
+    from .atomic import write_json_atomic
 
     target = Path(out)
     if target.is_dir():
@@ -296,9 +316,9 @@ def write_side_effects(result: dict, out: str | os.PathLike) -> Path:
 
 # alpha by side-effect budget -----------------------------------------------------------------------------------------
 # The ITI paper's LLaMA-7B operating point (alpha 15, K 48) cost KL 0.17 nats/token: a budget of 0.2 allows about that.
-DEFAULT_KL_BUDGET = 0.2
+DEFAULT_KL_BUDGET = default_of("kl_budget")
 DEFAULT_ALPHA_GRID = (0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40)
-AUTO_NUM_DOCS = 32
+AUTO_NUM_DOCS = 32  # the KL sample of alpha auto and select: held out from the CE/KL documents
 AUTO_SEED = 1
 # keep the base logits of every document when they fit in this many bytes (else recompute them per alpha)
 BASE_LOGITS_BYTES = 2 * 1024 ** 3
@@ -351,7 +371,7 @@ class KLMeter:
 
     @torch.no_grad()
     def __call__(self, directions, alpha: float) -> float:
-        from ..intervene import Intervener
+        from .intervene import Intervener
 
         if float(alpha) == 0.0:
             return 0.0
