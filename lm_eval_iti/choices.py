@@ -7,7 +7,7 @@ MC_POSITIONS = ("answer", "all", "legacy")  # intervene: what hf-iti edits when 
 GEN_POSITIONS = ("last", "generated", "all")  # intervene: what hf-iti edits when generating
 PROBE_BACKENDS = ("torch", "sklearn")
 PROBE_MEMORY = ("memory", "stream")
-ENGINE_MODES = ("auto", "on", "off")  # experiments.runner: the shared-prefix engine
+ENGINE_MODES = ("auto", "on", "off")  # experiments.plan: the shared-prefix engine
 SELECT_COLUMNS = {"MC1": "truthfulqa_iti_mc1", "MC2": "truthfulqa_iti_mc2", "MC3": "truthfulqa_iti_mc3",
                   "binary": "truthfulqa_iti_binary"}  # --alpha select: the metric maximised -> its task
 EXPORT_FORMATS = ("steered",)  # lm-eval's own steered model (.pt)

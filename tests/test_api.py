@@ -219,12 +219,12 @@ def test_every_subcommand_help_loads_neither_torch_nor_lm_eval():
 def test_option_choices_are_the_library_s_own():
     """The CLI reads its choices from the torch-free ``choices`` module; the library modules use the same objects."""
     from lm_eval_iti import choices, export, intervene, loading, probes, select
-    from lm_eval_iti.experiments import baselines, runner
+    from lm_eval_iti.experiments import baselines, plan
 
     assert loading.DTYPES is choices.DTYPES and select.METHODS is choices.METHODS
     assert intervene.MC_POSITIONS is choices.MC_POSITIONS and intervene.GEN_POSITIONS is choices.GEN_POSITIONS
     assert probes.PROBE_BACKENDS is choices.PROBE_BACKENDS and probes.PROBE_MEMORY is choices.PROBE_MEMORY
-    assert runner.ENGINE_MODES is choices.ENGINE_MODES and baselines.SELECT_COLUMNS is choices.SELECT_COLUMNS
+    assert plan.ENGINE_MODES is choices.ENGINE_MODES and baselines.SELECT_COLUMNS is choices.SELECT_COLUMNS
     assert export.EXPORT_FORMATS is choices.EXPORT_FORMATS
 
 

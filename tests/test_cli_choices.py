@@ -10,7 +10,7 @@ import pytest
 from lm_eval_iti.cli import COMMANDS, LazyGroup, cli
 from lm_eval_iti.experiments.baselines import (GEN_POSITION_TEXT, MC_POSITION_TEXT, SELECT_COLUMNS,
                                                hooked_positions, validate_variants)
-from lm_eval_iti.experiments.runner import ENGINE_MODES
+from lm_eval_iti.experiments.plan import ENGINE_MODES
 from lm_eval_iti.export import EXPORT_FORMATS
 from lm_eval_iti.intervene import GEN_POSITIONS, MC_POSITIONS
 from lm_eval_iti.judges.config import BACKENDS

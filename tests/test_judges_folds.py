@@ -64,7 +64,7 @@ def experiment(tiny_model_dir, tmp_path):
     """A validate-like run of the baseline on truthfulqa_iti_gen (8 questions, 2 folds), judged by the fake server."""
     from lm_eval_iti.experiments import ExperimentConfig
     from lm_eval_iti.experiments.baselines import baseline_variant
-    from lm_eval_iti.experiments.runner import Experiment
+    from lm_eval_iti.experiments import execute, make_plan
     from lm_eval_iti.judges import glue
 
     def run(server, out, cache):
@@ -78,7 +78,7 @@ def experiment(tiny_model_dir, tmp_path):
                                   batch_size=8, gen_kwargs="max_gen_toks=6", bootstrap_iters=0, metadata=meta,
                                   cache_dir=str(tmp_path / "acts"))
         try:
-            return Experiment(config, [baseline_variant()], out).run()
+            return execute(make_plan(config, [baseline_variant()], out))
         finally:
             glue.reset()
     return run

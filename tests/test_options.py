@@ -129,7 +129,7 @@ def test_old_spellings_still_work_with_a_one_line_deprecation(tmp_path, capsys, 
 
 
 def fields_with_options():
-    from lm_eval_iti.experiments.runner import ExperimentConfig
+    from lm_eval_iti.experiments.plan import ExperimentConfig
     from lm_eval_iti.fit import FitConfig
 
     for cls in (FitConfig, ExperimentConfig):

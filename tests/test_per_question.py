@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from collections import defaultdict
@@ -20,7 +19,8 @@ from conftest import shared_data
 
 from lm_eval_iti.experiments import ExperimentConfig, sweep, validate
 from lm_eval_iti.experiments import records
-from lm_eval_iti.experiments.runner import Experiment, instruction_metadata
+from lm_eval_iti.experiments.executor import Executor
+from lm_eval_iti.experiments.plan import instruction_metadata
 from lm_eval_iti.prompts import INSTRUCTIONS, QA_PRIMER
 
 MC_TASKS = ("truthfulqa_iti_mc1", "truthfulqa_iti_mc2", "truthfulqa_iti_mc3")
@@ -50,7 +50,7 @@ def _capturing(mp, captured: list):
     """Record (row, lm-eval's logged samples) of every evaluation the experiment runs."""
     import lm_eval_iti.harness.driver as driver
 
-    evaluate, run_one = driver.evaluate, Experiment.run_one
+    evaluate, run_one = driver.evaluate, Executor.run_one
     current = {}
 
     def run_one_named(self, fold, variant):
@@ -62,7 +62,7 @@ def _capturing(mp, captured: list):
         captured.append((current.get("row"), out.get("samples") or {}))
         return out
 
-    mp.setattr(Experiment, "run_one", run_one_named)
+    mp.setattr(Executor, "run_one", run_one_named)
     mp.setattr(driver, "evaluate", evaluate_recorded)
 
 

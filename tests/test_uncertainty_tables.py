@@ -18,7 +18,8 @@ from lm_eval_iti.experiments import records
 from lm_eval_iti.experiments.aggregate import format_delta
 from lm_eval_iti.experiments.baselines import NO_EDIT, Variant
 from lm_eval_iti.experiments.report import build_report
-from lm_eval_iti.experiments.runner import RESULTS_FORMAT, Experiment, ExperimentConfig
+from lm_eval_iti.experiments.executor import Executor, execute
+from lm_eval_iti.experiments.plan import RESULTS_FORMAT, ExperimentConfig, make_plan
 from lm_eval_iti.folds import fold_assignment, question_id
 
 NQ = 80
@@ -84,15 +85,15 @@ def run(tmp_path_factory):
                    for j, task in enumerate(("truthfulqa_iti_mc1", "truthfulqa_iti_mc2"))}
         return {"format": RESULTS_FORMAT, "fold": fold, "num_folds": 2, "variant": variant.describe(),
                 "alpha_used": variant.alpha, "scored_by": "lm-eval", "num_heads_used": None, "selection": None,
-                "kl_match": None, "settings_hash": self.fold_hash(fold, variant), "metrics": metrics,
+                "kl_match": None, "settings_hash": self.plan.fold_hash(fold, variant), "metrics": metrics,
                 "n_samples": {t: len(ids) for t in metrics}, "question_ids": {t: ids for t in metrics},
                 "leak_check": {"evaluated_questions": len(ids), "checked_against": None, "overlap": None},
                 "per_question": per_question, "choice_loglikelihoods": {}, "judge_answers": [], "directions": None,
                 "model_info": {"scored_by": "lm-eval"}, "side_effects": None, "seconds": 0.0}
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Experiment, "run_one", synthetic_fold)
-        results = Experiment(config, _variants(), root / "run").run()
+        mp.setattr(Executor, "run_one", synthetic_fold)
+        results = execute(make_plan(config, _variants(), root / "run"))
     return results, root / "run"
 
 

@@ -15,7 +15,8 @@ from lm_eval_iti.cli import main
 from lm_eval_iti.data import load_mc
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.experiments import ExperimentConfig, validate
-from lm_eval_iti.experiments.runner import Experiment
+from lm_eval_iti.experiments.executor import Executor
+from lm_eval_iti.experiments.plan import Plan
 from lm_eval_iti.experiments.validate import parse_baselines
 from lm_eval_iti.folds import fold_indices, question_id
 
@@ -42,7 +43,7 @@ def config(tiny_model_dir, tmp_path_factory):
 def resumed_run(config, tmp_path_factory):
     """validate interrupted after fold 0, then run again: returns (results, out, fold-0 bytes before the rerun)."""
     out = tmp_path_factory.mktemp("run") / "validate"
-    original = Experiment.run_one
+    original = Executor.run_one
 
     def run_one_until_fold_1(self, fold, variant):
         if fold == 1:
@@ -50,7 +51,7 @@ def resumed_run(config, tmp_path_factory):
         return original(self, fold, variant)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Experiment, "run_one", run_one_until_fold_1)
+        mp.setattr(Executor, "run_one", run_one_until_fold_1)
         with pytest.raises(Interrupted):
             validate(config, out, alpha=ALPHA, num_heads=K)
     before = {p.name: p.read_bytes() for p in sorted((out / "folds").glob("*.json"))}
@@ -132,13 +133,13 @@ def test_cli_rerun_with_the_same_settings_resumes_everything(resumed_run, config
 
 
 def test_folds_that_disagree_with_the_fit_are_caught_and_not_written(config, tmp_path):
-    original = Experiment.task_metadata
+    original = Plan.task_metadata
 
     def other_seed(self, fold):
         return dict(original(self, fold), seed=config.seed + 1)  # tasks split with another seed
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Experiment, "task_metadata", other_seed)
+        mp.setattr(Plan, "task_metadata", other_seed)
         with pytest.raises(ITIError, match="training questions of"):
             validate(config, tmp_path / "leaky", alpha=ALPHA, num_heads=K, baseline=False)
     assert not list((tmp_path / "leaky").glob("folds/*.json"))
@@ -196,15 +197,15 @@ def test_baselines_are_in_the_same_table_with_their_token_semantics(all_baseline
 
 
 def test_a_judge_set_in_the_environment_changes_the_resume_hash(monkeypatch, tmp_path):
-    from lm_eval_iti.experiments.runner import Experiment, ExperimentConfig
+    from lm_eval_iti.experiments.plan import ExperimentConfig, make_plan
     from lm_eval_iti.experiments.validate import validate_variants
 
     variants = validate_variants()
 
     def fold_hash():
-        exp = Experiment(ExperimentConfig(model="m", data_dir=str(tmp_path)), variants, tmp_path / "run")
-        exp.data_sha256 = "x"
-        return exp.fold_hash(0, variants[1])
+        plan = make_plan(ExperimentConfig(model="m", data_dir=str(shared_data("truthfulqa", "v0"))), variants,
+                         tmp_path / "run")
+        return plan.fold_hash(0, variants[1])
 
     monkeypatch.delenv("LM_EVAL_ITI_JUDGE", raising=False)
     without = fold_hash()

@@ -166,7 +166,7 @@ def sweep(**kw):
 
 
 def _echo_run(results: dict, out: str) -> None:
-    from ..experiments.runner import table_markdown
+    from ..experiments.summary import table_markdown
 
     click.echo(table_markdown(results))
     done = results["evaluations_this_process"]

@@ -32,7 +32,7 @@ TASK_COLUMNS = (
 COLUMNS = ("MC1", "MC2", "MC3", "binary", "True", "Info", "True*Info", "True&Info", "CE", "KL")
 DECIMALS = {"KL": 4}
 _DRAW = re.compile(r" \(draw \d+\)$")
-# the columns that say what defines a row (runner.summarise fills them; blank where an input lacks one)
+# the columns that say what defines a row (summary.summarise fills them; blank where an input lacks one)
 LEAD = ("model", "method", "α", "K", "instruction", "mc/gen", "judge", "data", "N")
 # gen-task figures kept beside the columns: the judges' counts (sums over folds) and their checks on human labels
 JUDGE_COUNTS = ("judge_failures", "judge_undecided")

@@ -14,7 +14,7 @@ from ..intervene import GEN_POSITIONS, MC_POSITIONS
 
 KINDS = ("hf", "hf-iti", "baked", "steered")
 AUTO = "auto"  # alpha chosen per fold by the side-effect budget (side_effects.alpha_for_kl_budget)
-SELECT = "select"  # alpha and K chosen per fold by nested cross-validation on its training folds (runner)
+SELECT = "select"  # alpha and K chosen per fold by nested cross-validation on its training folds (executor)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def iti_variant(fit: FitSpec, alpha: float | str, heads: int | None = None, inst
 
 
 def is_control(variant: Variant) -> bool:
-    """A row whose directions the runner builds from ITI's fit of the fold (runner.Experiment.control)."""
+    """A row whose directions the executor builds from ITI's fit of the fold (executor.Executor.control)."""
     return "control" in variant.extra
 
 

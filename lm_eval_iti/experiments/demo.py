@@ -30,7 +30,8 @@ def run_real_demo(out: str | os.PathLike, model: str = DEMO_MODEL, *, gguf_file:
                   offload_folder=None) -> dict:
     """Run (or resume) the demo in ``out``; returns the validate results with the plot paths added."""
     from .plots import kl_budget_curve
-    from .runner import ExperimentConfig, table_markdown
+    from .plan import ExperimentConfig
+    from .summary import table_markdown
     from .validate import validate
 
     if num_questions is not None and data_dir is None:

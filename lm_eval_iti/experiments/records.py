@@ -105,7 +105,7 @@ def choice_lines(fold_results: dict[str, list[dict]]) -> list[dict]:
 
 def write_records(out: str | os.PathLike, fold_results: dict[str, list[dict]]) -> dict:
     """Write both files (atomically) into ``out``; returns their description for results.json. Rows whose fold
-    results lack the per-question data (none, after the runner's resume rule) are named in ``rows_without``."""
+    results lack the per-question data (none, after the plan's resume rule) are named in ``rows_without``."""
     out = Path(out)
     lines = question_lines(fold_results)
     write_text_atomic(out / PER_QUESTION_FILE, csv_text(lines))

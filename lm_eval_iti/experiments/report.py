@@ -21,7 +21,7 @@ from pathlib import Path
 from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import ITIError
 from . import aggregate as agg
-from .runner import RESULTS_FORMAT
+from .plan import RESULTS_FORMAT
 
 NOTES = ("Means over folds for experiment runs (stderr: sqrt(sum of per-fold stderr²)/folds); lm-eval's own stderr "
          "for single runs. True*Info = mean(True) × mean(Info) (product of means, as ITI reports it); True&Info = "

@@ -19,7 +19,9 @@ from ..atomic import write_json_atomic
 from ..errors import ITIError
 from .baselines import SELECT_COLUMNS, sweep_variants
 from .plots import sweep_plots
-from .runner import Experiment, ExperimentConfig
+from .executor import execute
+from .plan import ExperimentConfig, make_plan
+from .session import ModelSession
 
 
 def parse_list(text: str, kind=float, option: str = "--alphas") -> list:
@@ -58,8 +60,8 @@ def sweep(config: ExperimentConfig, out: str | os.PathLike, alphas: list[float],
         raise ITIError(f"--select-by {select_by!r} is not one of auto, none, {', '.join(SELECT_COLUMNS)}")
     variants = sweep_variants(list(alphas), list(num_heads), method=method, instruction=instruction,
                               mc_positions=mc_positions, gen_positions=gen_positions)
-    experiment = Experiment(config, variants, out, kind="sweep")
-    results = experiment.run()
+    session = ModelSession(config)  # the confirming pass below reuses the model and the fits
+    results = execute(make_plan(config, variants, out, kind="sweep"), session)
     grid_rows = results["rows"]
     selection = None
     chosen = best_row(grid_rows, select_by) if select_by not in (None, "none") else None
@@ -72,9 +74,8 @@ def sweep(config: ExperimentConfig, out: str | os.PathLike, alphas: list[float],
             picked = next(v for v in variants if v.name == row["variant"])
             confirm = replace(picked, name=f"{picked.name}-lm-eval", label=f"{picked.label} (selected; lm-eval)",
                               extra=dict(picked.extra, lm_eval=True))
-            experiment.variants = variants + [confirm]
             resumed = results["resumed_from_disk"]
-            results = experiment.run()
+            results = execute(make_plan(config, variants + [confirm], out, kind="sweep"), session)
             # the grid rows this second pass found on disk were written by the first
             results["resumed_from_disk"] = resumed + [name for name in results["resumed_from_disk"]
                                                       if name.endswith(f"_{confirm.name}.json")]

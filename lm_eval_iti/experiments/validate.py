@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 
 from .baselines import BASELINE_NAMES, validate_variants
-from .runner import Experiment, ExperimentConfig
+from .executor import execute
+from .plan import ExperimentConfig, make_plan
 
 
 def parse_baselines(text: str | None) -> tuple[str, ...]:
@@ -46,4 +47,4 @@ def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = 
                                  gen_positions=gen_positions, random_draws=random_draws, draws=draws,
                                  selection=selection,
                                  curve_scales=tuple(curve_scales))
-    return Experiment(config, variants, out, kind="validate").run()
+    return execute(make_plan(config, variants, out, kind="validate"))
