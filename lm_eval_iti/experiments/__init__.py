@@ -13,4 +13,5 @@ from .session import ModelSession
 from .sweep import sweep
 from .validate import validate
 
-__all__ = ["ExperimentConfig", "Executor", "ModelSession", "Plan", "execute", "make_plan", "sweep", "validate"]  # CE/KL: lm_eval_iti.side_effects.side_effects
+# CE/KL: lm_eval_iti.side_effects.side_effects
+__all__ = ["ExperimentConfig", "Executor", "ModelSession", "Plan", "execute", "make_plan", "sweep", "validate"]

@@ -218,15 +218,20 @@ class Executor:
             return controls.style_directions(fit["directions"], view), view
         raise ITIError(f"{variant.name}: unknown control {family!r}")
 
+    def saved_record(self, fold: int, name: str, key: dict) -> tuple:
+        """(``folds/fold_<fold>_<name>.json``, the record saved there for exactly ``key``, else None)."""
+        path = self.plan.out / "folds" / f"fold_{fold}_{name}.json"
+        return path, saved_for(path, key)
+
     def auto_alpha(self, fold: int) -> dict:
         """The fold's alpha by the KL budget, measured on the main ITI fit of the fold (saved, reused on resume)."""
         from ..side_effects import alpha_for_kl_budget
 
         # the main ITI row ("iti") when there is one, else the first hooked row with alpha auto
-        main = min((v for v in self.plan.variants if v.kind == "hf-iti" and v.alpha == AUTO), key=lambda v: v.name != "iti")
+        main = min((v for v in self.plan.variants if v.kind == "hf-iti" and v.alpha == AUTO),
+                   key=lambda v: v.name != "iti")
         key = {"settings": self.plan.settings, "fit": main.fit.name, "heads": main.heads, "fold": fold}
-        path = self.plan.out / "folds" / f"fold_{fold}_alpha_auto.json"
-        previous = saved_for(path, key)
+        path, previous = self.saved_record(fold, "alpha_auto", key)
         if previous is not None:
             return previous
         c = self.config
@@ -247,8 +252,7 @@ class Executor:
 
         key = {"settings": self.plan.settings, "variant": variant.describe(), "fold": fold,
                "control_sha256": control["record"]["sha256"]}
-        path = self.plan.out / "folds" / f"fold_{fold}_{variant.name}_kl_match.json"
-        previous = saved_for(path, key)
+        path, previous = self.saved_record(fold, f"{variant.name}_kl_match", key)
         if previous is not None:
             return previous
         meter = self.session.kl_meter()
@@ -276,8 +280,7 @@ class Executor:
         main = next(v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra)
         spec = main.extra["select"]
         key = {"settings": self.plan.settings, "variant": main.describe(), "fold": fold}
-        path = self.plan.out / "folds" / f"fold_{fold}_select.json"
-        previous = saved_for(path, key)
+        path, previous = self.saved_record(fold, "select", key)
         if previous is not None:
             return previous
         c = self.config
