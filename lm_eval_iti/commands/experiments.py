@@ -15,7 +15,6 @@ from ..prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
 from .placement import PLACEMENT_OPTIONS, placement_options
 
 # every choice list is the library's own constant, so the CLI offers exactly what the library accepts
-METHOD_CHOICES = METHODS
 INSTRUCTION_CHOICES = tuple(INSTRUCTIONS)
 
 
@@ -84,7 +83,7 @@ def common_options(func):
         click.option("--seed", default=42, type=Count(0), help="Fold / probe split / random-baseline seed."),
         click.option("--contiguous-folds", is_flag=True, help="The reference's contiguous folds."),
         click.option("--instruction", type=click.Choice(INSTRUCTION_CHOICES), default="default"),
-        click.option("--method", type=click.Choice(METHOD_CHOICES), default="mass-mean"),
+        click.option("--method", type=click.Choice(METHODS), default="mass-mean"),
         click.option("--val-ratio", default=0.2, type=Real(minimum=0, maximum=1)),
         click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default="qa", help="Activation prompts."),
         click.option("--sigma-data", type=click.Choice(SIGMA_DATA), default="gen_end_q",

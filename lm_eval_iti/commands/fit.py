@@ -10,9 +10,6 @@ from ..choices import DTYPES, METHODS, PROBE_BACKENDS, PROBE_MEMORY
 from ..prompts import PROMPT_FORMATS, SIGMA_DATA
 from .placement import placement_options
 
-DTYPE_CHOICES = DTYPES
-
-
 @click.command("fit-directions", context_settings={"show_default": True})
 @click.option("--model", "model", required=True, help="Local model folder, hub id, .gguf file, or a named model (smollm2-135m-instruct, gemma3-270m).")
 @click.option("--gguf-file", default=None, help="GGUF file inside the --model folder (transformers dequantizes it).")
@@ -47,7 +44,7 @@ DTYPE_CHOICES = DTYPES
 @click.option("--num-questions", "max_questions", default=None, type=Count(2),
               help="Use only the first N questions of the data (quick trials; folds are then over those N).")
 @renamed("--max-questions", "--num-questions", Count(2), param="max_questions")
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", help="Model dtype.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", help="Model dtype.")
 @click.option("--batch-size", default=16, type=Count(1), help="Prompts per forward pass.")
 @click.option("--chunk-size", default=512, type=Count(1),
               help="Prompts per activation-cache file: the unit of resuming and of the split across accelerate ranks.")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import read_json_sealed, write_json_atomic, write_json_sealed, write_text_atomic
+from ..choices import ENGINE_MODES
 from ..data import HUB_ID, load_mc
 from ..errors import ITIError
 from ..loading import execution_device
@@ -44,7 +45,6 @@ RESULTS_VERSION = 1
 # settings that change how fast a run is, not what it computes: left out of the resume hash
 NOT_HASHED = ("device", "batch_size", "fit_batch_size", "cache_dir", "progress", "folds", "engine",
               "engine_max_batch_bytes", "device_map", "max_memory", "offload_folder")
-from ..choices import ENGINE_MODES  # noqa: E402
 
 # The tasks whose prompt takes the row's instruction (harness/taskfns.py: their default is "default"). lm-eval merges
 # runtime metadata over every task's own, so the instruction goes to these tasks only (driver's per_task_metadata):
