@@ -15,8 +15,69 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _threads_per_worker() -> int | None:
+    """Under pytest-xdist: the CPU cores divided among the workers. Two workers of two torch threads each on two
+    cores oversubscribe them (a SmolLM2 forward then takes ~1.7x as long as with one thread each)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:  # not a worker, or the caller chose the threads
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(workers))
+
+
+_THREADS = _threads_per_worker()
+if _THREADS is not None:
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and the same in the subprocesses the tests start
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LM_EVAL_ITI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+# Tests whose parametrized cases are heavy enough to be work units of their own under ``--dist loadfile`` (which
+# otherwise runs a whole file on one worker), so that both workers share them.
+OWN_UNITS = ("tests/test_smollm2.py::test_the_engine_equals_hf_iti_with_the_studys_committed_fits",)
+
+
+def _own_unit(nodeid: str) -> bool:
+    return nodeid.split("[", 1)[0] in OWN_UNITS
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order the work units are handed out in (``make test``'s ``--dist loadfile`` keeps collection order, see
+    ``pytest_xdist_make_scheduler``): the cases of ``OWN_UNITS`` first, then the files with ``slow`` tests, then the
+    rest, each file's tests together in their own order. Heavy work first keeps both workers busy to the end."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # a run without workers keeps pytest's order
+        return
+
+    def unit(item):
+        return item.nodeid if _own_unit(item.nodeid) else item.nodeid.split("::", 1)[0]
+
+    rank: dict[str, int] = {}
+    for item in items:
+        key = unit(item)
+        own = 0 if _own_unit(item.nodeid) else 1 if item.get_closest_marker("slow") else 2
+        rank[key] = min(rank.get(key, own), own)
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(unit(item), i)
+    items.sort(key=lambda item: (rank[unit(item)], first[unit(item)]))  # stable: a file's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with two changes: each case of ``OWN_UNITS`` is a work unit of its own, and the units go
+    out in collection order (``pytest_collection_modifyitems``), not largest file first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _own_unit(nodeid) else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
 
 
 def shared_data(*parts: str) -> Path:
