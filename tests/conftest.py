@@ -65,6 +65,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (rank[unit(item)], first[unit(item)]))  # stable: a file's tests keep their order
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where xdist is not loaded (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with two changes: each case of ``OWN_UNITS`` is a work unit of its own, and the units go
     out in collection order (``pytest_collection_modifyitems``), not largest file first."""
@@ -78,6 +79,34 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False
     return Scheduling(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lm_eval_task_index_built_once():
+    """lm-eval's TaskManager walks its whole task tree (~27k YAML files, 5-10 s) at every construction, e.g. in each
+    ``simple_evaluate`` without a task manager. Those folders (lm-eval's own tasks, the packaged tasks) do not change
+    during a run, so their index is built once per worker and each TaskManager gets its own copy of the mapping; an
+    index over any other folder (a test's include_path) is built as usual."""
+    import lm_eval.tasks._index as index_module
+
+    from lm_eval_iti.harness.plugin import tasks_dir
+
+    fixed = {Path(index_module.__file__).resolve().parent, tasks_dir().resolve()}
+    build = index_module.TaskIndex.build
+    built: dict = {}
+
+    def build_once(paths, *, resolve_includes=True):
+        paths = list(paths)
+        key = (tuple(Path(p).resolve() for p in paths), resolve_includes)
+        if not set(key[0]) <= fixed:
+            return build(paths, resolve_includes=resolve_includes)
+        if key not in built:
+            built[key] = build(paths, resolve_includes=resolve_includes)
+        return dict(built[key])
+
+    index_module.TaskIndex.build = staticmethod(build_once)
+    yield
+    index_module.TaskIndex.build = build
 
 
 def shared_data(*parts: str) -> Path:
