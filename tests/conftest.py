@@ -251,6 +251,21 @@ def run_cli(argv, capsys):
     return code, out.out, out.err
 
 
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory):
+    """``tiny_arch(model_type)``: ``tiny_arch_with_directions`` of that architecture, built once per worker and shared
+    by the files that use it (test_engine, test_prefix_scoring); tests leave the model as they found it (an installed
+    intervener is removed in a ``finally``)."""
+    built: dict[str, tuple] = {}
+
+    def get(model_type: str):
+        if model_type not in built:
+            built[model_type] = tiny_arch_with_directions(tmp_path_factory, model_type, "arch")
+        return built[model_type]
+
+    return get
+
+
 def tiny_arch_with_directions(tmp_path_factory, model_type: str, prefix: str):
     """(model, tokenizer, directions path, Directions, folder) of a tiny random model of ``model_type`` (fp32) with
     6 random heads at alpha 3: the engine tests' fixture, shared."""
