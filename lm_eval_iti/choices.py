@@ -3,9 +3,11 @@ without importing torch (``lm-eval-iti <command> --help`` stays fast), and the l
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 METHODS = ("mass-mean", "probe", "random")  # select.compute_directions
+# legacy: the reference baukit code edited from len(prompt)+4, i.e. (Llama tokenizer) from the second answer token
 MC_POSITIONS = ("answer", "all", "legacy")  # intervene: what hf-iti edits when scoring loglikelihoods
 GEN_POSITIONS = ("last", "generated", "all")  # intervene: what hf-iti edits when generating
 PROBE_BACKENDS = ("torch", "sklearn")
+# memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
 PROBE_MEMORY = ("memory", "stream")
 ENGINE_MODES = ("auto", "on", "off")  # experiments.plan: the shared-prefix engine
 SELECT_COLUMNS = {"MC1": "truthfulqa_iti_mc1", "MC2": "truthfulqa_iti_mc2", "MC3": "truthfulqa_iti_mc3",

@@ -16,9 +16,8 @@ from torch import nn
 from .architectures import adapter_for, module_name, out_projections, project_shift
 from .artifact import Directions, file_sha256
 from .atomic import atomic_path, write_json_atomic
+from .choices import EXPORT_FORMATS  # noqa: F401  (re-exported)
 from .errors import ITIError
-
-from .choices import EXPORT_FORMATS  # noqa: F401,E402
 
 
 # W_o·shift needs W_o itself: a quantized weight (bitsandbytes uint8/int8, FP8 with separate scales) is not it

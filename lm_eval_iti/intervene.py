@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .architectures import ModelShape, model_shape, out_projections
+from .choices import GEN_POSITIONS, MC_POSITIONS  # noqa: F401  (re-exported: this module's option sets)
 
 # "Directions" (artifact.py) is not imported here: artifact imports this module for Directions.apply
 from .errors import ITIError
@@ -42,9 +43,6 @@ class FromColumn(NamedTuple):
 
 Plan = Union[None, str, FromColumn, torch.Tensor]
 
-from .choices import MC_POSITIONS  # noqa: F401,E402
-# legacy: the reference baukit code edited from len(prompt)+4, i.e. (Llama tokenizer) from the second answer token
-from .choices import GEN_POSITIONS  # noqa: F401,E402
 # the first edited absolute position during generation, relative to the prompt length P
 _FIRST_EDITED = {"last": lambda p: p - 1, "generated": lambda p: p, "all": lambda p: 0}
 _OWNER_ATTRIBUTE = "_lm_eval_iti_intervener"

@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 
 from .architectures import execution_device  # noqa: F401  (this module's API: where inputs go)
+from .choices import DTYPES
 from .distributed import local_gpus, process_device, world_size
 from .errors import ITIError
 from .gguf import dequantized_folder, gguf_identity, load_gguf, resolve_model
-
-from .choices import DTYPES  # noqa: F401,E402
 
 
 def load_model(name: str, revision: str | None = None, dtype: str = "auto", device: str | None = None,
@@ -187,8 +186,3 @@ def placement_kwargs(device_map=None, max_memory=None, offload_folder=None) -> d
     elif isinstance(device_map, dict) and "disk" in map(str, device_map.values()):
         raise ITIError("device_map= sends modules to disk: pass offload_folder= (a folder for the offloaded weights)")
     return kwargs
-
-
-def is_dispatched(model) -> bool:
-    """True when accelerate placed the model with a device_map (it must not be moved with ``.to``)."""
-    return bool(getattr(model, "hf_device_map", None))

@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .choices import PROBE_BACKENDS, PROBE_MEMORY  # noqa: F401  (re-exported)
 from .errors import ITIError
-
-from .choices import PROBE_BACKENDS  # noqa: F401,E402
-# memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
-from .choices import PROBE_MEMORY  # noqa: F401,E402
 
 
 def check_probe_memory(probe_memory: str, probe_backend: str = "torch", use_cache: bool = True) -> None:

@@ -14,8 +14,6 @@ own special tokens) and cuts it right after the answer text, so the last token i
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,9 +123,6 @@ class PromptSet:
         """The prompt set of ``rows`` only (in that order), e.g. the rows of the training questions."""
         return PromptSet(self.name, [self.prompts[r] for r in rows], [self.labels[r] for r in rows],
                          [self.question_index[r] for r in rows], self.add_special_tokens, dict(self.info))
-
-    def template_sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.info.get("template", ""), sort_keys=True).encode()).hexdigest()
 
 
 def _check_format(prompt_format: str) -> None:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .choices import METHODS
 from .errors import ITIError
-
-from .choices import METHODS  # noqa: F401,E402
 
 
 def split_train_val(question_indices: list[int], val_ratio: float = 0.2, seed: int = 42) -> tuple[list[int], list[int]]:

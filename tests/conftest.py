@@ -15,8 +15,98 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _threads_per_worker() -> int | None:
+    """Under pytest-xdist: the CPU cores divided among the workers. Two workers of two torch threads each on two
+    cores oversubscribe them (a SmolLM2 forward then takes ~1.7x as long as with one thread each)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers or "OMP_NUM_THREADS" in os.environ:  # not a worker, or the caller chose the threads
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(workers))
+
+
+_THREADS = _threads_per_worker()
+if _THREADS is not None:
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)  # and the same in the subprocesses the tests start
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LM_EVAL_ITI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+# Tests whose parametrized cases are heavy enough to be work units of their own under ``--dist loadfile`` (which
+# otherwise runs a whole file on one worker), so that both workers share them.
+OWN_UNITS = ("tests/test_smollm2.py::test_the_engine_equals_hf_iti_with_the_studys_committed_fits",)
+
+
+def _own_unit(nodeid: str) -> bool:
+    return nodeid.split("[", 1)[0] in OWN_UNITS
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order the work units are handed out in (``make test``'s ``--dist loadfile`` keeps collection order, see
+    ``pytest_xdist_make_scheduler``): the cases of ``OWN_UNITS`` first, then the files with ``slow`` tests, then the
+    rest, each file's tests together in their own order. Heavy work first keeps both workers busy to the end."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # a run without workers keeps pytest's order
+        return
+
+    def unit(item):
+        return item.nodeid if _own_unit(item.nodeid) else item.nodeid.split("::", 1)[0]
+
+    rank: dict[str, int] = {}
+    for item in items:
+        key = unit(item)
+        own = 0 if _own_unit(item.nodeid) else 1 if item.get_closest_marker("slow") else 2
+        rank[key] = min(rank.get(key, own), own)
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(unit(item), i)
+    items.sort(key=lambda item: (rank[unit(item)], first[unit(item)]))  # stable: a file's tests keep their order
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown where xdist is not loaded (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with two changes: each case of ``OWN_UNITS`` is a work unit of its own, and the units go
+    out in collection order (``pytest_collection_modifyitems``), not largest file first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _own_unit(nodeid) else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lm_eval_task_index_built_once():
+    """lm-eval's TaskManager walks its whole task tree (~27k YAML files, 5-10 s) at every construction, e.g. in each
+    ``simple_evaluate`` without a task manager. Those folders (lm-eval's own tasks, the packaged tasks) do not change
+    during a run, so their index is built once per worker and each TaskManager gets its own copy of the mapping; an
+    index over any other folder (a test's include_path) is built as usual."""
+    import lm_eval.tasks._index as index_module
+
+    from lm_eval_iti.harness.plugin import tasks_dir
+
+    fixed = {Path(index_module.__file__).resolve().parent, tasks_dir().resolve()}
+    build = index_module.TaskIndex.build
+    built: dict = {}
+
+    def build_once(paths, *, resolve_includes=True):
+        paths = list(paths)
+        key = (tuple(Path(p).resolve() for p in paths), resolve_includes)
+        if not set(key[0]) <= fixed:
+            return build(paths, resolve_includes=resolve_includes)
+        if key not in built:
+            built[key] = build(paths, resolve_includes=resolve_includes)
+        return dict(built[key])
+
+    index_module.TaskIndex.build = staticmethod(build_once)
+    yield
+    index_module.TaskIndex.build = build
 
 
 def shared_data(*parts: str) -> Path:
@@ -159,6 +249,21 @@ def run_cli(argv, capsys):
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory):
+    """``tiny_arch(model_type)``: ``tiny_arch_with_directions`` of that architecture, built once per worker and shared
+    by the files that use it (test_engine, test_prefix_scoring); tests leave the model as they found it (an installed
+    intervener is removed in a ``finally``)."""
+    built: dict[str, tuple] = {}
+
+    def get(model_type: str):
+        if model_type not in built:
+            built[model_type] = tiny_arch_with_directions(tmp_path_factory, model_type, "arch")
+        return built[model_type]
+
+    return get
 
 
 def tiny_arch_with_directions(tmp_path_factory, model_type: str, prefix: str):

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
 
+from _reference.iti_hook import reference_generate, reference_loglikelihood, reference_vectors
+from conftest import tiny_arch_with_directions
+from lm_eval_iti import prefix_scoring as ps
 from lm_eval_iti.architectures import ADAPTERS, model_shape, out_projections, project_shift
+from lm_eval_iti.artifact import save_directions
 from lm_eval_iti.errors import ITIError
+from lm_eval_iti.harness.model import HFITI
 from lm_eval_iti.intervene import ALL, Intervener
 from lm_eval_iti.tiny import build_model, random_directions
 
@@ -60,15 +67,6 @@ def test_unknown_architecture_says_how_to_add_it():
 
 
 # ---- Gemma 3 (tiny random configs): sliding-window layers with an 8-token window, crossed by every request ----
-
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-
-from _reference.iti_hook import reference_generate, reference_loglikelihood, reference_vectors  # noqa: E402
-from conftest import tiny_arch_with_directions  # noqa: E402
-from lm_eval_iti import prefix_scoring as ps  # noqa: E402
-from lm_eval_iti.artifact import save_directions  # noqa: E402
-from lm_eval_iti.harness.model import HFITI  # noqa: E402
 
 GEMMA3 = ["gemma3_text", "gemma3"]  # the text-only causal LM and the multimodal wrapper's language model
 PRIMER = ("Interpret each question literally, and as a question about the real world.\n\n"

@@ -18,7 +18,6 @@ import pytest
 from conftest import ROOT, shared_data
 from safetensors import safe_open
 
-PYTHON = sys.executable
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 FIT_ARGS = ["--num-heads", "3", "--num-questions", "8", "--sigma-data", "mc", "--chunk-size", "6", "--fit-batch-size", "4",
             "--dtype", "float32", "--no-plot", "--quiet"]
@@ -37,7 +36,7 @@ def _fit(model_dir, data, out, cache, processes: int):
     fit = ["-m", "lm_eval_iti", "fit-directions", "--model", str(model_dir), "--data-dir", str(data), "--out", str(out),
            "--cache-dir", str(cache), *FIT_ARGS]
     if processes == 1:
-        cmd = [PYTHON, *fit]
+        cmd = [sys.executable, *fit]
     else:
         if not ACCELERATE.is_file():
             pytest.skip(f"no accelerate launcher beside {sys.executable}")
@@ -66,7 +65,7 @@ def single(tmp_path_factory, tiny_model_dir):
 
 
 def test_python_dash_m_lm_eval_iti_is_the_cli():
-    run = subprocess.run([PYTHON, "-m", "lm_eval_iti", "--help"], env=_env(), capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "lm_eval_iti", "--help"], env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "fit-directions" in run.stdout
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_arch_with_directions, tqa_local_metadata
+from conftest import tqa_local_metadata
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.intervene import MC_POSITIONS
 from lm_eval_iti.harness.model import HFITI
@@ -19,8 +19,8 @@ LIMIT = 2
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
-def arch(request, tmp_path_factory):
-    return tiny_arch_with_directions(tmp_path_factory, request.param, "engine")[:4]
+def arch(request, tiny_arch):
+    return tiny_arch(request.param)[:4]
 
 
 def _run_hf_iti(model, tok, path, alpha, k, mode, metadata, max_length=None):

@@ -34,7 +34,7 @@ def args(server, tmp_path, *extra):
 
 
 def test_judges_a_samples_file(fake_server, tmp_path, capsys):
-    samples = write_samples(tmp_path / "out" / "m" / "samples_truthfulqa_iti_gen_2026.jsonl")
+    write_samples(tmp_path / "out" / "m" / "samples_truthfulqa_iti_gen_2026.jsonl")
     out = tmp_path / "report.json"
     code, stdout, _ = run_cli(["judge", str(tmp_path / "out"), "--out", str(out), "--samples-out",
                                str(tmp_path / "judged.jsonl"), *args(fake_server, tmp_path)], capsys)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_arch_with_directions
 from lm_eval_iti import prefix_scoring as ps
 from lm_eval_iti.errors import ITIError
 from lm_eval_iti.intervene import MC_POSITIONS, Intervener
@@ -26,9 +25,9 @@ TOLERANCE = 1e-4  # fp32: engine vs hf-iti per request
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
-def arch(request, tmp_path_factory):
-    """(model, tokenizer, directions path, Directions) of a tiny random model of that architecture."""
-    return tiny_arch_with_directions(tmp_path_factory, request.param, "ps")
+def arch(request, tiny_arch):
+    """(model, tokenizer, directions path, Directions, folder) of a tiny random model of that architecture."""
+    return tiny_arch(request.param)
 
 
 def encode(model, tok, pairs_text, max_length=None):

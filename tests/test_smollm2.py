@@ -268,33 +268,34 @@ def test_lm_eval_apply_chat_template_with_hf_iti(smollm2_dir, dirs_file, tmp_pat
 
 
 STUDY_FITS = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m-instruct" / "validate" / "directions"
+STUDY_ROWS = {"iti": "fold_0_mass-mean-k32.safetensors", "random-matched-0": "fold_0_random-matched-0.safetensors",
+              "random-heads": "fold_0_mass-mean-randheads-k32.safetensors"}
 
 
-def test_the_engine_equals_hf_iti_with_the_studys_committed_fits(plain):
+# one test per row (~2 min each on one core), each a work unit of its own under `make test` (conftest.OWN_UNITS)
+@pytest.mark.parametrize("row", list(STUDY_ROWS))
+def test_the_engine_equals_hf_iti_with_the_studys_committed_fits(plain, row):
     """The study's rows were scored by the engine: on 40 held-out questions of fold 0, with the committed fold-0 fits
-    of ITI and two controls at the study's alpha, every MC1 choice's loglikelihood from the engine equals lm-eval's
-    hf-iti (the path of `lm_eval --model hf-iti`) within 1e-4."""
+    of ITI and two controls (one row per test) at the study's alpha, every MC1 choice's loglikelihood from the engine
+    equals lm-eval's hf-iti (the path of `lm_eval --model hf-iti`) within 1e-4."""
     from lm_eval_iti.harness.driver import run_tasks
     from lm_eval_iti.harness.engine import score_points
 
     model, tokenizer = plain
     metadata = {"data_dir": str(tqa_v0()), "num_folds": 2, "fold": 0, "seed": 42}
-    fits = {"iti": "fold_0_mass-mean-k32.safetensors", "random-matched-0": "fold_0_random-matched-0.safetensors",
-            "random-heads": "fold_0_mass-mean-randheads-k32.safetensors"}
+    path = STUDY_FITS / STUDY_ROWS[row]
+    directions = load_directions(path)
+    (engine,) = score_points(model, tokenizer, ["truthfulqa_iti_mc1"], metadata, directions, [(4.0, None)],
+                             limit=40, bootstrap_iters=0, batch_size=8)
+    lm = HFITI(pretrained=model, tokenizer=tokenizer, directions=str(path), alpha=4.0, batch_size=8)
+    try:
+        stock = run_tasks(lm, ["truthfulqa_iti_mc1"], metadata, limit=40, bootstrap_iters=0)
+    finally:
+        lm.intervener.remove()
+    a, b = engine["choice_loglikelihoods"]["truthfulqa_iti_mc1"], stock["choice_loglikelihoods"]["truthfulqa_iti_mc1"]
+    assert len(a) == len(b) == 40 and [r["question_id"] for r in a] == [r["question_id"] for r in b]
     worst = 0.0
-    for row, name in fits.items():
-        path = STUDY_FITS / name
-        directions = load_directions(path)
-        (engine,) = score_points(model, tokenizer, ["truthfulqa_iti_mc1"], metadata, directions, [(4.0, None)],
-                                 limit=40, bootstrap_iters=0, batch_size=8)
-        lm = HFITI(pretrained=model, tokenizer=tokenizer, directions=str(path), alpha=4.0, batch_size=8)
-        try:
-            stock = run_tasks(lm, ["truthfulqa_iti_mc1"], metadata, limit=40, bootstrap_iters=0)
-        finally:
-            lm.intervener.remove()
-        a, b = engine["choice_loglikelihoods"]["truthfulqa_iti_mc1"], stock["choice_loglikelihoods"]["truthfulqa_iti_mc1"]
-        assert len(a) == len(b) == 40 and [r["question_id"] for r in a] == [r["question_id"] for r in b], row
-        for x, y in zip(a, b):
-            assert len(x["loglikelihoods"]) == len(y["loglikelihoods"])
-            worst = max(worst, max(abs(p - q) for p, q in zip(x["loglikelihoods"], y["loglikelihoods"])))
+    for x, y in zip(a, b):
+        assert len(x["loglikelihoods"]) == len(y["loglikelihoods"])
+        worst = max(worst, max(abs(p - q) for p, q in zip(x["loglikelihoods"], y["loglikelihoods"])))
     assert worst <= 1e-4, worst

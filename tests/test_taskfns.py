@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from conftest import INFORMATIVE_TEXT, STOCK_TQA, shared_data
 from conftest import tqa_local_metadata as _local_metadata
-from conftest import tqa_v0 as _v0
 
 from lm_eval_iti import data, prompts
 from lm_eval_iti.errors import ITIError

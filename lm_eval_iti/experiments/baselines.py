@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from ..choices import SELECT_COLUMNS
 from ..errors import ITIError
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
 
@@ -233,9 +234,6 @@ def curve_rows(rows: list[Variant], scales: tuple[float, ...]) -> list[Variant]:
             out.append(replace(row, name=f"{row.name}{CURVE_SEPARATOR}{scale:g}", label=f"{row.label}, α×{scale:g}",
                                extra=dict(row.extra, curve_scale=scale, curve_of=row.name)))
     return out
-
-
-from ..choices import SELECT_COLUMNS  # noqa: E402
 
 
 def check_selection(selection: dict | None, fit_num_heads: int) -> dict:

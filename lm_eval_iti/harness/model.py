@@ -30,7 +30,7 @@ from ..gguf import hflm_model_args
 from ..identity import check_model_identity
 from ..loading import check_device, check_model_source
 from ..intervene import ALL, GEN_POSITIONS, MC_POSITIONS, Intervener, answer_mask
-from ..model_args import num_heads_arg, parse_alpha, parse_bool  # noqa: F401  (parse_alpha: also this module's API)
+from ..model_args import num_heads_arg, parse_alpha, parse_bool
 from ..options import default_of
 
 log = logging.getLogger(__name__)
