@@ -20,6 +20,10 @@ import numpy as np
 from .. import data
 from ..errors import ITIError
 from ..folds import fold_indices, question_id
+# the judge aggregations of truthfulqa_iti_gen, named here so that every ``!function`` of the packaged tasks points
+# into this one module
+from ..judges.glue import (agg_info, agg_judge_check, agg_judge_failures, agg_judge_undecided,  # noqa: F401
+                           agg_truth, agg_truth_and_info, agg_truth_info)
 # The prompt texts live in ..prompts (the CLI's --instruction choices come from there too).
 from ..prompts import binary_prompt, check_instruction, check_primer, gen_prompt, mc_prompt
 
@@ -493,9 +497,3 @@ def process_results_gen_judged(doc: dict, results) -> dict:
     from ..judges.glue import judge_results
 
     return {**process_results_gen(doc, results), **judge_results(doc, results)}
-
-
-# The judge aggregations of truthfulqa_iti_gen, named here so that every ``!function`` of the packaged tasks points
-# into this one module.
-from ..judges.glue import (agg_info, agg_judge_check, agg_judge_failures, agg_judge_undecided,  # noqa: E402,F401
-                           agg_truth, agg_truth_and_info, agg_truth_info)
