@@ -395,31 +395,6 @@ def load_directions(path: str | os.PathLike, expect: ModelShape | None = None) -
         first = str(exc).splitlines()[0][:200] if str(exc).strip() else ""
         problem = f"not a readable safetensors directions file ({type(exc).__name__}: {first})"
         raise ITIError(one_line(f"{src}: {problem}")) from None
-    return _from_parts(meta, tensors, src, expect)
-
-
-def to_bytes(d: Directions) -> bytes:
-    """The file's content as bytes (safetensors, metadata included): how accelerate ranks share a fit."""
-    from safetensors.torch import save
-
-    tensors, meta = _file_parts(d)
-    return save(tensors, metadata=meta)
-
-
-def from_bytes(data: bytes, source: str = "<bytes>") -> Directions:
-    """``to_bytes``'s inverse, validated as a file is (safetensors: no pickle)."""
-    import json as json_module
-    import struct
-
-    from safetensors.torch import load
-
-    header_len = struct.unpack("<Q", data[:8])[0]
-    meta = json_module.loads(data[8:8 + header_len]).get("__metadata__", {})
-    return _from_parts(dict(meta), load(data), source)
-
-
-def _from_parts(meta: dict[str, str], tensors: dict[str, torch.Tensor], src: str,
-                expect: ModelShape | None = None) -> Directions:
     if meta.get("format") != FORMAT:
         raise _fail(src, "__metadata__.format", f"is {meta.get('format')!r}, expected {FORMAT!r}: not an lm-eval-iti directions file")
     for key in REQUIRED_METADATA:  # before Directions() fills in-memory defaults (alpha 15, site, method)
@@ -448,6 +423,24 @@ def _from_parts(meta: dict[str, str], tensors: dict[str, torch.Tensor], src: str
     d = Directions(ints["num_layers"], ints["num_heads"], ints["head_dim"], heads, dirs, sig, meta,
                    tensors.get("probe_accuracy"), tensors.get("head_rank"), src)
     return validate(d, expect)
+
+
+def to_bytes(d: Directions) -> bytes:
+    """The file's content as bytes (safetensors, metadata included): how accelerate ranks share a fit."""
+    from safetensors.torch import save
+
+    tensors, meta = _file_parts(d)
+    return save(tensors, metadata=meta)
+
+
+def from_bytes(data: bytes, source: str = "<bytes>") -> Directions:
+    """``to_bytes``'s inverse: read and validated by ``load_directions``, as any file (safetensors, no pickle)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "directions.safetensors"
+        path.write_bytes(data)
+        return replace(load_directions(path), source=source)
 
 
 def _parse_alpha(src, text) -> float:

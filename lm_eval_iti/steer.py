@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import ITIError
+from .options import DEFAULT_ALPHA, default_of
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ def group_split(groups: list[str], val_ratio: float, seed: int) -> tuple[list[in
     return [r for r in rows if groups[r] in in_train], [r for r in rows if groups[r] not in in_train]
 
 
-def train(model, tokenizer, samples: Iterable, *, num_heads: int = 48, method: str = "mass-mean",
-          sigma_samples: Iterable | None = None, alpha: float = 15.0, val_ratio: float = 0.2, seed: int = 42,
-          probe_backend: str = "torch", sigma_ddof: int = 1, add_special_tokens: bool = True, batch_size: int = 16,
+def train(model, tokenizer, samples: Iterable, *, num_heads: int = default_of("num_heads"),
+          method: str = default_of("method"), sigma_samples: Iterable | None = None, alpha: float = DEFAULT_ALPHA,
+          val_ratio: float = default_of("val_ratio"), seed: int = default_of("fold_seed"),
+          probe_backend: str = default_of("probe_backend"), sigma_ddof: int = 1, add_special_tokens: bool = True,
+          batch_size: int = default_of("fit_batch_size"),
           cache_dir=None, progress: bool = True, provenance: dict | None = None):
     """Directions for ``model`` from labelled ``samples`` (see the module docstring).
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .data import HUB_ID
 from .options import default_of
 from .steer import Sample
 
@@ -24,10 +23,11 @@ class TruthfulQASamples:
                 "provenance": self.provenance}
 
 
-def samples(data_dir: str = HUB_ID, *, num_folds: int | None = default_of("num_folds"), fold: int | None = None,
-            seed: int = default_of("fold_seed"),
-            contiguous_folds: bool = False, prompt_format: str = "qa", tokenizer=None, sigma_data: str = "mc",
-            num_questions: int | None = None) -> TruthfulQASamples:
+def samples(data_dir: str = default_of("dataset"), *, num_folds: int | None = default_of("num_folds"),
+            fold: int | None = default_of("fold"), seed: int = default_of("fold_seed"),
+            contiguous_folds: bool = default_of("contiguous_folds"), prompt_format: str = default_of("prompt_format"),
+            tokenizer=None, sigma_data: str = "mc", num_questions: int | None = default_of("num_questions")
+            ) -> TruthfulQASamples:
     """The training fold's samples (every question but fold ``fold`` of ``num_folds``; all questions without folds).
 
     ``iti.train(model, tok, s.samples, **s.train_kwargs())`` is the fit of ``fit_directions`` with the same options

@@ -15,6 +15,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from ..options import default_of
 from ..atomic import write_json_atomic
 from ..errors import ITIError
 from .baselines import SELECT_COLUMNS, sweep_variants
@@ -51,8 +52,9 @@ def best_row(rows: list[dict], select_by: str = "auto") -> tuple[str, dict] | No
 
 
 def sweep(config: ExperimentConfig, out: str | os.PathLike, alphas: list[float], num_heads: list[int], *,
-          method: str = "mass-mean", instruction: str = "default", mc_positions: str = "answer",
-          gen_positions: str = "last", select_by: str | None = "auto") -> dict:
+          method: str = default_of("method"), instruction: str = default_of("instruction"),
+          mc_positions: str = default_of("mc_positions"), gen_positions: str = default_of("gen_positions"),
+          select_by: str | None = default_of("rescore_by")) -> dict:
     """The grid; where the engine scored it, the best row by ``select_by`` is then scored again by lm-eval's hf-iti
     (row ``<name>-lm-eval``) so that the chosen setting's published numbers are lm-eval's own. The choice is read off
     the evaluated folds themselves: a reading of the sweep, not a held-out estimate (``validate`` is)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from ..options import DEFAULT_ALPHA, default_of
 from .baselines import BASELINE_NAMES, validate_variants
 from .executor import execute
 from .plan import ExperimentConfig, make_plan
@@ -30,10 +31,11 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
     return BASELINE_NAMES if names == ("all",) else names
 
 
-def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = "mass-mean", alpha: float | str = 15.0,
-             num_heads: int = 48, instruction: str = "default", baseline: bool = True,
-             baselines: tuple[str, ...] = (), mc_positions: str = "answer", gen_positions: str = "last",
-             random_draws: int = 5, draws: dict[str, int] | None = None, selection: dict | None = None,
+def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = default_of("method"),
+             alpha: float | str = DEFAULT_ALPHA, num_heads: int = default_of("num_heads"),
+             instruction: str = default_of("instruction"), baseline: bool = True, baselines: tuple[str, ...] = (),
+             mc_positions: str = default_of("mc_positions"), gen_positions: str = default_of("gen_positions"),
+             random_draws: int = default_of("random_draws"), draws: dict[str, int] | None = None, selection: dict | None = None,
              curve_scales: tuple[float, ...] = ()) -> dict:
     """``alpha="select"`` with ``selection={"alphas": [...], "num_heads": [...], "by": "MC2", "inner_folds": 2}``:
     each outer fold's alpha and K are chosen by cross-validation on its training questions only (inner folds: fit on
