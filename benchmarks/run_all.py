@@ -4,8 +4,8 @@ Each script prints, as its last stdout line, {"figures": [{"figure", "ratio", "t
 ...]}. Timed ratios are min/min over interleaved repeats; spread is (max - min) / min of the per-repeat ratios.
 gpu_check.py runs with --small when no CUDA device is present (correctness only on CPU).
 
-``--smoke``: every script on tiny shapes with one repeat (seconds each; `make test` runs it, so a script that an
-import or API change breaks fails the suite). Its figures show that each script runs, not how fast anything is.
+``--smoke``: every script on tiny shapes with one repeat (about 7 minutes in all on the 2-core CPU; `make test` does
+not run it yet). Its figures show that each script runs, not how fast anything is.
 """
 
 from __future__ import annotations
