@@ -7,6 +7,7 @@ METHODS = ("mass-mean", "probe", "random")  # select.compute_directions
 MC_POSITIONS = ("answer", "all", "legacy")  # intervene: what hf-iti edits when scoring loglikelihoods
 GEN_POSITIONS = ("last", "generated", "all")  # intervene: what hf-iti edits when generating
 PROBE_BACKENDS = ("torch", "sklearn")
+HEAD_SELECTIONS = ("probe", "effect")  # fit: ITI's probe ranking, or the measured effect (effect.py)
 # memory: the [N, L, H, d] activations in memory; stream: read from the activation cache a block of layers at a time
 PROBE_MEMORY = ("memory", "stream")
 ENGINE_MODES = ("auto", "on", "off")  # experiments.plan: the shared-prefix engine

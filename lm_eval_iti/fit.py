@@ -40,7 +40,9 @@ from .loading import DTYPES, execution_device, load_model
 from .options import DEFAULT_ALPHA, config_field, default_of
 from .probes import PROBE_BACKENDS, ProbeResult, check_probe_memory, fit_probes, fit_probes_sklearn
 from .prompts import PROMPT_FORMATS, SIGMA_DATA, PromptSet, gen_end_q_prompt_set, mc_prompt_set
-from .select import METHODS, compute_directions, compute_sigma, head_activations, ranked_selection, split_train_val
+from .choices import HEAD_SELECTIONS
+from .select import (METHODS, all_head_directions, compute_directions, compute_sigma, every_head, head_activations,
+                     rank_heads, ranked_selection, split_train_val)
 
 
 @dataclass
@@ -52,6 +54,9 @@ class FitConfig:
     num_heads: int = config_field("num_heads")
     method: str = config_field("method")
     random_heads: bool = config_field("random_heads")
+    head_selection: str = config_field("head_selection")
+    effect_questions: int = config_field("effect_questions")
+    effect_check_heads: int = config_field("effect_check_heads")
     val_ratio: float = config_field("val_ratio")
     seed: int = config_field("seed", option="fold_seed")
     num_folds: int | None = config_field("num_folds")  # used with fold; without a fold the fit uses every question
@@ -77,9 +82,18 @@ class FitConfig:
         """Raise one ITIError line naming the first bad parameter."""
         for name, value, allowed in (("method", self.method, METHODS), ("probe_backend", self.probe_backend, PROBE_BACKENDS),
                                      ("prompt_format", self.prompt_format, PROMPT_FORMATS),
+                                     ("head_selection", self.head_selection, HEAD_SELECTIONS),
                                      ("sigma_data", self.sigma_data, SIGMA_DATA)):
             if value not in allowed:
                 raise ITIError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.head_selection == "effect":
+            if self.random_heads:
+                raise ITIError("head_selection='effect' and random_heads=True exclude each other")
+            if self.method not in ("mass-mean", "probe"):
+                raise ITIError(f"head_selection='effect' needs method mass-mean or probe, not {self.method!r}")
+            if self.effect_questions < 2 or self.effect_check_heads < 0:
+                raise ITIError(f"effect_questions={self.effect_questions} must be at least 2 and "
+                               f"effect_check_heads={self.effect_check_heads} at least 0")
         if isinstance(self.num_heads, bool) or not isinstance(self.num_heads, int) or self.num_heads < 1:
             raise ITIError(f"num_heads={self.num_heads!r} must be a whole number, at least 1")
         if self.fold is None and self.num_folds == default_of("num_folds"):
@@ -257,6 +271,34 @@ def select_stage(cfg: FitConfig, probes: ProbeResult) -> tuple[torch.Tensor, tor
     return ranked_selection(probes.accuracy, cfg.num_heads, cfg.seed, cfg.random_heads)
 
 
+def effect_stage(model, tokenizer, cfg: FitConfig, acts: FitActivations, prompts: FitPrompts, data: FitData,
+                 probes: ProbeResult, *, progress: bool = True):
+    """Stage 5 with ``head_selection='effect'``: (selected [K, 2], head_rank [L*H, 2], the EffectRanking). Every
+    head's direction and sigma as stage 6 computes them, then its first-order effect on the log MC2 of (a seeded
+    sample of) the training questions (effect.py); the ranking is by effect, best first."""
+    from .effect import effect_ranking
+
+    L, H = probes.accuracy.shape
+    heads = every_head(L, H)
+    fit_rows = prompts.mc_set.rows_of_questions(data.fit_questions)
+    unit, live = all_head_directions(cfg.method, L, H, x=head_activations(acts.probe, heads, fit_rows),
+                                     labels=prompts.labels[fit_rows], probe_coef=probes.coef)
+    sigma_rows = prompts.sigma_set.rows_of_questions(data.fit_questions)
+    sigma = compute_sigma(head_activations(acts.sigma, heads, sigma_rows), unit.reshape(L * H, -1), cfg.sigma_ddof)
+    live = live & (sigma.view(L, H) > 0)
+    questions = sorted(data.fit_questions)
+    if len(questions) > cfg.effect_questions:
+        pick = np.random.default_rng([cfg.seed, 29]).choice(len(questions), cfg.effect_questions, replace=False)
+        questions = sorted(questions[i] for i in pick)
+    ranking = effect_ranking(model, tokenizer, data.mc_docs, questions, unit, sigma.view(L, H), live,
+                             check_count=cfg.effect_check_heads, seed=cfg.seed, progress=progress)
+    head_rank = rank_heads(ranking.effect)
+    if cfg.num_heads > int(live.sum()):
+        raise ITIError(f"num_heads={cfg.num_heads}: only {int(live.sum())} heads have a {cfg.method} direction to "
+                       "rank by effect")
+    return head_rank[:cfg.num_heads], head_rank, ranking
+
+
 # stage 6: directions and sigma ------------------------------------------------------------------------------------
 def directions_stage(cfg: FitConfig, acts: FitActivations, prompts: FitPrompts, data: FitData, probes: ProbeResult,
                      selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,6 +324,7 @@ def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelS
         "model": model_name, "model_revision": model_revision, "model_identity": model_identity or "",
         "model_fingerprint": model_fingerprint, "architecture": shape.architecture,
         "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
+        "head_selection": cfg.head_selection,
         "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
         "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
         "dataset": cfg.source, "dataset_sha256": data_sha256(data.mc_docs),
@@ -298,6 +341,22 @@ def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelS
         "format": FORMAT, "format_version": FORMAT_VERSION, "site": SITE, "num_layers": str(shape.num_layers),
         "num_heads": str(shape.num_heads), "head_dim": str(shape.head_dim),
     }
+
+
+def effect_metadata(ranking, data: FitData) -> dict[str, str]:
+    """The effect ranking's record in the file: objective, questions (all training questions), cost and the check."""
+    from .effect import OBJECTIVE
+
+    ids = [question_id(data.questions[i]) for i in ranking.question_indices]
+    leaked = set(ranking.question_indices) - set(data.fit_questions)
+    if leaked:  # never: the sample is drawn from the training questions
+        raise ITIError(f"effect ranking used {len(leaked)} question(s) outside the training fold")
+    return {"effect_objective": OBJECTIVE, "effect_questions": str(ranking.questions),
+            "effect_question_ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+            "effect_unsteered_objective": repr(ranking.objective), "effect_passes": str(ranking.passes),
+            "effect_seconds": repr(ranking.seconds), "effect_check": json.dumps(ranking.check),
+            "effect_per_head": json.dumps([[round(float(v), 6) if np.isfinite(float(v)) else None for v in row]
+                                           for row in ranking.effect.tolist()])}
 
 
 def _group_by_layer(selected: torch.Tensor, dirs: torch.Tensor, sigma: torch.Tensor):
@@ -414,7 +473,14 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
     timings["probes"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    selected, head_rank = select_stage(cfg, probes)
+    ranking = None
+    if cfg.head_selection == "effect":
+        selected, head_rank, ranking = effect_stage(model, tokenizer, cfg, acts, prompts, data, probes,
+                                                    progress=progress)
+        timings["effect ranking"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+    else:
+        selected, head_rank = select_stage(cfg, probes)
     dirs, sigma = directions_stage(cfg, acts, prompts, data, probes, selected)
     timings["select + directions + sigma"] = time.perf_counter() - clock
 
@@ -422,6 +488,8 @@ def run_fit(model, tokenizer, cfg: FitConfig, *, revision: str | None = None, dt
                       model_identity=acts.stats["probe set"].model_identity,
                       dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
                       model_fingerprint=fingerprint_metadata(model))
+    if ranking is not None:
+        meta.update(effect_metadata(ranking, data))
     # alpha auto: 0 until choose_alpha_auto sets the choice (the search passes each alpha itself)
     directions = assemble(shape, selected, dirs, sigma, meta, probes, head_rank, source,
                           alpha=0.0 if cfg.alpha == "auto" else float(cfg.alpha))
@@ -445,7 +513,7 @@ def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitAct
     return {
         "model": model_name, "model_identity": meta["model_identity"],
         "options": {"dataset": cfg.source, "num_heads": cfg.num_heads, "method": cfg.method,
-                    "random_heads": cfg.random_heads, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
+                    "random_heads": cfg.random_heads, "head_selection": cfg.head_selection, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
                     "num_folds": cfg.num_folds, "fold": cfg.fold, "contiguous_folds": cfg.contiguous_folds,
                     "prompt_format": cfg.prompt_format, "sigma_data": cfg.sigma_data, "sigma_ddof": cfg.sigma_ddof,
                     "alpha": cfg.alpha, "probe_backend": cfg.probe_backend, "num_questions": cfg.num_questions},
@@ -464,6 +532,7 @@ def fit_summary(cfg: FitConfig, data: FitData, prompts: FitPrompts, acts: FitAct
                        "sigma": round(float(sigma[i]), 6)} for i, (l, h) in enumerate(selected.tolist())],
         "train_question_ids_sha256": meta["train_question_ids_sha256"],
         "alpha": directions.alpha, "alpha_auto": json.loads(meta["alpha_auto"]) if "alpha_auto" in meta else None,
+        "effect_check": json.loads(meta["effect_check"]) if "effect_check" in meta else None,
         "timings_s": timings, "package_version": __version__,
     }
 
@@ -579,6 +648,10 @@ def format_summary(summary: dict, top: int = 10) -> str:
     for name, s in summary["activations"].items():
         lines.append(f"activations ({name}): {s['forward_passes']} forward passes, {s['chunks_cached']} cached + "
                      f"{s['chunks_computed']} computed chunks")
+    check = summary.get("effect_check")
+    if check:
+        lines.append(f"heads ranked by effect: estimate vs measured one-head effect on {len(check['heads'])} heads, "
+                     f"Spearman {check['spearman']:.2f} (p {check['p_value']:.2g})")
     auto = summary.get("alpha_auto")
     if auto:
         lines.append(f"alpha auto: {auto['alpha']:g} (KL budget {auto['kl_budget']:g} nats/token; measured "

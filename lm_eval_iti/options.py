@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from .choices import (DTYPES, ENGINE_MODES, EXPORT_FORMATS, GEN_POSITIONS, JUDGE_BACKENDS, MC_POSITIONS, METHODS,
-                      PROBE_BACKENDS, PROBE_MEMORY, SELECT_COLUMNS)
+from .choices import (DTYPES, ENGINE_MODES, EXPORT_FORMATS, GEN_POSITIONS, HEAD_SELECTIONS, JUDGE_BACKENDS,
+                      MC_POSITIONS, METHODS, PROBE_BACKENDS, PROBE_MEMORY, SELECT_COLUMNS)
 from .cli_types import Alpha, Count, NumberList, Real, renamed
 from .data import HUB_ID
 from .prompts import INSTRUCTIONS, PROMPT_FORMATS, SIGMA_DATA
@@ -115,6 +115,14 @@ OPTIONS = _options(
     # the fit -----------------------------------------------------------------------------------------------------
     Option("num_heads", "--num-heads", 48, "K: heads intervened on.", Count(1)),
     Option("method", "--method", "mass-mean", "Direction of each head.", click.Choice(METHODS)),
+    Option("head_selection", "--head-selection", "probe", "How the K heads are ranked. probe: ITI's probe "
+           "validation accuracy; effect: the first-order effect of steering each head alone on the training "
+           "questions' log MC2 (one forward+backward pass; checked against measured one-head effects).",
+           click.Choice(HEAD_SELECTIONS)),
+    Option("effect_questions", "--effect-questions", 128, "For --head-selection effect: at most this many training "
+           "questions (a seeded sample) in the objective.", Count(2)),
+    Option("effect_check_heads", "--effect-check-heads", 8, "For --head-selection effect: heads whose one-head "
+           "effect is measured to check the estimate (rank correlation in the file's metadata); 0: none.", Count(0)),
     Option("random_heads", "--random-heads", False, "Pick K heads at random (seeded): the random-heads baseline.",
            is_flag=True),
     Option("alpha", "--alpha", DEFAULT_ALPHA, "Strength stored in the file (hf-iti alpha= overrides), or "

@@ -6,6 +6,7 @@
 - ``select_heads``: the top K, or K heads drawn with the seed (the random-heads baseline).
 - ``compute_directions``: ``mass-mean`` (mean of true minus mean of false answers, over train + val questions of the
   training fold), ``probe`` (the head's probe weights) or ``random`` (a seeded Gaussian); unit-normalised.
+- ``all_head_directions``: the same directions for every head at once (``--head-selection effect`` scores them all).
 - ``compute_sigma``: the standard deviation (ddof 1, as the reference's pyvene path) of the sigma activations projected on
   each unit direction; callers pass only rows of training questions.
 - ``draw_seed`` / ``matched_random_directions``: the random controls' seeds (from run seed, fold, draw and layer, so
@@ -63,6 +64,30 @@ def ranked_selection(accuracy: torch.Tensor, k: int, seed: int = 42, random_head
     chosen = {tuple(p) for p in selected.tolist()}
     rest = [p for p in rank_heads(accuracy).tolist() if tuple(p) not in chosen]
     return selected, torch.cat([selected, torch.tensor(rest, dtype=torch.int64).reshape(-1, 2)])
+
+
+def every_head(num_layers: int, num_heads: int) -> torch.Tensor:
+    """int64 [L*H, 2]: every (layer, head), layer-major."""
+    flat = torch.arange(num_layers * num_heads)
+    return torch.stack([flat // num_heads, flat % num_heads], 1)
+
+
+def all_head_directions(method: str, num_layers: int, num_heads: int, *, x: torch.Tensor | None = None, labels=None,
+                        probe_coef: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit directions float32 [L, H, d], live bool [L, H]) of EVERY head, as ``compute_directions`` would give them
+    if the head were selected; a head whose raw direction is zero (e.g. two identical class means) is not live and
+    gets a zero row instead of an error. x: [n, L*H, d] activations of every head."""
+    heads = every_head(num_layers, num_heads)
+    if method == "mass-mean":
+        raw = mass_mean_directions(x, labels)
+    elif method == "probe":
+        raw = probe_coef.reshape(num_layers * num_heads, -1).double()
+    else:  # a random direction's effect says nothing about the head
+        raise ITIError(f"head_selection='effect' needs method mass-mean or probe, not {method!r}")
+    norms = raw.norm(dim=-1)
+    live = norms > 1e-9 * float(norms.max()) if len(norms) else norms > 0
+    unit = torch.where(live[:, None], raw / norms.clamp_min(1e-300)[:, None], torch.zeros_like(raw)).float()
+    return unit.view(num_layers, num_heads, -1), live.view(num_layers, num_heads)
 
 
 def _unit(v: torch.Tensor, what: str, heads: torch.Tensor) -> torch.Tensor:
