@@ -207,10 +207,17 @@ OPTIONS = _options(
            "(each at most --num-heads, the fit's size).", NumberList(int, minimum=1)),
     Option("select_by", "--select-by", "MC2", "For --alpha select: the metric maximised on the inner folds.",
            click.Choice(tuple(SELECT_COLUMNS))),
+    Option("select_methods", "--select-methods", None, "For --alpha select: direction types searched too "
+           "(comma list of mass-mean, probe); default: --method only. With --baselines nested-strategy: that row's "
+           "(default mass-mean,probe)."),
+    Option("select_head_selections", "--select-head-selections", None, "For --alpha select: head rankings "
+           "searched too (comma list of probe, effect); default: --head-selection only. With --baselines "
+           "nested-strategy: that row's (default probe,effect)."),
     Option("inner_folds", "--inner-folds", 2, "For --alpha select: folds of each training part.", Count(2)),
     Option("no_baseline", "--no-baseline", False, "Skip the alpha-0 baseline row.", is_flag=True),
     Option("baselines", "--baselines", "", "Comma list or 'all': random-directions, random-matched, "
-           "random-matched-kl, random-heads, label-shuffled, style, probe-weights, no-instruction, baked, steered; "
+           "random-matched-kl, random-heads, label-shuffled, style, probe-weights, no-instruction, baked, steered, "
+           "nested-strategy (with --alpha select: a row whose direction type and head ranking are nested too); "
            "or 'study': the study's controls (random-matched, random-matched-kl, random-heads, label-shuffled, "
            "style, probe-weights, no-instruction) with at least 20, 20, 10 and 10 draws per fold."),
     Option("random_draws", "--random-draws", 5, "Draws per fold of each control family (random-matched, "

@@ -17,6 +17,7 @@ from lm_eval_iti.judges.config import BACKENDS
 from lm_eval_iti.loading import DTYPES
 from lm_eval_iti.probes import PROBE_BACKENDS, PROBE_MEMORY
 from lm_eval_iti.prompts import INSTRUCTIONS, PRIMERS, PROMPT_FORMATS, SIGMA_DATA
+from lm_eval_iti.fit import HEAD_SELECTIONS
 from lm_eval_iti.select import METHODS
 
 # option name -> what the library accepts (per command where they differ)
@@ -24,6 +25,7 @@ EXPECTED = {
     "mc_positions": set(MC_POSITIONS),
     "gen_positions": set(GEN_POSITIONS),
     "method": set(METHODS),
+    "head_selection": set(HEAD_SELECTIONS),
     "instruction": set(INSTRUCTIONS),
     "prompt_format": set(PROMPT_FORMATS),
     "sigma_data": set(SIGMA_DATA),

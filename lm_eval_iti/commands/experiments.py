@@ -59,6 +59,7 @@ def _slug(text: str) -> str:
 COMMON_OPTIONS = (
     "model", "gguf_file", "revision", "dtype", "device", "batch_size", "fit_batch_size", "data_dir", "binary_data",
     "num_questions", "tasks", "num_folds", "only_folds", "fold_seed", "contiguous_folds", "instruction", "method",
+    "head_selection", "effect_questions", "effect_check_heads",
     "val_ratio", "prompt_format", "sigma_data", "probe_backend", "mc_positions", "gen_positions", "limit", "metadata",
     "apply_chat_template", "system_instruction", "gen_kwargs", "bootstrap_iters", "max_length", "engine",
     "side_effects", "corpus", "num_docs", "num_tokens", "corpus_seed", "no_detokenize", "cache_dir", "run_out", "quiet",
@@ -96,6 +97,7 @@ def _positions(kw):
 
 @click.command(context_settings={"show_default": True})
 @cli_options(*COMMON_OPTIONS, "validate_alpha", "select_alphas", "select_num_heads", "select_by", "inner_folds",
+             "select_methods", "select_head_selections",
              "kl_budget", "num_heads", "no_baseline", "baselines", "random_draws", "curve_scales")
 def validate(**kw):
     """k-fold ITI: fit on the other folds, evaluate each fold through lm-eval, baseline and ablations alongside."""
@@ -106,7 +108,8 @@ def validate(**kw):
     selection = None
     if selecting:
         selection = {"alphas": kw["select_alphas"], "num_heads": kw["select_num_heads"],
-                     "by": kw["select_by"], "inner_folds": kw["inner_folds"], "kl_budget": kw["kl_budget"]}
+                     "by": kw["select_by"], "inner_folds": kw["inner_folds"], "kl_budget": kw["kl_budget"],
+                     "methods": _names(kw["select_methods"]), "head_selections": _names(kw["select_head_selections"])}
     tail = (f"a{alpha:g}" if alpha not in ("auto", "select") else "aselect" if selecting
             else f"aauto-kl{kw['kl_budget']:g}")
     out = kw["run_out"] or _default_out("validate", kw, f"{tail}_k{kw['num_heads']}")
@@ -115,10 +118,19 @@ def validate(**kw):
     if alpha == "auto":
         config.kl_budget = kw["kl_budget"]
     results = run_validate(config, out, method=kw["method"], alpha=alpha, num_heads=kw["num_heads"],
+                           **_effect_options(kw),
                            baseline=not kw["no_baseline"], baselines=parse_baselines(kw["baselines"]),
                            random_draws=kw["random_draws"], selection=selection,
                            curve_scales=_curve_scales(kw["curve_scales"]), **_positions(kw))
     _echo_run(results, out)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _effect_options(kw: dict) -> dict:
+    return {k: kw[k] for k in ("head_selection", "effect_questions", "effect_check_heads")}
 
 
 def _kl_matched(baselines: str) -> bool:
@@ -159,7 +171,7 @@ def sweep(**kw):
     out = kw["run_out"] or _default_out("sweep", kw, f"a{named[0]}_k{named[1]}")
     check_before_loading(kw, out)
     results = run_sweep(_config(kw), out, alphas, ks, method=kw["method"], select_by=kw["rescore_by"],
-                        **_positions(kw))
+                        **_effect_options(kw), **_positions(kw))
     _echo_run(results, out)
     for name, path in (results.get("plots") or {}).items():
         click.echo(f"plot {name}: {path if path else 'not drawn (no such metric in the results)'}")

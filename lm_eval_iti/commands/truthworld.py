@@ -62,8 +62,8 @@ def export_data(world_data_out, world_model):
 
 
 @truthworld.command("evaluate", context_settings={"show_default": True})
-@cli_options("world_model", "result_file", "world_num_heads", "fold_seed")
-def evaluate_cmd(world_model, result_file, world_num_heads, fold_seed):
+@cli_options("world_model", "result_file", "world_num_heads", "fold_seed", "head_selection")
+def evaluate_cmd(world_model, result_file, world_num_heads, fold_seed, head_selection):
     """The bar: 2-fold fit-directions, alpha chosen on the training folds within side-effect bounds, scored on the
     held-out fold against random and orthogonal directions, random heads and a colour prior."""
     import json
@@ -75,7 +75,8 @@ def evaluate_cmd(world_model, result_file, world_num_heads, fold_seed):
     from ..truthworld import CHECKPOINT_DIR
     from ..truthworld.bar import run_bar
 
-    report = run_bar(world_model or CHECKPOINT_DIR, num_heads=world_num_heads, seed=fold_seed)
+    report = run_bar(world_model or CHECKPOINT_DIR, num_heads=world_num_heads, seed=fold_seed,
+                     head_selection=head_selection)
     click.echo(json.dumps(report["summary"], indent=2))
     if out:
         write_json_atomic(out, report)

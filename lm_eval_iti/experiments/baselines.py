@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from ..choices import SELECT_COLUMNS
+from ..choices import HEAD_SELECTIONS, SELECT_COLUMNS
 from ..errors import ITIError
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
 
@@ -25,10 +25,21 @@ class FitSpec:
     method: str = "mass-mean"
     random_heads: bool = False
     num_heads: int = 48
+    head_selection: str = "probe"  # fit.FitConfig.head_selection
+    effect_questions: int = 128  # fit.FitConfig: used by head_selection "effect" only
+    effect_check_heads: int = 8
 
     @property
     def name(self) -> str:
-        return f"{self.method}{'-randheads' if self.random_heads else ''}-k{self.num_heads}"
+        effect = "-effect" if self.head_selection != "probe" else ""
+        return f"{self.method}{'-randheads' if self.random_heads else ''}{effect}-k{self.num_heads}"
+
+    def describe(self) -> dict:
+        d = dict(asdict(self), name=self.name)
+        if self.head_selection == "probe":  # ITI's ranking: described as before the option existed (resume keys)
+            for key in ("head_selection", "effect_questions", "effect_check_heads"):
+                del d[key]
+        return d
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class Variant:
 
     def describe(self) -> dict:
         d = asdict(self)
-        d["fit"] = None if self.fit is None else dict(asdict(self.fit), name=self.fit.name)
+        d["fit"] = None if self.fit is None else self.fit.describe()
         d["num_heads"] = self.num_heads
         return d
 
@@ -89,8 +100,11 @@ EVERY_POSITION_STEERED = "lm-eval steered (W_o·shift added at the o_proj output
 # random-heads: mass-mean directions on K random heads, one row per draw
 # label-shuffled: mass-mean directions on ITI's heads from labels permuted within each question, one row per draw
 # style: mass-mean directions on ITI's heads from hedged/negated-vs-plain labels, at ITI's KL (controls.py)
+# nested-strategy: with --alpha select, a row whose direction type and head selection are nested too (issue 29)
 BASELINE_NAMES = ("random-directions", "random-matched", "random-matched-kl", "random-heads", "label-shuffled",
-                  "style", "probe-weights", "no-instruction", "baked", "steered")
+                  "style", "probe-weights", "no-instruction", "baked", "steered", "nested-strategy")
+STRATEGY_ROW = "iti-strategy"  # the nested-strategy row; compared head to head with ITI's row ("iti")
+STRATEGY_METHODS, STRATEGY_HEAD_SELECTIONS = ("mass-mean", "probe"), ("probe", "effect")
 # the controls with one row per draw ("<family>-<draw>"); validate compares ITI with each family as a whole
 DRAW_FAMILIES = ("random-matched", "random-matched-kl", "random-heads", "label-shuffled")
 # --baselines study: the controls of a study, with at least these draws per fold (--random-draws raises them)
@@ -162,6 +176,7 @@ def _control_rows(name: str, main_fit: FitSpec, alpha, draws: int, hooked: dict)
 
 
 def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
+                      head_selection: str = "probe", effect_questions: int = 128, effect_check_heads: int = 8,
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
                       mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5,
                       draws: dict[str, int] | None = None, selection: dict | None = None,
@@ -175,16 +190,22 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
     baselines, counts = expand_baselines(tuple(baselines), random_draws, draws)
     if alpha == 0:
         raise ITIError("alpha=0 is the baseline itself; give the strength of the intervention (e.g. 15)")
-    main_fit = FitSpec(method, False, num_heads)
+    main_fit = FitSpec(method, False, num_heads, head_selection, effect_questions, effect_check_heads)
     hooked = dict(instruction=instruction, mc_positions=mc_positions, gen_positions=gen_positions)
     rows = []
     if baseline:
         rows.append(baseline_variant(instruction))
     main = iti_variant(main_fit, alpha, **hooked)
     if alpha == SELECT:
-        selection = check_selection(selection, num_heads)
-        main = replace(main, label=f"ITI ({method}), α and K by nested selection",
+        selection = check_selection(selection, num_heads, main_fit)
+        searched = ", ".join(what for what, key in (("direction type", "methods"), ("head selection", "head_selections"))
+                             if key in selection)
+        main = replace(main, label=f"ITI ({method}{', effect heads' if head_selection == 'effect' else ''}), α and K"
+                                   f"{', ' + searched if searched else ''} by nested selection",
                        extra=dict(main.extra, select=selection))
+    elif "nested-strategy" in baselines:
+        raise ITIError("baselines=nested-strategy needs --alpha select (its direction type and heads are chosen on "
+                       "inner folds)")
     rows.append(main)
     for name in baselines:
         if name == "random-directions":
@@ -204,6 +225,13 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
         elif name == "steered":
             rows.append(Variant("steered", f"lm-eval steered ({method})", "steered", EVERY_POSITION_STEERED,
                                 alpha=_strength(alpha), fit=main_fit, instruction=instruction))
+        elif name == "nested-strategy":
+            strategy = dict(main.extra["select"], methods=list(selection.get("methods") or STRATEGY_METHODS),
+                            head_selections=list(selection.get("head_selections") or STRATEGY_HEAD_SELECTIONS))
+            strategy = check_selection(strategy, num_heads, main_fit)
+            rows.append(replace(iti_variant(main_fit, alpha, name=STRATEGY_ROW, **hooked),
+                                label="ITI, α, K, direction type and head selection by nested selection",
+                                extra=dict(main.extra, select=strategy)))
     return rows + curve_rows(rows, curve_scales)
 
 
@@ -236,8 +264,11 @@ def curve_rows(rows: list[Variant], scales: tuple[float, ...]) -> list[Variant]:
     return out
 
 
-def check_selection(selection: dict | None, fit_num_heads: int) -> dict:
-    """{"alphas", "num_heads", "by", "inner_folds"} of ``--alpha select``, checked."""
+def check_selection(selection: dict | None, fit_num_heads: int, fit: FitSpec | None = None) -> dict:
+    """{"alphas", "num_heads", "by", "inner_folds", "kl_budget"[, "methods", "head_selections"]} of ``--alpha
+    select``, checked. ``methods`` / ``head_selections`` (direction types and head rankings searched with alpha and K)
+    are kept only when they search more than the row's own fit (so a plain alpha-and-K selection is described, and
+    resumed, as before they existed)."""
     if not selection or not selection.get("alphas") or not selection.get("num_heads"):
         raise ITIError("--alpha select needs --select-alphas and --select-num-heads (the grid to choose from)")
     ks = [int(k) for k in selection["num_heads"]]
@@ -253,8 +284,18 @@ def check_selection(selection: dict | None, fit_num_heads: int) -> dict:
     budget = selection.get("kl_budget")
     if budget is not None and not float(budget) > 0:
         raise ITIError(f"--kl-budget {budget}: must be positive")
-    return {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner,
-            "kl_budget": None if budget is None else float(budget)}
+    out = {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner,
+           "kl_budget": None if budget is None else float(budget)}
+    fit = fit or FitSpec(num_heads=fit_num_heads)
+    for key, allowed, own in (("methods", ("mass-mean", "probe"), fit.method),
+                              ("head_selections", HEAD_SELECTIONS, fit.head_selection)):
+        values = list(dict.fromkeys(selection.get(key) or [own]))
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ITIError(f"--select-{key.replace('_', '-')} {bad[0]!r}: each must be one of {', '.join(allowed)}")
+        if values != [own]:
+            out[key] = values
+    return out
 
 
 def sweep_name(alpha: float, k: int) -> str:
@@ -262,7 +303,8 @@ def sweep_name(alpha: float, k: int) -> str:
 
 
 def sweep_variants(alphas: list[float], ks: list[int], *, method: str = "mass-mean", instruction: str = "default",
-                   mc_positions: str = "answer", gen_positions: str = "last") -> list[Variant]:
+                   mc_positions: str = "answer", gen_positions: str = "last", head_selection: str = "probe",
+                   effect_questions: int = 128, effect_check_heads: int = 8) -> list[Variant]:
     """alpha 0 once (the baseline: no edit whatever K), then one hf-iti row per (alpha, K) from ONE fit with the
     largest K per fold: a K-head row uses that fit's top-K heads (selection, directions and sigma of a head do not
     depend on K)."""
@@ -270,7 +312,7 @@ def sweep_variants(alphas: list[float], ks: list[int], *, method: str = "mass-me
         raise ITIError("alphas= and num_heads= need at least one value each")
     if any(k < 1 for k in ks):
         raise ITIError(f"num_heads={','.join(map(str, ks))}: every K must be at least 1")
-    fit = FitSpec(method, False, max(ks))
+    fit = FitSpec(method, False, max(ks), head_selection, effect_questions, effect_check_heads)
     rows = [baseline_variant(instruction)]
     for alpha in alphas:
         if alpha == 0:

@@ -13,6 +13,8 @@ the questions that all of them scored (a failed judgment leaves its question out
 - **ITI against a family of draws** (``compare_family``; rows ``<family>-0..N-1`` of ``baselines.DRAW_FAMILIES``):
   Δ = ITI − the draws' per-question mean, its CI and sign-flip p (``stats.against_draws``), and the rank p =
   (1 + #draws whose gain over the baseline is ≥ ITI's) / (1 + draws), which cannot be below 1 / (1 + draws).
+- **Head to head** (``HEAD_TO_HEAD``): the nested-strategy row against ITI's own row (``compare_rows`` with ITI as the
+  reference), in the Holm family.
 - **Holm** (``with_holm``) across the comparisons one table makes, at family-wise level 0.05: every row against the
   baseline, except single draws of a family (a draw is not a claim: its family enters as a whole), and ITI against
   each family (by the paired p; the rank p is reported beside it, not adjusted). ``survives`` marks what Holm
@@ -37,6 +39,7 @@ PER_QUESTION = {"MC1": "mc1", "MC2": "mc2", "MC3": "mc3", "binary": "binary_acc"
 HOLM_LEVEL = 0.05
 N_RESAMPLES = 10000
 BASELINE, TREATMENT = "baseline", "iti"
+HEAD_TO_HEAD = {"iti-strategy": TREATMENT}  # row -> the row it is compared with (baselines.STRATEGY_ROW)
 
 
 def scores_from_lines(lines: list[dict]) -> dict[str, dict[str, dict[tuple[int, str], float]]]:
@@ -137,6 +140,12 @@ def table_comparisons(scores: dict, rows: list[str], *, table: str = "main", bas
             entry = compare_rows(scores, row, baseline, column, n_resamples=n_resamples)
             if entry is not None:
                 out.append(dict(entry, table=table, in_holm=draw_group(row) is None))
+    for row, reference in HEAD_TO_HEAD.items():
+        if row in rows and reference in rows:
+            for column in columns:
+                entry = compare_rows(scores, row, reference, column, n_resamples=n_resamples)
+                if entry is not None:
+                    out.append(dict(entry, table=table, in_holm=True))
     if treatment in rows:
         for family, members in families(rows).items():
             for column in columns:

@@ -157,7 +157,8 @@ class Executor:
         local = c.data_dir is not None or c.num_questions is not None
         source = {"data_dir": self.plan.data.source} if local else {"dataset": self.plan.data.source}
         return dict(source, num_heads=spec.num_heads, method=spec.method, random_heads=spec.random_heads,
-                    val_ratio=c.val_ratio, seed=c.seed, num_folds=c.num_folds, fold=fold,
+                    head_selection=spec.head_selection, effect_questions=spec.effect_questions,
+                    effect_check_heads=spec.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed, num_folds=c.num_folds, fold=fold,
                     contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format, sigma_data=c.sigma_data,
                     batch_size=c.fit_batch_size)
 
@@ -265,22 +266,32 @@ class Executor:
         write_json_sealed(path, match)
         return match
 
-    def nested_selection(self, fold: int) -> dict:
-        """alpha and K for outer ``fold``, chosen on its training questions only: they become a local data folder
-        with ``inner_folds`` folds of their own; for each inner fold, directions are fitted on the other inner folds
-        and the grid is scored on it by the engine (``by``'s task); the best mean over inner folds wins (ties: the
-        first in grid order, smaller alpha and K first). Saved to ``folds/fold_<i>_select.json`` (reused on resume)."""
+    def selection_spec(self, variant: Variant) -> tuple[Variant, dict, str]:
+        """(the row whose selection ``variant`` uses, its spec, the record's name): a row with its own ``select``
+        spec (ITI's, the nested-strategy row) has its own selection; a control row with alpha select shares ITI's."""
+        owner = variant if "select" in variant.extra else next(
+            v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra)
+        return owner, owner.extra["select"], "select" if owner.name == "iti" else f"{owner.name}_select"
+
+    def nested_selection(self, fold: int, variant: Variant | None = None) -> dict:
+        """alpha and K (and, where the spec lists several, the direction type and the head selection) for outer
+        ``fold``, chosen on its training questions only: they become a local data folder with ``inner_folds`` folds of
+        their own; for each inner fold and each (method, head selection), directions are fitted on the other inner
+        folds, each grid point's KL is measured first (a point over the budget is not scored), and the rest of the grid
+        is scored on the inner fold by the engine (``by``'s task); the best mean over inner folds wins (ties: the
+        first in grid order: method, head selection, then smaller alpha and K first). Saved to
+        ``folds/fold_<i>_select.json`` (``fold_<i>_<row>_select.json`` for another row; reused on resume)."""
         from ..artifact import load_directions
         from ..fit import fit_and_save
-        from ..folds import fold_assignment
+        from ..folds import fold_assignment, question_id
         from ..harness.engine import score_points
         from .aggregate import fold_columns
         from .subset import write_truthfulqa_subset
 
-        main = next(v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra)
-        spec = main.extra["select"]
+        main, spec, record_name = self.selection_spec(variant or next(
+            v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra))
         key = {"settings": self.plan.settings, "variant": main.describe(), "fold": fold}
-        path, previous = self.saved_record(fold, "select", key)
+        path, previous = self.saved_record(fold, record_name, key)
         if previous is not None:
             return previous
         c = self.config
@@ -290,68 +301,85 @@ class Executor:
         training = {q.strip() for q, f in zip(self.plan.data.questions, assignment) if f != fold}
         work = self.plan.out / "select" / f"fold_{fold}"
         sub = write_truthfulqa_subset(self.plan.data.source, work / "data", None, self.plan.data.binary_data, keep=training)
-        grid = [(a, k) for a in spec["alphas"] for k in spec["num_heads"]]
+        strategies = [(m, h) for m in spec.get("methods", [main.fit.method])
+                      for h in spec.get("head_selections", [main.fit.head_selection])]
+        searched = len(strategies) > 1
+        grid = [(m, h, a, k) for m, h in strategies for a in spec["alphas"] for k in spec["num_heads"]]
         task = SELECT_COLUMNS[spec["by"]]
-        from ..folds import question_id
-
         held_out_ids = {question_id(q) for q in held_out}
         scores, inner_records = [[] for _ in grid], []
         kl_per_point, unedited = [[] for _ in grid], []
+        budget = spec.get("kl_budget")
         for inner in range(spec["inner_folds"]):
-            directions_path = work / "directions" / f"inner_{inner}.safetensors"
-            fit_and_save(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
-                           num_heads=main.fit.num_heads, method=main.fit.method, random_heads=main.fit.random_heads,
-                           val_ratio=c.val_ratio, seed=c.seed, num_folds=spec["inner_folds"], fold=inner,
-                           contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format,
-                           sigma_data=c.sigma_data, batch_size=c.fit_batch_size, cache_dir=c.cache_dir,
-                           probe_backend=c.probe_backend, revision=c.revision, progress=c.progress,
-                           collect_all_folds=True, write_plot=False)
-            directions = load_directions(directions_path)
-            budget = spec.get("kl_budget")
-            kls = [self.session.kl_meter()(directions.top_k(k), a) for a, k in grid] if budget else [None] * len(grid)
-            allowed = [i for i, kl in enumerate(kls) if kl is None or kl <= budget]
             metadata = dict(c.metadata, num_folds=spec["inner_folds"], fold=inner, seed=c.seed,
                             contiguous_folds=c.contiguous_folds, data_dir=sub["data_dir"])
             if sub["binary_data"] is not None:
                 metadata["binary_data"] = sub["binary_data"]
-            if not allowed:
-                raise ITIError(f"fold {fold}: every (alpha, K) of the selection grid costs more than the KL budget "
+            kls = [None] * len(grid)
+            scored: dict[int, dict] = {}
+            fits = []
+            for method, selection in strategies:
+                name = f"inner_{inner}" if not searched else f"inner_{inner}_{method}_{selection}"
+                directions_path = work / "directions" / f"{name}.safetensors"
+                fit_and_save(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
+                             num_heads=main.fit.num_heads, method=method, random_heads=main.fit.random_heads,
+                             head_selection=selection, effect_questions=main.fit.effect_questions,
+                             effect_check_heads=main.fit.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed,
+                             num_folds=spec["inner_folds"], fold=inner, contiguous_folds=c.contiguous_folds,
+                             prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,
+                             cache_dir=c.cache_dir, probe_backend=c.probe_backend, revision=c.revision,
+                             progress=c.progress, collect_all_folds=True, write_plot=False)
+                directions = load_directions(directions_path)
+                points = [i for i, g in enumerate(grid) if g[:2] == (method, selection)]
+                for i in points:  # KL first: a point over the budget is never scored
+                    if budget:
+                        kls[i] = self.session.kl_meter()(directions.top_k(grid[i][3]), grid[i][2])
+                allowed = [i for i in points if kls[i] is None or kls[i] <= budget]
+                # alpha 0 first (once per inner fold): the unedited reference, recorded, never chosen
+                first = not fits
+                evaluations = score_points(model, tokenizer, [task], metadata, directions,
+                                           ([(0.0, None)] if first else []) + [grid[i][2:] for i in allowed],
+                                           mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
+                                           per_task_metadata=instruction_metadata(main.instruction),
+                                           apply_chat_template=c.apply_chat_template,
+                                           system_instruction=c.system_instruction, max_length=c.max_length,
+                                           batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
+                evaluated = set(evaluations[0]["question_ids"].get(task, []))
+                fitted = set(json.loads(directions.metadata["train_question_ids"]))
+                if evaluated & held_out_ids or evaluated & fitted:
+                    raise ITIError(f"fold {fold}: nested selection scored a held-out or fitted question (inner fold "
+                                   f"{inner}); the folds of fit and tasks disagree")
+                if first:
+                    unedited.append(fold_columns({"metrics": evaluations[0]["metrics"]})[spec["by"]][0])
+                    evaluations = evaluations[1:]
+                scored.update(zip(allowed, evaluations))
+                fits.append({"method": method, "head_selection": selection, "directions": str(directions_path),
+                             "effect_check": json.loads(directions.metadata.get("effect_check", "null"))})
+            if not scored:
+                raise ITIError(f"fold {fold}: every point of the selection grid costs more than the KL budget "
                                f"{budget:g} on inner fold {inner} (smallest {min(kls):.3g}); add smaller alphas or K")
-            # alpha 0 first: the unedited reference of the inner fold (recorded, never chosen)
-            evaluations = score_points(model, tokenizer, [task], metadata, directions,
-                                       [(0.0, None)] + [grid[i] for i in allowed],
-                                       mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
-                                       per_task_metadata=instruction_metadata(main.instruction),
-                                       apply_chat_template=c.apply_chat_template,
-                                       system_instruction=c.system_instruction, max_length=c.max_length,
-                                       batch_size=c.batch_size, max_batch_bytes=c.engine_max_batch_bytes)
-            evaluated = set(evaluations[0]["question_ids"].get(task, []))
-            fitted = set(json.loads(directions.metadata["train_question_ids"]))
-            if evaluated & held_out_ids or evaluated & fitted:
-                raise ITIError(f"fold {fold}: nested selection scored a held-out or fitted question (inner fold "
-                               f"{inner}); the folds of fit and tasks disagree")
-            unedited.append(fold_columns({"metrics": evaluations[0]["metrics"]})[spec["by"]][0])
-            scored = dict(zip(allowed, evaluations[1:]))
             for i in range(len(grid)):  # a point over the KL budget is not scored: it cannot be chosen
-                value = fold_columns({"metrics": scored[i]["metrics"]})[spec["by"]][0] if i in scored else None
-                scores[i].append(value)
+                scores[i].append(fold_columns({"metrics": scored[i]["metrics"]})[spec["by"]][0] if i in scored else None)
                 kl_per_point[i].append(kls[i])
             inner_records.append({"inner_fold": inner, "evaluated_questions": len(evaluated),
-                                  "fit_questions": len(fitted), "directions": str(directions_path)})
+                                  "fit_questions": len(fitted), "directions": fits[0]["directions"],
+                                  **({"fits": fits} if searched else {})})
         means = [sum(s) / len(s) if s and None not in s else None for s in scores]
         if all(m is None for m in means):
             raise ITIError(f"fold {fold}: nested selection found no {spec['by']} value to choose by"
-                           + (f" within the KL budget {spec['kl_budget']:g} on every inner fold"
-                              if spec.get("kl_budget") else ""))
+                           + (f" within the KL budget {budget:g} on every inner fold" if budget else ""))
         best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: (means[i], -i))
         record = {"settings_hash": sha_of(key), "fold": fold, "by": spec["by"], "task": task,
-                  "alpha": grid[best][0], "num_heads": grid[best][1], "inner_folds": inner_records,
-                  "scored_by": "engine", "training_questions": len(training), "kl_budget": spec.get("kl_budget"),
-                  "kl_sample": self.session.kl_meter().describe() if spec.get("kl_budget") else None,
+                  "alpha": grid[best][2], "num_heads": grid[best][3], "inner_folds": inner_records,
+                  "scored_by": "engine", "training_questions": len(training), "kl_budget": budget,
+                  "kl_sample": self.session.kl_meter().describe() if budget else None,
                   "unedited": {"per_inner_fold": unedited, "mean": sum(unedited) / len(unedited)},
-                  "grid": [{"alpha": a, "num_heads": k, "per_inner_fold": s, "mean": m, "kl_per_inner_fold": kl,
+                  "grid": [{**({"method": m, "head_selection": h} if searched else {}), "alpha": a, "num_heads": k,
+                            "per_inner_fold": s, "mean": mean, "kl_per_inner_fold": kl,
                             "kl_mean": sum(kl) / len(kl) if kl and None not in kl else None}
-                           for (a, k), s, m, kl in zip(grid, scores, means, kl_per_point)]}
+                           for (m, h, a, k), s, mean, kl in zip(grid, scores, means, kl_per_point)]}
+        if searched:
+            record.update(method=grid[best][0], head_selection=grid[best][1])
         write_json_sealed(path, record)
         return record
 
@@ -362,16 +390,18 @@ class Executor:
         key = (fold, variant.name)
         if key in self._resolved:
             return self._resolved[key]
+        auto = selected = kl_matched = None
+        if variant.alpha == SELECT:  # first: a searched direction type or head selection decides the fit
+            selected = self.nested_selection(fold, variant)
+            chosen = replace(variant.fit, method=selected.get("method", variant.fit.method),
+                             head_selection=selected.get("head_selection", variant.fit.head_selection))
+            variant = replace(variant, fit=chosen, alpha=selected["alpha"], heads=selected["num_heads"])
         fit = self.fit(fold, variant.fit) if variant.fit is not None and variant.alpha != 0 else None
         if fit is not None and is_control(variant):
             fit = self.control(fold, fit, variant)
-        auto = selected = kl_matched = None
         if variant.alpha == AUTO:
             auto = self.auto_alpha(fold)
             variant = replace(variant, alpha=auto["alpha"])
-        elif variant.alpha == SELECT:
-            selected = self.nested_selection(fold)
-            variant = replace(variant, alpha=selected["alpha"], heads=selected["num_heads"])
         if variant.extra.get("match_kl"):
             kl_matched = self.kl_match(fold, variant, fit)
             variant = replace(variant, alpha=kl_matched["alpha"])

@@ -137,15 +137,20 @@ def table_markdown(results: dict) -> str:
     if strata:
         strata = ("\nITI's gain over the baseline by the style and length of each question's true MC1 answer "
                   "(descriptive: not in the Holm family):\n\n" + strata)
+    head_to_head = head_to_head_markdown(main_found)
     selections = [f["selection"] for f in results["folds"].get("iti", []) if f.get("selection")]
     grid = selection_markdown(selections)
+    strategy = [f["selection"] for f in results["folds"].get("iti-strategy", []) if f.get("selection")]
+    if strategy:
+        grid += selection_markdown(strategy, "The nested-strategy row (iti-strategy): direction type, head selection, "
+                                             "alpha and K")
     curve_rows = [r for r in rows if curve_point(str(r.get("variant", "")))]
     main_rows = [r for r in rows if r not in curve_rows]
     curves = ("\nThe same rows at other multiples of their own alpha (`--curve-scales`; the curves of pareto.png):\n\n"
               + agg.markdown_table(curve_rows, deltas=_deltas(curve_found)) + comparisons_note(curve_found)
               ) if curve_rows else ""
     return (head + agg.markdown_table(main_rows, deltas=_deltas(main_found)) + comparisons_note(main_found) + draws
-            + families + strata + curves + grid + agg.judge_note(rows) + "\nPositions edited:\n"
+            + families + head_to_head + strata + curves + grid + agg.judge_note(rows) + "\nPositions edited:\n"
             + agg.positions_legend(main_rows))
 
 
@@ -166,19 +171,41 @@ def comparisons_note(found: list[dict]) -> str:
             "baseline except single control draws, and ITI against each family of draws).\n")
 
 
-def selection_markdown(selections: list[dict]) -> str:
-    """The nested-selection grids (training folds only): per outer fold, every (alpha, K) with its KL on the KL sample
-    and its inner-fold score; points over the KL budget were not scored; the chosen point is marked."""
+def head_to_head_markdown(found: list[dict]) -> str:
+    """The nested-strategy row against ITI's row, question by question (comparisons.HEAD_TO_HEAD)."""
+    from .comparisons import HEAD_TO_HEAD
+
+    pairs = [c for c in found if HEAD_TO_HEAD.get(c["row"]) == c["reference"] and c["kind"] == "row"]
+    if not pairs:
+        return ""
+    lines = ["\nHead to head (Δ = row − reference over the questions both scored, pooled over folds; 95% CI by "
+             "bootstrap within folds; p as above; † survives Holm):\n", "| row | reference | metric | n | Δ [95% CI] | p |",
+             "|---|---|---|---|---|---|"]
+    for c in pairs:
+        mark = "†" if c.get("survives") else ""
+        lines.append(f"| {c['row']} | {c['reference']} | {c['metric']} | {c['n']} | {c['delta']:+.4f} "
+                     f"[{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] | {c['p']:.3g}{mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def selection_markdown(selections: list[dict], title: str = "Nested selection of alpha and K") -> str:
+    """The nested-selection grids (training folds only): per outer fold, every point (direction type and head
+    selection where searched, alpha, K) with its KL on the KL sample and its inner-fold score; points over the KL
+    budget were not scored; the chosen point is marked."""
     if not selections:
         return ""
     by = selections[0]["by"]
-    lines = [f"\nNested selection of alpha and K on each outer fold's training questions ({by}, mean over "
+    searched = "method" in selections[0]
+    strategy_head = "direction | heads | " if searched else ""
+    lines = [f"\n{title} on each outer fold's training questions ({by}, mean over "
              f"{len(selections[0]['inner_folds'])} inner folds; KL in nats/token on held-out WikiText):\n",
-             "| outer fold | α | K | KL | inner " + by + " | − unedited | chosen |", "|---|---|---|---|---|---|---|"]
+             f"| outer fold | {strategy_head}α | K | KL | inner " + by + " | − unedited | chosen |",
+             "|---|" + "---|" * (2 if searched else 0) + "---|---|---|---|---|---|"]
     for s in selections:
         base = (s.get("unedited") or {}).get("mean")
         budget = s.get("kl_budget")
-        lines.append(f"| {s['fold']} | 0 |  | 0 | {base:.4f} |  |  |" if base is not None else "")
+        blank = "|  |  " if searched else ""
+        lines.append(f"| {s['fold']} {blank}| 0 |  | 0 | {base:.4f} |  |  |" if base is not None else "")
         for g in s["grid"]:
             kl = "" if g.get("kl_mean") is None else f"{g['kl_mean']:.4f}"
             if g["mean"] is None:
@@ -187,6 +214,10 @@ def selection_markdown(selections: list[dict]) -> str:
             else:
                 score = f"{g['mean']:.4f}"
                 gain = f"{g['mean'] - base:+.4f}" if base is not None else ""
-            chosen = "**yes**" if (g["alpha"], g["num_heads"]) == (s["alpha"], s["num_heads"]) else ""
-            lines.append(f"| {s['fold']} | {g['alpha']:g} | {g['num_heads']} | {kl} | {score} | {gain} | {chosen} |")
+            point = tuple(g.get(k) for k in ("method", "head_selection", "alpha", "num_heads"))
+            chosen = "**yes**" if point == tuple(s.get(k) for k in ("method", "head_selection", "alpha",
+                                                                     "num_heads")) else ""
+            strategy = f"| {g['method']} | {g['head_selection']} " if searched else ""
+            lines.append(f"| {s['fold']} {strategy}| {g['alpha']:g} | {g['num_heads']} | {kl} | {score} | {gain} | "
+                         f"{chosen} |")
     return "\n".join(line for line in lines if line) + "\n"

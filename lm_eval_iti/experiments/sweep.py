@@ -54,14 +54,17 @@ def best_row(rows: list[dict], select_by: str = "auto") -> tuple[str, dict] | No
 def sweep(config: ExperimentConfig, out: str | os.PathLike, alphas: list[float], num_heads: list[int], *,
           method: str = default_of("method"), instruction: str = default_of("instruction"),
           mc_positions: str = default_of("mc_positions"), gen_positions: str = default_of("gen_positions"),
-          select_by: str | None = default_of("rescore_by")) -> dict:
+          select_by: str | None = default_of("rescore_by"), head_selection: str = default_of("head_selection"),
+          effect_questions: int = default_of("effect_questions"),
+          effect_check_heads: int = default_of("effect_check_heads")) -> dict:
     """The grid; where the engine scored it, the best row by ``select_by`` is then scored again by lm-eval's hf-iti
     (row ``<name>-lm-eval``) so that the chosen setting's published numbers are lm-eval's own. The choice is read off
     the evaluated folds themselves: a reading of the sweep, not a held-out estimate (``validate`` is)."""
     if select_by not in (None, "none", "auto", *SELECT_COLUMNS):
         raise ITIError(f"--select-by {select_by!r} is not one of auto, none, {', '.join(SELECT_COLUMNS)}")
     variants = sweep_variants(list(alphas), list(num_heads), method=method, instruction=instruction,
-                              mc_positions=mc_positions, gen_positions=gen_positions)
+                              mc_positions=mc_positions, gen_positions=gen_positions, head_selection=head_selection,
+                              effect_questions=effect_questions, effect_check_heads=effect_check_heads)
     session = ModelSession(config)  # the confirming pass below reuses the model and the fits
     results = execute(make_plan(config, variants, out, kind="sweep"), session)
     grid_rows = results["rows"]

@@ -33,6 +33,8 @@ def parse_baselines(text: str | None) -> tuple[str, ...]:
 
 def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = default_of("method"),
              alpha: float | str = DEFAULT_ALPHA, num_heads: int = default_of("num_heads"),
+             head_selection: str = default_of("head_selection"), effect_questions: int = default_of("effect_questions"),
+             effect_check_heads: int = default_of("effect_check_heads"),
              instruction: str = default_of("instruction"), baseline: bool = True, baselines: tuple[str, ...] = (),
              mc_positions: str = default_of("mc_positions"), gen_positions: str = default_of("gen_positions"),
              random_draws: int = default_of("random_draws"), draws: dict[str, int] | None = None, selection: dict | None = None,
@@ -42,9 +44,15 @@ def validate(config: ExperimentConfig, out: str | os.PathLike, *, method: str = 
     the others, the grid scored by the shared-prefix engine), then that setting is fitted on the whole training part
     (the fold's own fit, with ``num_heads`` as its size) and evaluated on the held-out fold by lm-eval's hf-iti.
 
+    ``selection`` may add ``"methods": ["mass-mean", "probe"]`` and ``"head_selections": ["probe", "effect"]``:
+    the direction type and the head ranking are then chosen on the inner folds too. ``baselines=("nested-strategy",)``
+    adds that search as a row of its own (``iti-strategy``, compared with ``iti`` question by question).
+
     ``baselines=("study",)``: the study's controls (``baselines.STUDY_BASELINES``) with at least 20 size-matched, 20
     KL-matched, 10 random-head and 10 label-shuffled draws per fold; ``draws`` ({family: n}) sets a family's count."""
-    variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, instruction=instruction,
+    variants = validate_variants(method=method, alpha=alpha, num_heads=num_heads, head_selection=head_selection,
+                                 effect_questions=effect_questions, effect_check_heads=effect_check_heads,
+                                 instruction=instruction,
                                  baseline=baseline, baselines=tuple(baselines), mc_positions=mc_positions,
                                  gen_positions=gen_positions, random_draws=random_draws, draws=draws,
                                  selection=selection,

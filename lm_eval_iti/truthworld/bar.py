@@ -274,11 +274,12 @@ def held_out_controls(model, tokenizer, world, fit, alpha: float, fold: int, dra
 
 
 def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int, k: int, seed: int, alpha_grid,
-             progress: bool = False, draws: int = RANDOM_DRAWS) -> dict:
+             progress: bool = False, draws: int = RANDOM_DRAWS, head_selection: str = "probe") -> dict:
     from ..fit import fit_and_save
 
     common = dict(tokenizer=tokenizer, data_dir=data_dir, num_folds=2, fold=fold, num_heads=k, seed=seed,
-                  cache_dir=work / "cache", progress=progress, write_plot=False, batch_size=64, sigma_data=SIGMA_DATA)
+                  cache_dir=work / "cache", progress=progress, write_plot=False, batch_size=64, sigma_data=SIGMA_DATA,
+                  head_selection=head_selection)
     fit = fit_and_save(model, work / f"fold{fold}.safetensors", **common)
     train_q = sorted(fit.train_questions + fit.val_questions)
     alpha, alpha_rows = choose_alpha(model, tokenizer, world, fit.directions, train_q, alpha_grid)
@@ -288,6 +289,8 @@ def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int
     return {"fold": fold, "alpha": alpha, "alpha_search": alpha_rows,
             "heads": [list(map(int, p)) for p in fit.selected.tolist()],
             "best_probe_accuracy": float(fit.probes.accuracy.max()),
+            "head_probe_accuracy": [round(float(fit.probes.accuracy[l, h]), 4) for l, h in fit.selected.tolist()],
+            "effect_check": fit.summary.get("effect_check"),
             "sigma": [round(float(v), 4) for layer in sorted(fit.directions.sigma)
                       for v in fit.directions.sigma[layer].tolist()],
             "test_questions": len(test), "unsteered": base.as_dict(), "steered": steered.as_dict(),
@@ -295,7 +298,9 @@ def run_fold(model, tokenizer, world, model_dir, data_dir, work: Path, fold: int
 
 
 def run_bar(model_dir, num_heads: int | None = None, seed: int = 42, work_dir=None, alpha_grid=ALPHA_GRID,
-            progress: bool = False, draws: int = RANDOM_DRAWS) -> dict:
+            progress: bool = False, draws: int = RANDOM_DRAWS, head_selection: str = "probe") -> dict:
+    """The bar on ``model_dir``; ``head_selection``: how the fit ranks heads (``effect``: by measured effect on the
+    training questions, issue 29); thresholds and controls are the same either way."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -309,11 +314,12 @@ def run_bar(model_dir, num_heads: int | None = None, seed: int = 42, work_dir=No
     try:
         data_dir = export_truthfulqa(world, work / "data")
         folds = [run_fold(model, tokenizer, world, model_dir, data_dir, work, fold, k, seed, alpha_grid, progress,
-                          draws) for fold in (0, 1)]
+                          draws, head_selection) for fold in (0, 1)]
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
-    return {"model": str(model_dir), "num_heads": k, "seed": seed, "folds": folds, "summary": summarize(folds)}
+    return {"model": str(model_dir), "num_heads": k, "seed": seed, "head_selection": head_selection, "folds": folds,
+            "summary": summarize(folds)}
 
 
 def _pooled(folds, get, weight):
