@@ -185,3 +185,41 @@ def test_bad_effect_options_are_one_line(options, message):
 
     with pytest.raises(ITIError, match=message):
         make_config(**options)
+
+
+@pytest.mark.parametrize("method", ["mass-mean", "probe"])
+def test_every_head_direction_equals_the_selected_head_direction(method):
+    """effect ranks each head by the direction it would get if selected: all_head_directions row by row against
+    compute_directions on that one head; a head with identical class means is not live (no error, no NaN)."""
+    from lm_eval_iti.select import all_head_directions, compute_directions, every_head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 6, 5, generator=g)  # 12 rows, 2 layers x 3 heads, d = 5
+    labels = np.array([1, 0] * 6)
+    x[:, 4] = 1.0  # head (1, 1): the same activation for every row, so its mass-mean direction is zero
+    coef = torch.randn(2, 3, 5, generator=g)
+    unit, live = all_head_directions(method, 2, 3, x=x, labels=labels, probe_coef=coef)
+    for i, (layer, head) in enumerate(every_head(2, 3).tolist()):
+        if method == "mass-mean" and (layer, head) == (1, 1):
+            assert not live[1, 1] and torch.equal(unit[1, 1], torch.zeros(5))
+            continue
+        one = torch.tensor([[layer, head]])
+        expected = compute_directions(method, one, x=x[:, [i]], labels=labels, probe_coef=coef)[0]
+        assert live[layer, head] and torch.allclose(unit[layer, head], expected, atol=1e-6)
+
+
+def test_fit_directions_command_ranks_by_effect_and_prints_the_check(tiny_model_dir, tiny, tmp_path, capsys):
+    from conftest import run_cli
+
+    from lm_eval_iti.artifact import load_directions
+
+    out = tmp_path / "effect.safetensors"
+    code, text, err = run_cli(["fit-directions", "--model", str(tiny_model_dir), "--data-dir", str(tiny[2]),
+                          "--num-folds", "2", "--fold", "1", "--num-heads", "2", "--sigma-data", "mc",
+                          "--head-selection", "effect", "--effect-questions", "6", "--effect-check-heads", "3",
+                          "--no-cache", "--no-plot", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "heads ranked by effect: estimate vs measured one-head effect on 3 heads, Spearman" in text
+    meta = load_directions(out).metadata
+    assert meta["head_selection"] == "effect" and meta["effect_questions"] == "6"
+    assert len(json.loads(meta["effect_check"])["heads"]) == 3
