@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from ..choices import HEAD_SELECTIONS, SELECT_COLUMNS
 from ..errors import ITIError
 from ..intervene import GEN_POSITIONS, MC_POSITIONS
+from ..options import default_of
 
 KINDS = ("hf", "hf-iti", "baked", "steered")
 AUTO = "auto"  # alpha chosen per fold by the side-effect budget (side_effects.alpha_for_kl_budget)
@@ -25,9 +26,9 @@ class FitSpec:
     method: str = "mass-mean"
     random_heads: bool = False
     num_heads: int = 48
-    head_selection: str = "probe"  # fit.FitConfig.head_selection
-    effect_questions: int = 128  # fit.FitConfig: used by head_selection "effect" only
-    effect_check_heads: int = 8
+    head_selection: str = default_of("head_selection")  # fit.FitConfig's; effect_* matter for "effect" only
+    effect_questions: int = default_of("effect_questions")
+    effect_check_heads: int = default_of("effect_check_heads")
 
     @property
     def name(self) -> str:
@@ -176,7 +177,9 @@ def _control_rows(name: str, main_fit: FitSpec, alpha, draws: int, hooked: dict)
 
 
 def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, num_heads: int = 48,
-                      head_selection: str = "probe", effect_questions: int = 128, effect_check_heads: int = 8,
+                      head_selection: str = default_of("head_selection"),
+                      effect_questions: int = default_of("effect_questions"),
+                      effect_check_heads: int = default_of("effect_check_heads"),
                       instruction: str = "default", baseline: bool = True, baselines: tuple[str, ...] = (),
                       mc_positions: str = "answer", gen_positions: str = "last", random_draws: int = 5,
                       draws: dict[str, int] | None = None, selection: dict | None = None,
@@ -303,8 +306,10 @@ def sweep_name(alpha: float, k: int) -> str:
 
 
 def sweep_variants(alphas: list[float], ks: list[int], *, method: str = "mass-mean", instruction: str = "default",
-                   mc_positions: str = "answer", gen_positions: str = "last", head_selection: str = "probe",
-                   effect_questions: int = 128, effect_check_heads: int = 8) -> list[Variant]:
+                   mc_positions: str = "answer", gen_positions: str = "last",
+                   head_selection: str = default_of("head_selection"),
+                   effect_questions: int = default_of("effect_questions"),
+                   effect_check_heads: int = default_of("effect_check_heads")) -> list[Variant]:
     """alpha 0 once (the baseline: no edit whatever K), then one hf-iti row per (alpha, K) from ONE fit with the
     largest K per fold: a K-head row uses that fit's top-K heads (selection, directions and sigma of a head do not
     depend on K)."""
