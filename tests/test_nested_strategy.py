@@ -5,6 +5,7 @@ compared with ITI's own row question by question."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import shared_data
@@ -21,7 +22,7 @@ def _config(tiny_model_dir, tmp_path):
                             progress=False, folds=(0,), bootstrap_iters=0, engine="on")
 
 
-def test_nested_strategy_searches_method_and_head_selection_on_inner_folds(tiny_model_dir, tmp_path):
+def test_nested_strategy_searches_method_and_head_selection_on_inner_folds(tiny_model_dir, tmp_path, monkeypatch):
     from lm_eval_iti.artifact import load_directions
     from lm_eval_iti.experiments import validate
 
@@ -72,6 +73,21 @@ def test_nested_strategy_searches_method_and_head_selection_on_inner_folds(tiny_
                      baselines=("nested-strategy",), effect_check_heads=4, effect_questions=8)
     assert again["evaluations_this_process"] == 0
     assert again["folds"]["iti-strategy"][0]["selection"] == chosen
+    # a selection interrupted after its fits reuses them (no refit, no effect ranking again) and chooses the same
+    import lm_eval_iti.fit as fit_module
+
+    for name in ("fold_0_iti-strategy_select.json", "fold_0_iti-strategy.json"):
+        (tmp_path / "run" / "folds" / name).unlink()
+    real = fit_module.fit_and_save
+
+    def no_inner_refit(model, out, **kw):
+        assert "select" not in Path(out).parts, f"refitted {out}"
+        return real(model, out, **kw)
+
+    monkeypatch.setattr(fit_module, "fit_and_save", no_inner_refit)
+    resumed = validate(config, tmp_path / "run", alpha="select", num_heads=3, selection=selection,
+                       baselines=("nested-strategy",), effect_check_heads=4, effect_questions=8)
+    assert resumed["folds"]["iti-strategy"][0]["selection"]["grid"] == grid
 
 
 def test_nested_strategy_needs_alpha_select_and_known_names():
@@ -97,3 +113,29 @@ def test_probe_rows_describe_their_fit_as_before_head_selection_existed():
     effect = FitSpec("mass-mean", False, 48, "effect").describe()
     assert effect["name"] == "mass-mean-effect-k48" and effect["head_selection"] == "effect"
     assert json.dumps(effect)  # JSON-safe: it goes into the settings hash
+
+
+def test_a_kind_whose_every_point_is_over_the_kl_budget_is_never_scored(tiny_model_dir, tmp_path, monkeypatch):
+    """KL is measured before scoring: with probe-weight directions costing more than the budget at every point, the
+    selection scores only mass-mean points and chooses among them (SmolLM2's effect fits hit this)."""
+    from lm_eval_iti.experiments import validate
+    from lm_eval_iti.experiments.session import ModelSession
+
+    class FakeMeter:
+        def __call__(self, directions, alpha):
+            return 1.0 if directions.metadata["method"] == "probe" else 0.01
+
+        def describe(self):
+            return {"what": "fake"}
+
+    monkeypatch.setattr(ModelSession, "kl_meter", lambda self: FakeMeter())
+    config = _config(tiny_model_dir, tmp_path)
+    selection = {"alphas": [2.0, 4.0], "num_heads": [1, 3], "by": "MC2", "inner_folds": 2, "kl_budget": 0.5,
+                 "methods": ["mass-mean", "probe"]}
+    results = validate(config, tmp_path / "run", alpha="select", num_heads=3, selection=selection)
+    chosen = results["folds"]["iti"][0]["selection"]
+    for point in chosen["grid"]:
+        assert (point["mean"] is None) == (point["method"] == "probe")
+        assert point["kl_mean"] == (1.0 if point["method"] == "probe" else 0.01)
+    assert chosen["method"] == "mass-mean"
+    assert len(chosen["inner_folds"][0]["fits"]) == 2  # both kinds were fitted, one was never scored

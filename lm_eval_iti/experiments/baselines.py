@@ -298,6 +298,8 @@ def check_selection(selection: dict | None, fit_num_heads: int, fit: FitSpec | N
             raise ITIError(f"--select-{key.replace('_', '-')} {bad[0]!r}: each must be one of {', '.join(allowed)}")
         if values != [own]:
             out[key] = values
+    if "effect" in out.get("head_selections", []):  # the inner effect fits' settings are part of what is chosen
+        out["effect"] = {"questions": fit.effect_questions, "check_heads": fit.effect_check_heads}
     return out
 
 

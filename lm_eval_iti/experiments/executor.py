@@ -146,7 +146,8 @@ class Executor:
         record = {"fold": fold, "fit": spec.name, "path": str(path), "sha256": file_sha256(path),
                   "train_question_ids_sha256": directions.metadata.get("train_question_ids_sha256", ""),
                   "num_train_questions": len(recorded), "forward_passes": result.forward_passes,
-                  "method": spec.method, "random_heads": spec.random_heads, "num_heads": spec.num_heads}
+                  "method": spec.method, "random_heads": spec.random_heads, "num_heads": spec.num_heads,
+                  "head_selection": spec.head_selection}
         self.session.fits_run.append(record)
         self.session.fits[key] = {"record": record, "directions": directions, "train_ids": set(recorded)}
         return self.session.fits[key]
@@ -321,15 +322,18 @@ class Executor:
             for method, selection in strategies:
                 name = f"inner_{inner}" if not searched else f"inner_{inner}_{method}_{selection}"
                 directions_path = work / "directions" / f"{name}.safetensors"
-                fit_and_save(model, directions_path, tokenizer=tokenizer, data_dir=sub["data_dir"],
-                             num_heads=main.fit.num_heads, method=method, random_heads=main.fit.random_heads,
-                             head_selection=selection, effect_questions=main.fit.effect_questions,
-                             effect_check_heads=main.fit.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed,
-                             num_folds=spec["inner_folds"], fold=inner, contiguous_folds=c.contiguous_folds,
-                             prompt_format=c.prompt_format, sigma_data=c.sigma_data, batch_size=c.fit_batch_size,
-                             cache_dir=c.cache_dir, probe_backend=c.probe_backend, revision=c.revision,
-                             progress=c.progress, collect_all_folds=True, write_plot=False)
-                directions = load_directions(directions_path)
+                options = dict(data_dir=sub["data_dir"], num_heads=main.fit.num_heads, method=method,
+                               random_heads=main.fit.random_heads, head_selection=selection,
+                               effect_questions=main.fit.effect_questions,
+                               effect_check_heads=main.fit.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed,
+                               num_folds=spec["inner_folds"], fold=inner, contiguous_folds=c.contiguous_folds,
+                               prompt_format=c.prompt_format, sigma_data=c.sigma_data, probe_backend=c.probe_backend)
+                directions = reusable_inner_fit(directions_path, options, model)
+                if directions is None:
+                    fit_and_save(model, directions_path, tokenizer=tokenizer, batch_size=c.fit_batch_size,
+                                 cache_dir=c.cache_dir, revision=c.revision, progress=c.progress,
+                                 collect_all_folds=True, write_plot=False, **options)
+                    directions = load_directions(directions_path)
                 points = [i for i, g in enumerate(grid) if g[:2] == (method, selection)]
                 for i in points:  # KL first: a point over the budget is never scored
                     if budget:
@@ -337,8 +341,12 @@ class Executor:
                 allowed = [i for i in points if kls[i] is None or kls[i] <= budget]
                 # alpha 0 first (once per inner fold): the unedited reference, recorded, never chosen
                 first = not fits
-                evaluations = score_points(model, tokenizer, [task], metadata, directions,
-                                           ([(0.0, None)] if first else []) + [grid[i][2:] for i in allowed],
+                settings = ([(0.0, None)] if first else []) + [grid[i][2:] for i in allowed]
+                fits.append({"method": method, "head_selection": selection, "directions": str(directions_path),
+                             "effect_check": json.loads(directions.metadata.get("effect_check", "null"))})
+                if not settings:  # every point of this kind is over the KL budget: nothing to score
+                    continue
+                evaluations = score_points(model, tokenizer, [task], metadata, directions, settings,
                                            mc_positions=main.mc_positions, limit=c.limit, bootstrap_iters=0,
                                            per_task_metadata=instruction_metadata(main.instruction),
                                            apply_chat_template=c.apply_chat_template,
@@ -353,8 +361,6 @@ class Executor:
                     unedited.append(fold_columns({"metrics": evaluations[0]["metrics"]})[spec["by"]][0])
                     evaluations = evaluations[1:]
                 scored.update(zip(allowed, evaluations))
-                fits.append({"method": method, "head_selection": selection, "directions": str(directions_path),
-                             "effect_check": json.loads(directions.metadata.get("effect_check", "null"))})
             if not scored:
                 raise ITIError(f"fold {fold}: every point of the selection grid costs more than the KL budget "
                                f"{budget:g} on inner fold {inner} (smallest {min(kls):.3g}); add smaller alphas or K")
@@ -508,6 +514,42 @@ class Executor:
         write_json_atomic(plan.out / "results.json", results)
         write_text_atomic(plan.out / "table.md", table_markdown(results))
         return results
+
+def reusable_inner_fit(path: Path, options: dict, model):
+    """The directions at ``path`` when an earlier (interrupted) selection fitted them with exactly ``options`` on this
+    model and this inner data (their metadata says so), else None: a resumed selection does not refit, nor re-rank
+    heads by effect."""
+    from ..artifact import load_directions
+    from ..fit import data_sha256, make_config
+    from ..identity import fingerprint_metadata
+
+    if not path.exists():
+        return None
+    try:
+        directions = load_directions(path)
+    except ITIError:
+        return None
+    cfg = make_config(**options)
+    from ..data import load_mc
+
+    expected = {"method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
+                "head_selection": cfg.head_selection, "num_folds": str(cfg.num_folds), "fold": str(cfg.fold),
+                "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
+                "num_heads_selected": str(cfg.num_heads), "prompt_format": cfg.prompt_format,
+                "sigma_data": cfg.sigma_data, "probe_backend": cfg.probe_backend,
+                "dataset_sha256": data_sha256(load_mc(cfg.source)), "model_fingerprint": fingerprint_metadata(model)}
+    found = {k: directions.metadata.get(k) for k in expected}
+    if found != expected:
+        return None
+    if cfg.head_selection == "effect":  # the sample size and the check, as this fit would have drawn them
+        fitted = len(json.loads(directions.metadata["train_question_ids"]))
+        check = json.loads(directions.metadata.get("effect_check", "{}"))
+        heads = directions.num_layers * directions.num_heads
+        if (directions.metadata.get("effect_questions") != str(min(cfg.effect_questions, fitted))
+                or len(check.get("heads", [])) != min(cfg.effect_check_heads, heads)):
+            return None
+    return directions
+
 
 def execute(plan: Plan, session: ModelSession | None = None) -> dict:
     """Run every job of ``plan`` (resuming the ones on disk) and write results.json and table.md."""
