@@ -215,7 +215,7 @@ OPTIONS = _options(
            "nested-strategy: that row's (default probe,effect)."),
     Option("inner_folds", "--inner-folds", 2, "For --alpha select: folds of each training part.", Count(2)),
     Option("no_baseline", "--no-baseline", False, "Skip the alpha-0 baseline row.", is_flag=True),
-    Option("baselines", "--baselines", "", "Comma list or 'all': random-directions, random-matched, "
+    Option("baselines", "--baselines", "", "Comma list or 'all' (nested-strategy only with --alpha select): random-directions, random-matched, "
            "random-matched-kl, random-heads, label-shuffled, style, probe-weights, no-instruction, baked, steered, "
            "nested-strategy (with --alpha select: a row whose direction type and head ranking are nested too); "
            "or 'study': the study's controls (random-matched, random-matched-kl, random-heads, label-shuffled, "

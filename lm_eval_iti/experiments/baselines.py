@@ -191,6 +191,8 @@ def validate_variants(*, method: str = "mass-mean", alpha: float | str = 15.0, n
     ``alpha="auto"``: each fold's strength is chosen by the side-effect budget on ITI's own fit of that fold, and every
     hooked, baked and steered row of the fold uses that same strength."""
     baselines, counts = expand_baselines(tuple(baselines), random_draws, draws)
+    if alpha != SELECT and set(BASELINE_NAMES) <= set(baselines):  # "all": nested-strategy applies to select only
+        baselines = tuple(b for b in baselines if b != "nested-strategy")
     if alpha == 0:
         raise ITIError("alpha=0 is the baseline itself; give the strength of the intervention (e.g. 15)")
     main_fit = FitSpec(method, False, num_heads, head_selection, effect_questions, effect_check_heads)
