@@ -168,7 +168,8 @@ def comparisons_note(found: list[dict]) -> str:
     return ("\nΔ: row − baseline over the questions both scored, pooled over folds; [95% CI]: bootstrap over questions "
             "within folds; p: McNemar exact where both rows score 0/1 per question (MC1, True, Info, True&Info), else "
             f"sign-flip permutation. † survives Holm at 0.05 across the {size} comparisons of this table (every row against the "
-            "baseline except single control draws, and ITI against each family of draws).\n")
+            "baseline except single control draws, ITI against each family of draws, and the head-to-head rows "
+            "where there are any).\n")
 
 
 def head_to_head_markdown(found: list[dict]) -> str:
