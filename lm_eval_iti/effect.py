@@ -87,8 +87,9 @@ def _batches(requests: list[QuestionRequests], max_rows: int):
         yield batch
 
 
-def _objective_of_batch(model, batch: list[QuestionRequests], device) -> torch.Tensor:
-    """Sum over the batch's questions of log MC2 (right-padded forward; the plan marks the scoring positions)."""
+def _objective_of_batch(model, batch: list[QuestionRequests], device, edit: "_Edit") -> torch.Tensor:
+    """Sum over the batch's questions of log MC2 (right-padded forward; ``edit.plan`` marks the scoring positions for
+    the hooks of ``_layer_shifts``)."""
     seqs = [t for req in batch for t in req.tokens]
     lengths = [n for req in batch for n in req.answer_lengths]
     width = max(len(s) - 1 for s in seqs)
@@ -98,11 +99,11 @@ def _objective_of_batch(model, batch: list[QuestionRequests], device) -> torch.T
         ids[i, :len(s) - 1] = torch.tensor(s[:-1])
         attn[i, :len(s) - 1] = 1
     plan = answer_mask([len(s) - 1 for s in seqs], lengths, width, device=device)
-    _EDIT.plan = plan
+    edit.plan = plan
     try:
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits
     finally:
-        _EDIT.plan = None
+        edit.plan = None
     logp = torch.log_softmax(logits.float(), -1)
     lls = []
     for i, (s, n) in enumerate(zip(seqs, lengths)):
@@ -116,32 +117,32 @@ def _objective_of_batch(model, batch: list[QuestionRequests], device) -> torch.T
     return total
 
 
+@dataclass
 class _Edit:
-    """The scoring positions of the current forward, read by the hooks below."""
+    """The scoring positions of the current forward (None: edit nothing), read by the hooks of ``_layer_shifts``."""
 
     plan: torch.Tensor | None = None
 
 
-_EDIT = _Edit()
-
-
 @contextlib.contextmanager
 def _layer_shifts(model, shifts: dict[int, torch.Tensor]):
-    """Add ``shifts[layer]`` ([H*d], may require grad) to each layer's output-projection input at the plan's positions."""
+    """Add ``shifts[layer]`` ([H*d], may require grad) to each layer's output-projection input at the positions of the
+    yielded ``_Edit``'s plan."""
     projections = out_projections(model)
     handles = []
+    edit = _Edit()
 
     def make(vector):
         def hook(module, args):
-            if _EDIT.plan is None:
+            if edit.plan is None:
                 return None
-            return (add_at_positions(args[0], vector, _EDIT.plan),) + tuple(args[1:])
+            return (add_at_positions(args[0], vector, edit.plan),) + tuple(args[1:])
         return hook
 
     for layer, vector in shifts.items():
         handles.append(projections[layer].register_forward_pre_hook(make(vector)))
     try:
-        yield
+        yield edit
     finally:
         for handle in handles:
             handle.remove()
@@ -173,9 +174,9 @@ def objective_gradients(model, requests: list[QuestionRequests], num_layers: int
     shifts = {layer: torch.zeros(width, device=device, requires_grad=True) for layer in range(num_layers)}
     total, passes = 0.0, 0
     batches = list(_batches(requests, max_rows))
-    with _frozen(model), _layer_shifts(model, shifts):
+    with _frozen(model), _layer_shifts(model, shifts) as edit:
         for batch in tqdm(batches, desc="effect: gradients", disable=not progress, unit="batch"):
-            value = _objective_of_batch(model, batch, device) / len(requests)
+            value = _objective_of_batch(model, batch, device, edit) / len(requests)
             value.backward()
             total += float(value.detach())
             passes += 1
@@ -190,9 +191,9 @@ def measured_objective(model, requests: list[QuestionRequests], shifts: dict[int
     """The mean log MC2 with fixed ``shifts`` ({layer: [H*d]}) added at the scoring positions (forward only)."""
     device = device or next(model.parameters()).device
     total = 0.0
-    with _frozen(model), _layer_shifts(model, {k: v.to(device) for k, v in shifts.items()}):
+    with _frozen(model), _layer_shifts(model, {k: v.to(device) for k, v in shifts.items()}) as edit:
         for batch in _batches(requests, max_rows):
-            total += float(_objective_of_batch(model, batch, device))
+            total += float(_objective_of_batch(model, batch, device, edit))
     return total / len(requests)
 
 
@@ -236,7 +237,8 @@ def effect_ranking(model, tokenizer, mc_docs: list[dict], questions: list[int], 
     L, H, d = unit.shape
     clock = time.perf_counter()
     requests = objective_requests(mc_docs, questions, tokenizer)
-    grads, base, passes = objective_gradients(model, requests, L, H * d, progress=progress)
+    grads, base, gradient_passes = objective_gradients(model, requests, L, H * d, progress=progress)
+    passes = gradient_passes
     effect = first_order_effect(grads, unit, sigma)
     effect = torch.where(live, effect, torch.full_like(effect, -float("inf")))
     check = {}
@@ -251,6 +253,6 @@ def effect_ranking(model, tokenizer, mc_docs: list[dict], questions: list[int], 
         rho, p = spearmanr(estimated, measured) if len(heads) > 2 else (float("nan"), float("nan"))
         check = {"alpha": CHECK_ALPHA, "heads": [list(h) for h in heads], "estimated": estimated,
                  "measured": measured, "spearman": float(rho), "p_value": float(p)}
-        passes += len(heads) * len(list(_batches(requests, 32)))
+        passes += len(heads) * gradient_passes  # one forward per batch and checked head
     return EffectRanking(effect, base, len(requests), passes, round(time.perf_counter() - clock, 3), check,
                          list(questions))

@@ -315,6 +315,21 @@ def directions_stage(cfg: FitConfig, acts: FitActivations, prompts: FitPrompts, 
 
 
 # stage 7: provenance and the Directions object --------------------------------------------------------------------
+def option_metadata(cfg: FitConfig) -> dict[str, str]:
+    """The fit's options as the directions file's metadata writes them (a resumed selection compares them)."""
+    effect = ({"effect_questions_limit": str(cfg.effect_questions), "effect_check_heads": str(cfg.effect_check_heads)}
+              if cfg.head_selection == "effect" else {})
+    return {**effect,
+        "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
+        "head_selection": cfg.head_selection,
+        "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
+        "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
+        "max_questions": "" if cfg.num_questions is None else str(cfg.num_questions), "prompt_format": cfg.prompt_format,
+        "sigma_data": cfg.sigma_data, "sigma_ddof": str(cfg.sigma_ddof), "num_heads_selected": str(cfg.num_heads),
+        "probe_backend": cfg.probe_backend,
+    }
+
+
 def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelShape, *, model_name: str,
                model_revision: str, model_identity: str | None, dtype: str, model_fingerprint: str = "") -> dict[str, str]:
     """Stage 7: the string metadata a directions file carries: model, options, templates, training question ids."""
@@ -322,19 +337,12 @@ def provenance(cfg: FitConfig, data: FitData, prompts: FitPrompts, shape: ModelS
     ids_json = json.dumps(train_ids)
     return {
         "model": model_name, "model_revision": model_revision, "model_identity": model_identity or "",
-        "model_fingerprint": model_fingerprint, "architecture": shape.architecture,
-        "method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
-        "head_selection": cfg.head_selection,
-        "num_folds": "" if cfg.num_folds is None else str(cfg.num_folds), "fold": "" if cfg.fold is None else str(cfg.fold),
-        "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
+        "model_fingerprint": model_fingerprint, "architecture": shape.architecture, **option_metadata(cfg),
         "dataset": cfg.source, "dataset_sha256": data_sha256(data.mc_docs),
-        "max_questions": "" if cfg.num_questions is None else str(cfg.num_questions),
-        "num_questions": str(len(data.questions)), "prompt_format": cfg.prompt_format,
-        "prompt_template": prompts.mc_set.info["template"], "sigma_data": cfg.sigma_data,
+        "num_questions": str(len(data.questions)), "prompt_template": prompts.mc_set.info["template"],
         "sigma_template": prompts.sigma_set.info["template"],
         "sigma_followup_pool": prompts.sigma_set.info.get("random_question_pool", ""),
-        "sigma_ddof": str(cfg.sigma_ddof), "sigma_questions": "train+val of the training fold",
-        "num_heads_selected": str(cfg.num_heads), "probe_backend": cfg.probe_backend,
+        "sigma_questions": "train+val of the training fold",
         "probe_objective": "L2, C=1.0, intercept", "dtype": dtype,
         "package": "lm-eval-iti", "package_version": __version__, "train_question_ids": ids_json,
         "train_question_ids_sha256": hashlib.sha256(ids_json.encode()).hexdigest(),

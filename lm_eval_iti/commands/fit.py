@@ -10,7 +10,8 @@ from ..options import PLACEMENT, cli_options
 
 @click.command("fit-directions", context_settings={"show_default": True})
 @cli_options("model", "gguf_file", "revision", "directions_out", "dataset", "data_dir", "num_heads", "method",
-             "head_selection", "effect_questions", "effect_check_heads", "random_heads", "alpha", "kl_budget", "kl_corpus", "val_ratio", "fold_seed", "num_folds", "fold",
+             "head_selection", "effect_questions", "effect_check_heads", "random_heads", "alpha", "kl_budget",
+             "kl_corpus", "val_ratio", "fold_seed", "num_folds", "fold",
              "contiguous_folds", "prompt_format", "sigma_data", "probe_backend", "probe_memory", "num_questions",
              "dtype", "fit_batch_size", "chunk_size", "device", "cache_dir", "no_cache", "collect_all_folds",
              "no_plot", "quiet", *PLACEMENT)

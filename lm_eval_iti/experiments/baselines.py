@@ -292,7 +292,7 @@ def check_selection(selection: dict | None, fit_num_heads: int, fit: FitSpec | N
     out = {"alphas": [float(a) for a in selection["alphas"]], "num_heads": ks, "by": by, "inner_folds": inner,
            "kl_budget": None if budget is None else float(budget)}
     fit = fit or FitSpec(num_heads=fit_num_heads)
-    for key, allowed, own in (("methods", ("mass-mean", "probe"), fit.method),
+    for key, allowed, own in (("methods", STRATEGY_METHODS, fit.method),
                               ("head_selections", HEAD_SELECTIONS, fit.head_selection)):
         values = list(dict.fromkeys(selection.get(key) or [own]))
         bad = [v for v in values if v not in allowed]

@@ -139,7 +139,7 @@ class Executor:
         model, tokenizer = self.session.model()
         path = self.plan.out / "directions" / f"fold_{fold}_{spec.name}.safetensors"
         result = fit_and_save(model, path, tokenizer=tokenizer, **self._fit_options(fold, spec),
-                                probe_backend=c.probe_backend, cache_dir=c.cache_dir, revision=c.revision,
+                                cache_dir=c.cache_dir, revision=c.revision,
                                 progress=c.progress, collect_all_folds=self._collect_all_folds())
         directions = load_directions(path)
         recorded = json.loads(directions.metadata["train_question_ids"])
@@ -152,15 +152,18 @@ class Executor:
         self.session.fits[key] = {"record": record, "directions": directions, "train_ids": set(recorded)}
         return self.session.fits[key]
 
-    def _fit_options(self, fold: int, spec) -> dict:
-        """The options (fit.FitConfig fields) of ``spec``'s fit on ``fold``: what fit_and_save and fit_view share."""
+    def _fit_options(self, fold: int, spec, *, data_dir=None, num_folds: int | None = None) -> dict:
+        """The options (fit.FitConfig fields) of ``spec``'s fit on ``fold``: what fit_and_save and fit_view share
+        (``data_dir``, ``num_folds``: a nested selection's inner data and folds instead of the run's)."""
         c = self.config
         local = c.data_dir is not None or c.num_questions is not None
-        source = {"data_dir": self.plan.data.source} if local else {"dataset": self.plan.data.source}
+        source = ({"data_dir": data_dir} if data_dir is not None
+                  else {"data_dir": self.plan.data.source} if local else {"dataset": self.plan.data.source})
         return dict(source, num_heads=spec.num_heads, method=spec.method, random_heads=spec.random_heads,
                     head_selection=spec.head_selection, effect_questions=spec.effect_questions,
-                    effect_check_heads=spec.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed, num_folds=c.num_folds, fold=fold,
-                    contiguous_folds=c.contiguous_folds, prompt_format=c.prompt_format, sigma_data=c.sigma_data,
+                    effect_check_heads=spec.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed,
+                    num_folds=num_folds or c.num_folds, fold=fold, contiguous_folds=c.contiguous_folds,
+                    prompt_format=c.prompt_format, sigma_data=c.sigma_data, probe_backend=c.probe_backend,
                     batch_size=c.fit_batch_size)
 
     def _collect_all_folds(self) -> bool:
@@ -274,7 +277,7 @@ class Executor:
             v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra)
         return owner, owner.extra["select"], "select" if owner.name == "iti" else f"{owner.name}_select"
 
-    def nested_selection(self, fold: int, variant: Variant | None = None) -> dict:
+    def nested_selection(self, fold: int, variant: Variant) -> dict:
         """alpha and K (and, where the spec lists several, the direction type and the head selection) for outer
         ``fold``, chosen on its training questions only: they become a local data folder with ``inner_folds`` folds of
         their own; for each inner fold and each (method, head selection), directions are fitted on the other inner
@@ -289,8 +292,7 @@ class Executor:
         from .aggregate import fold_columns
         from .subset import write_truthfulqa_subset
 
-        main, spec, record_name = self.selection_spec(variant or next(
-            v for v in self.plan.variants if v.alpha == SELECT and "select" in v.extra))
+        main, spec, record_name = self.selection_spec(variant)
         key = {"settings": self.plan.settings, "variant": main.describe(), "fold": fold}
         path, previous = self.saved_record(fold, record_name, key)
         if previous is not None:
@@ -322,15 +324,11 @@ class Executor:
             for method, selection in strategies:
                 name = f"inner_{inner}" if not searched else f"inner_{inner}_{method}_{selection}"
                 directions_path = work / "directions" / f"{name}.safetensors"
-                options = dict(data_dir=sub["data_dir"], num_heads=main.fit.num_heads, method=method,
-                               random_heads=main.fit.random_heads, head_selection=selection,
-                               effect_questions=main.fit.effect_questions,
-                               effect_check_heads=main.fit.effect_check_heads, val_ratio=c.val_ratio, seed=c.seed,
-                               num_folds=spec["inner_folds"], fold=inner, contiguous_folds=c.contiguous_folds,
-                               prompt_format=c.prompt_format, sigma_data=c.sigma_data, probe_backend=c.probe_backend)
+                options = self._fit_options(inner, replace(main.fit, method=method, head_selection=selection),
+                                            data_dir=sub["data_dir"], num_folds=spec["inner_folds"])
                 directions = reusable_inner_fit(directions_path, options, model)
                 if directions is None:
-                    fit_and_save(model, directions_path, tokenizer=tokenizer, batch_size=c.fit_batch_size,
+                    fit_and_save(model, directions_path, tokenizer=tokenizer,
                                  cache_dir=c.cache_dir, revision=c.revision, progress=c.progress,
                                  collect_all_folds=True, write_plot=False, **options)
                     directions = load_directions(directions_path)
@@ -520,7 +518,8 @@ def reusable_inner_fit(path: Path, options: dict, model):
     model and this inner data (their metadata says so), else None: a resumed selection does not refit, nor re-rank
     heads by effect."""
     from ..artifact import load_directions
-    from ..fit import data_sha256, make_config
+    from ..data import load_mc
+    from ..fit import data_sha256, make_config, option_metadata
     from ..identity import fingerprint_metadata
 
     if not path.exists():
@@ -530,25 +529,10 @@ def reusable_inner_fit(path: Path, options: dict, model):
     except ITIError:
         return None
     cfg = make_config(**options)
-    from ..data import load_mc
-
-    expected = {"method": cfg.method, "random_heads": str(bool(cfg.random_heads)).lower(), "seed": str(cfg.seed),
-                "head_selection": cfg.head_selection, "num_folds": str(cfg.num_folds), "fold": str(cfg.fold),
-                "contiguous_folds": str(bool(cfg.contiguous_folds)).lower(), "val_ratio": repr(float(cfg.val_ratio)),
-                "num_heads_selected": str(cfg.num_heads), "prompt_format": cfg.prompt_format,
-                "sigma_data": cfg.sigma_data, "probe_backend": cfg.probe_backend,
-                "dataset_sha256": data_sha256(load_mc(cfg.source)), "model_fingerprint": fingerprint_metadata(model)}
+    expected = dict(option_metadata(cfg), dataset_sha256=data_sha256(load_mc(cfg.source)),
+                    model_fingerprint=fingerprint_metadata(model))
     found = {k: directions.metadata.get(k) for k in expected}
-    if found != expected:
-        return None
-    if cfg.head_selection == "effect":  # the sample size and the check, as this fit would have drawn them
-        fitted = len(json.loads(directions.metadata["train_question_ids"]))
-        check = json.loads(directions.metadata.get("effect_check", "{}"))
-        heads = directions.num_layers * directions.num_heads
-        if (directions.metadata.get("effect_questions") != str(min(cfg.effect_questions, fitted))
-                or len(check.get("heads", [])) != min(cfg.effect_check_heads, heads)):
-            return None
-    return directions
+    return directions if found == expected else None
 
 
 def execute(plan: Plan, session: ModelSession | None = None) -> dict:
